@@ -1,0 +1,38 @@
+# respawn — developer entry points. Every target installs what it needs.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit assets cluster clean
+
+# A Python environment with the project and its pinned dev tools, rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip==25.3
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# etcd, kube-apiserver, kube-controller-manager built from Go modules; cached outside the repo.
+assets: $(VENV)/.installed
+	$(BIN)/python -m devcluster assets
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+# The whole suite: lint, types, then every test against a real API server.
+test: lint typecheck assets
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# A local cluster in the foreground; prints the kubeconfig path. Ctrl-C stops it.
+cluster: assets
+	$(BIN)/python -m devcluster cluster
+
+demo: assets
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf .devcluster .mypy_cache .ruff_cache .pytest_cache
