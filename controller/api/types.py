@@ -1,0 +1,290 @@
+"""Typed views of TrainingJob bodies.
+
+The API server already enforces the CRD's schema and CEL rules; `parse_job` checks only what a
+schema cannot (cross-field references) and raises `InvalidSpec` with a message for the user.
+Status is read leniently: a status written by an older controller must never crash this one.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.api.constants import DEFAULT_MOUNT_PATH, Action, Phase
+
+
+class InvalidSpec(ValueError):
+    """A spec the controller cannot act on; reported on the job, never retried."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: Action
+    exit_codes_operator: str | None = None  # "In" | "NotIn"
+    exit_codes: frozenset[int] = frozenset()
+    pod_conditions: tuple[tuple[str, str], ...] = ()  # (type, status)
+    reasons: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    max_restarts: int = 3
+    backoff_initial: float = 10.0
+    backoff_max: float = 300.0
+    rules: tuple[Rule, ...] = ()
+    avoid_faulty_nodes: bool = True
+    progress_timeout: float | None = None
+    node_lost_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    replicas: int
+    template: dict[str, Any]
+    trainer_container: str
+    mount_path: str
+    shared_volume: dict[str, Any] | None
+    output_dir: str  # relative to mount_path
+    scheduler_port: int
+    failure_policy: FailurePolicy
+
+    @property
+    def output_path(self) -> str:
+        """Absolute output directory as seen inside a worker."""
+        return posixpath.join(self.mount_path, self.output_dir)
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    step: int
+    epoch: int | None = None
+    file: str | None = None
+    time: str | None = None
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    time: str
+    reason: str
+    action: str
+    message: str = ""
+    pod: str | None = None
+    node: str | None = None
+    exit_code: int | None = None
+    counted: bool = True
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    phase: Phase = Phase.PENDING
+    attempt: int = 0
+    restarts: int = 0  # counted restarts, ever (what `kubectl get tj` shows)
+    uncounted_restarts: int = 0
+    budget_used: int = 0  # counted restarts since the job last made progress
+    consecutive_failures: int = 0  # any restart since the last progress; drives the backoff
+    next_attempt_after: str | None = None
+    failure_seen_at: str | None = None  # the failure that led to the current attempt
+    checkpoint_step_at_restart: int | None = None
+    faulty_nodes: tuple[str, ...] = ()
+    last_failure: FailureRecord | None = None
+    last_complete_checkpoint: CheckpointRef | None = None
+    resumed_from_step: int | None = None
+    observed_generation: int | None = None
+    replicas: int | None = None  # replicas of the current attempt
+    start_time: str | None = None
+    completion_time: str | None = None
+    conditions: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    resource_version: str
+    spec: JobSpec
+    status: JobStatus
+    deleting: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def parse_job(obj: dict[str, Any]) -> TrainingJob:
+    """A typed TrainingJob; `InvalidSpec` if the spec is unusable."""
+    meta = obj.get("metadata") or {}
+    return TrainingJob(
+        namespace=meta.get("namespace", ""),
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        generation=int(meta.get("generation") or 0),
+        resource_version=meta.get("resourceVersion", ""),
+        spec=parse_spec(obj.get("spec") or {}, namespace=meta.get("namespace", ""), name=meta["name"]),
+        status=parse_status(obj.get("status") or {}),
+        deleting=bool(meta.get("deletionTimestamp")),
+        raw=obj,
+    )
+
+
+def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
+    template = spec.get("template") or {}
+    containers = (template.get("spec") or {}).get("containers") or []
+    names = [c.get("name") for c in containers]
+    if not names:
+        raise InvalidSpec("spec.template.spec.containers must list the trainer container")
+    trainer = spec.get("trainerContainer") or names[0]
+    if trainer not in names:
+        raise InvalidSpec(f"spec.trainerContainer {trainer!r} is not a container of the template ({names})")
+    shared = spec.get("sharedVolume") or {}
+    mount_path = shared.get("mountPath", DEFAULT_MOUNT_PATH)
+    output_dir = spec.get("outputDir") or f"{namespace}/{name}"
+    normalized = posixpath.normpath(output_dir)
+    if output_dir.startswith("/") or normalized == ".." or normalized.startswith("../"):
+        raise InvalidSpec(f"spec.outputDir {output_dir!r} must stay inside the shared volume")
+    return JobSpec(
+        replicas=int(spec["replicas"]),
+        template=template,
+        trainer_container=trainer,
+        mount_path=mount_path,
+        shared_volume=shared.get("volume"),
+        output_dir=normalized,
+        scheduler_port=int(spec.get("schedulerPort", 8118)),
+        failure_policy=parse_failure_policy(spec.get("failurePolicy") or {}),
+    )
+
+
+def parse_failure_policy(policy: dict[str, Any]) -> FailurePolicy:
+    backoff = policy.get("backoff") or {}
+    initial = float(backoff.get("initialSeconds", 10))
+    maximum = float(backoff.get("maxSeconds", 300))
+    if maximum < initial:
+        raise InvalidSpec("failurePolicy.backoff.maxSeconds must be >= initialSeconds")
+    timeout = policy.get("progressTimeoutSeconds")
+    return FailurePolicy(
+        max_restarts=int(policy.get("maxRestarts", 3)),
+        backoff_initial=initial,
+        backoff_max=maximum,
+        rules=tuple(_parse_rule(i, r) for i, r in enumerate(policy.get("rules") or [])),
+        avoid_faulty_nodes=bool(policy.get("avoidFaultyNodes", True)),
+        progress_timeout=float(timeout) if timeout else None,
+        node_lost_timeout=float(policy.get("nodeLostTimeoutSeconds", 30)),
+    )
+
+
+def _parse_rule(index: int, rule: dict[str, Any]) -> Rule:
+    where = f"failurePolicy.rules[{index}]"
+    try:
+        action = Action(rule["action"])
+    except (KeyError, ValueError):
+        raise InvalidSpec(f"{where}.action must be one of {[a.value for a in Action]}") from None
+    exit_codes = rule.get("onExitCodes")
+    conditions = rule.get("onPodConditions")
+    reasons = rule.get("onReasons")
+    if sum(x is not None for x in (exit_codes, conditions, reasons)) != 1:
+        raise InvalidSpec(f"{where} needs exactly one of onExitCodes, onPodConditions or onReasons")
+    if exit_codes is not None:
+        return Rule(action, exit_codes["operator"], frozenset(int(v) for v in exit_codes["values"]))
+    if conditions is not None:
+        pairs = tuple((c["type"], c.get("status", "True")) for c in conditions)
+        return Rule(action, pod_conditions=pairs)
+    return Rule(action, reasons=frozenset(reasons or ()))
+
+
+def parse_status(status: dict[str, Any]) -> JobStatus:
+    def opt_int(value: Any) -> int | None:
+        return int(value) if isinstance(value, int | float) else None
+
+    failure = status.get("lastFailure")
+    checkpoint = status.get("lastCompleteCheckpoint")
+    try:
+        phase = Phase(status.get("phase", Phase.PENDING))
+    except ValueError:
+        phase = Phase.PENDING
+    return JobStatus(
+        phase=phase,
+        attempt=int(status.get("attempt", 0)),
+        restarts=int(status.get("restarts", 0)),
+        uncounted_restarts=int(status.get("uncountedRestarts", 0)),
+        budget_used=int(status.get("budgetUsed", 0)),
+        consecutive_failures=int(status.get("consecutiveFailures", 0)),
+        next_attempt_after=status.get("nextAttemptAfter"),
+        failure_seen_at=status.get("failureSeenAt"),
+        checkpoint_step_at_restart=opt_int(status.get("checkpointStepAtRestart")),
+        faulty_nodes=tuple(status.get("faultyNodes") or ()),
+        last_failure=FailureRecord(
+            time=failure.get("time", ""),
+            reason=failure.get("reason", ""),
+            action=failure.get("action", ""),
+            message=failure.get("message", ""),
+            pod=failure.get("pod"),
+            node=failure.get("node"),
+            exit_code=opt_int(failure.get("exitCode")),
+            counted=bool(failure.get("counted", True)),
+        )
+        if isinstance(failure, dict)
+        else None,
+        last_complete_checkpoint=CheckpointRef(
+            step=int(checkpoint["step"]),
+            epoch=opt_int(checkpoint.get("epoch")),
+            file=checkpoint.get("file"),
+            time=checkpoint.get("time"),
+        )
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get("step"), int)
+        else None,
+        resumed_from_step=opt_int(status.get("resumedFromStep")),
+        observed_generation=opt_int(status.get("observedGeneration")),
+        replicas=opt_int(status.get("replicas")),
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        conditions=tuple(status.get("conditions") or ()),
+    )
+
+
+def status_to_dict(status: JobStatus) -> dict[str, Any]:
+    """The status body as written to the API; None fields are omitted."""
+    body: dict[str, Any] = {
+        "phase": status.phase.value,
+        "attempt": status.attempt,
+        "restarts": status.restarts,
+        "uncountedRestarts": status.uncounted_restarts,
+        "budgetUsed": status.budget_used,
+        "consecutiveFailures": status.consecutive_failures,
+        "nextAttemptAfter": status.next_attempt_after,
+        "failureSeenAt": status.failure_seen_at,
+        "checkpointStepAtRestart": status.checkpoint_step_at_restart,
+        "faultyNodes": list(status.faulty_nodes) or None,
+        "resumedFromStep": status.resumed_from_step,
+        "observedGeneration": status.observed_generation,
+        "replicas": status.replicas,
+        "startTime": status.start_time,
+        "completionTime": status.completion_time,
+        "conditions": list(status.conditions),
+    }
+    if status.last_failure is not None:
+        f = status.last_failure
+        body["lastFailure"] = {
+            k: v
+            for k, v in {
+                "time": f.time,
+                "reason": f.reason,
+                "action": f.action,
+                "message": f.message,
+                "pod": f.pod,
+                "node": f.node,
+                "exitCode": f.exit_code,
+                "counted": f.counted,
+            }.items()
+            if v is not None
+        }
+    if status.last_complete_checkpoint is not None:
+        c = status.last_complete_checkpoint
+        body["lastCompleteCheckpoint"] = {
+            k: v
+            for k, v in {"step": c.step, "epoch": c.epoch, "file": c.file, "time": c.time}.items()
+            if v is not None
+        }
+    return {k: v for k, v in body.items() if v is not None}

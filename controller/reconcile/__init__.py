@@ -1,0 +1,1 @@
+"""The reconcile layer: a pure `decide()` per pass, and the thin step that applies its plan."""

@@ -1,0 +1,147 @@
+"""The objects an attempt consists of: a headless Service per job and one pod per rank.
+
+Pure functions from the typed job to raw bodies. The trainer's environment comes from the
+trainer's own contract module, so the two sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+from typing import Any
+
+from controller.api.constants import (
+    API_VERSION,
+    KIND,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_MANAGED_BY,
+    LABEL_RANK,
+    MANAGED_BY,
+    SHARED_VOLUME_NAME,
+)
+from controller.api.types import TrainingJob
+from trainer_image import contract
+
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def pod_name(job: str, attempt: int, rank: int) -> str:
+    return f"{job}-a{attempt}-{rank}"
+
+
+def owner_reference(job: TrainingJob) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def selector_labels(job: TrainingJob) -> dict[str, str]:
+    return {LABEL_JOB: job.name, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def headless_service(job: TrainingJob) -> dict[str, Any]:
+    """Gives every worker a stable DNS name `<pod>.<job>.<namespace>.svc` for MS_SCHED_HOST."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": job.name,
+            "namespace": job.namespace,
+            "labels": selector_labels(job),
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector_labels(job),
+            # Workers must find each other before they are Ready.
+            "publishNotReadyAddresses": True,
+            "ports": [{"name": "ms-sched", "port": job.spec.scheduler_port}],
+        },
+    }
+
+
+def trainer_env(job: TrainingJob, attempt: int, rank: int, replicas: int) -> list[dict[str, str]]:
+    output = job.spec.output_path
+    sched_host = f"{pod_name(job.name, attempt, 0)}.{job.name}.{job.namespace}.svc"
+    values = {
+        contract.SHARED_PATHS: job.spec.mount_path,
+        contract.OUTPUT_DIR: output,
+        contract.LOAD_CHECKPOINT: posixpath.join(output, contract.CHECKPOINT_DIR),
+        contract.RESUME_TRAINING: "true",
+        contract.RANK: str(rank),
+        contract.WORLD_SIZE: str(replicas),
+        contract.ATTEMPT: str(attempt),
+        contract.MS_SCHED_HOST: sched_host,
+        contract.MS_SCHED_PORT: str(job.spec.scheduler_port),
+        contract.MS_WORKER_NUM: str(replicas),
+        contract.MS_LOCAL_WORKER: "1",
+        contract.MS_NODE_RANK: str(rank),
+        contract.MS_NODE_ID: str(rank),
+        contract.MS_ROLE: "MS_WORKER",
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _avoid_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
+    """Add `hostname NotIn nodes` to every required node-selector term (ANDed within a term)."""
+    expression = {"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(nodes)}
+    affinity = spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})
+    required = affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", [])
+    if not terms:
+        terms.append({})
+    for term in terms:
+        term.setdefault("matchExpressions", []).append(copy.deepcopy(expression))
+
+
+def worker_pod(
+    job: TrainingJob, *, attempt: int, rank: int, replicas: int, avoid_nodes: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    template = copy.deepcopy(job.spec.template)
+    spec: dict[str, Any] = template.get("spec") or {}
+    name = pod_name(job.name, attempt, rank)
+    labels = {
+        **((template.get("metadata") or {}).get("labels") or {}),
+        **selector_labels(job),
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_RANK: str(rank),
+    }
+    spec["restartPolicy"] = "Never"
+    spec["hostname"] = name
+    spec["subdomain"] = job.name
+    if job.spec.shared_volume is not None:
+        volumes = [v for v in spec.get("volumes") or [] if v.get("name") != SHARED_VOLUME_NAME]
+        spec["volumes"] = [*volumes, {**job.spec.shared_volume, "name": SHARED_VOLUME_NAME}]
+    injected = trainer_env(job, attempt, rank, replicas)
+    injected_names = {e["name"] for e in injected}
+    for container in spec.get("containers") or []:
+        if container.get("name") != job.spec.trainer_container:
+            continue
+        env = [e for e in container.get("env") or [] if e.get("name") not in injected_names]
+        container["env"] = [*env, *injected]
+        if job.spec.shared_volume is not None:
+            mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != SHARED_VOLUME_NAME]
+            container["volumeMounts"] = [
+                *mounts,
+                {"name": SHARED_VOLUME_NAME, "mountPath": job.spec.mount_path},
+            ]
+    if avoid_nodes:
+        _avoid_nodes(spec, avoid_nodes)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": job.namespace,
+            "labels": labels,
+            "annotations": (template.get("metadata") or {}).get("annotations") or {},
+            "ownerReferences": [owner_reference(job)],
+        },
+        "spec": spec,
+    }
