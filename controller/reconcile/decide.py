@@ -192,6 +192,7 @@ def _watch_attempt(
         cause = _hang(job, status, obs, now)
     if cause is not None:
         return _fail_attempt(job, status, current, failures.classify(cause, policy), obs, now, plan)
+    plan.requeue_after = _next_deadline(job, status, current, obs, now)
 
     phases = [(p.get("status") or {}).get("phase") for p in current]
     if phases and all(ph == "Succeeded" for ph in phases):
@@ -219,6 +220,24 @@ def _watch_attempt(
         conditions = set_condition(conditions, Condition.RESTARTING, False, "AllWorkersRunning", "", now)
         return dataclasses.replace(status, phase=Phase.RUNNING, failure_seen_at=None, conditions=conditions)
     return status
+
+
+def _next_deadline(
+    job: TrainingJob, status: JobStatus, current: list[dict[str, Any]], obs: Observations, now: datetime
+) -> float | None:
+    """Seconds until a timeout could fire with no further event: a NotReady node or a hang."""
+    policy = job.spec.failure_policy
+    waits = []
+    for pod in current:
+        state = obs.nodes.get((pod.get("spec") or {}).get("nodeName") or "")
+        if state is not None and not state.ready:
+            since = state.not_ready_since or now
+            waits.append(policy.node_lost_timeout - (now - since).total_seconds())
+    if policy.progress_timeout:
+        started = parse_time(status.start_time) or now
+        last = max(filter(None, (obs.last_progress, started)))
+        waits.append(policy.progress_timeout - (now - last).total_seconds())
+    return max(0.0, min(waits)) if waits else None
 
 
 def _hang(job: TrainingJob, status: JobStatus, obs: Observations, now: datetime) -> failures.Failure | None:

@@ -1,0 +1,268 @@
+"""Wires the controller: informers feed a work queue, workers run the reconciler, and only the
+replica holding the Lease runs workers. `Controller.run()` blocks until stopped or until
+leadership is lost (then the process exits and Kubernetes restarts it as a follower)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from prometheus_client import CollectorRegistry
+
+from controller.api.constants import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from controller.api.types import parse_status
+from controller.checkpoints import CheckpointObserver
+from controller.devicefaults import CONFIGMAP_NAMESPACE
+from controller.kube import Conflict, KubeWriter
+from controller.metrics import JobSample, Metrics
+from controller.reconciler import POD_BY_JOB, POD_BY_NODE, Caches, Reconciler, node_state
+from controller.runtime.health import HealthServer, informer_checks
+from controller.runtime.informer import Informer, index_by_field, index_by_label, object_key
+from controller.runtime.leader import LeaderElector
+from controller.runtime.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespace: str | None = None  # watch one namespace; None = all
+    workers: int = 2
+    health_port: int = 8081
+    health_host: str = "0.0.0.0"
+    leader_election: bool = True
+    lease_namespace: str = "default"
+    lease_name: str = "respawn-controller"
+    identity: str | None = None
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    shared_root: Path | None = None  # read-only mount of the shared volume, for checkpoint awareness
+    checkpoint_poll_interval: float | None = None
+    device_faults: bool = True
+
+
+class Controller:
+    def __init__(
+        self, api: client.ApiClient, settings: Settings, *, registry: CollectorRegistry | None = None
+    ):
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.queue: WorkQueue[str] = WorkQueue()
+        self.stopped = threading.Event()
+        self.lost_leadership = False
+        self.caches = self._informers(api, settings)
+        self.checkpoints = (
+            CheckpointObserver(
+                settings.shared_root,
+                on_change=self.queue.add,
+                polling_interval=settings.checkpoint_poll_interval,
+            )
+            if settings.shared_root is not None
+            else None
+        )
+        self.writer = KubeWriter(api)
+        self.reconciler = Reconciler(
+            caches=self.caches,
+            writer=self.writer,
+            metrics=self.metrics,
+            checkpoints=self.checkpoints,
+            now=lambda: datetime.now(UTC),
+        )
+        self.metrics.watch_state(self._job_samples, lambda: len(self.queue))
+        self.health = HealthServer(
+            host=settings.health_host, port=settings.health_port, registry=self.registry
+        )
+        self.elector = (
+            LeaderElector(
+                api,
+                namespace=settings.lease_namespace,
+                name=settings.lease_name,
+                identity=settings.identity,
+                lease_duration=settings.lease_duration,
+                renew_deadline=settings.renew_deadline,
+                retry_period=settings.retry_period,
+                on_started_leading=self._start_workers,
+                on_stopped_leading=self._on_stopped_leading,
+            )
+            if settings.leader_election
+            else None
+        )
+        self._workers: list[threading.Thread] = []
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def _informers(self, api: client.ApiClient, settings: Settings) -> Caches:
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        ns = settings.namespace
+        if ns:
+            jobs = Informer(
+                custom.list_namespaced_custom_object,
+                name="trainingjobs",
+                list_kwargs={"group": GROUP, "version": VERSION, "namespace": ns, "plural": PLURAL},
+            )
+            pods = Informer(
+                core.list_namespaced_pod,
+                name="pods",
+                list_kwargs={"namespace": ns, "label_selector": f"{LABEL_MANAGED_BY}={MANAGED_BY}"},
+            )
+        else:
+            jobs = Informer(
+                custom.list_cluster_custom_object,
+                name="trainingjobs",
+                list_kwargs={"group": GROUP, "version": VERSION, "plural": PLURAL},
+            )
+            pods = Informer(
+                core.list_pod_for_all_namespaces,
+                name="pods",
+                list_kwargs={"label_selector": f"{LABEL_MANAGED_BY}={MANAGED_BY}"},
+            )
+        pods.add_index(POD_BY_JOB, index_by_label(LABEL_JOB))
+        pods.add_index(POD_BY_NODE, index_by_field("spec", "nodeName"))
+        nodes = Informer(core.list_node, name="nodes")
+        configmaps = (
+            Informer(
+                core.list_namespaced_config_map,
+                name="device-configmaps",
+                list_kwargs={"namespace": CONFIGMAP_NAMESPACE},
+            )
+            if settings.device_faults
+            else None
+        )
+        jobs.on_event(lambda _type, obj, _old: self.queue.add(object_key(obj)))
+        pods.on_event(self._on_pod)
+        nodes.on_event(self._on_node)
+        if configmaps is not None:
+            configmaps.on_event(self._on_configmap)
+        return Caches(jobs=jobs, pods=pods, nodes=nodes, device_configmaps=configmaps)
+
+    def _on_pod(self, _type: str, pod: dict[str, Any], _old: dict[str, Any] | None) -> None:
+        for key in index_by_label(LABEL_JOB)(pod):
+            self.queue.add(key)
+
+    def _jobs_on_node(self, node: str) -> set[str]:
+        return {k for p in self.caches.pods.by_index(POD_BY_NODE, node) for k in index_by_label(LABEL_JOB)(p)}
+
+    def _on_node(self, _type: str, node: dict[str, Any], old: dict[str, Any] | None) -> None:
+        # Heartbeats rewrite every node every few seconds; only readiness changes matter here.
+        if old is not None and node_state(old).ready == node_state(node).ready:
+            return
+        for key in self._jobs_on_node(node["metadata"]["name"]):
+            self.queue.add(key)
+
+    def _on_configmap(self, _type: str, cm: dict[str, Any], _old: dict[str, Any] | None) -> None:
+        name = cm["metadata"]["name"]
+        if name.startswith("mindx-dl-deviceinfo-"):
+            for key in self._jobs_on_node(name[len("mindx-dl-deviceinfo-") :]):
+                self.queue.add(key)
+
+    def _job_samples(self) -> list[JobSample]:
+        snapshots = self.checkpoints.snapshots() if self.checkpoints else {}
+        samples = []
+        for body in self.caches.jobs.list():
+            meta = body["metadata"]
+            status = parse_status(body.get("status") or {})
+            snap = snapshots.get(object_key(body))
+            ckpt = status.last_complete_checkpoint
+            samples.append(
+                JobSample(
+                    namespace=meta.get("namespace", ""),
+                    name=meta["name"],
+                    phase=status.phase.value,
+                    checkpoint_step=ckpt.step if ckpt else None,
+                    checkpoint_time=snap.checkpoint_time.timestamp()
+                    if snap and snap.checkpoint_time
+                    else None,
+                )
+            )
+        return samples
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _all_informers(self) -> list[Informer]:
+        c = self.caches
+        return [i for i in (c.jobs, c.pods, c.nodes, c.device_configmaps) if i is not None]
+
+    def start(self, *, sync_timeout: float = 120.0) -> None:
+        liveness, readiness = informer_checks(self._all_informers())  # type: ignore[arg-type]
+        for name, check in liveness.items():
+            self.health.add_liveness_check(name, check)
+        for name, check in readiness.items():
+            self.health.add_readiness_check(name, check)
+        self.health.start()
+        for informer in self._all_informers():
+            informer.start()
+        for informer in self._all_informers():
+            if not informer.wait_for_sync(sync_timeout):
+                raise TimeoutError(f"informer {informer.name} did not sync in {sync_timeout:.0f}s")
+        if self.checkpoints is not None:
+            self.checkpoints.start()
+        if self.elector is not None:
+            self.elector.start()
+        else:
+            self._start_workers()
+
+    def run(self) -> int:
+        """Block until `stop()` or lost leadership; returns the process exit code."""
+        self.start()
+        self.stopped.wait()
+        self.shutdown()
+        return 1 if self.lost_leadership else 0
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def shutdown(self) -> None:
+        self.queue.shutdown()
+        for worker in self._workers:
+            worker.join(timeout=30)
+        if self.elector is not None:
+            self.elector.stop(release=True)
+        if self.checkpoints is not None:
+            self.checkpoints.stop()
+        for informer in self._all_informers():
+            informer.stop()
+        self.health.stop()
+
+    def _on_stopped_leading(self) -> None:
+        if not self.stopped.is_set():
+            self.lost_leadership = True
+            log.error("lost leadership; exiting so a fresh process starts as follower")
+            self.stopped.set()
+
+    def _start_workers(self) -> None:
+        log.info("started leading; reconciling")
+        for key in self.caches.jobs.keys():  # noqa: SIM118 - an Informer, not a dict
+            self.queue.add(key)
+        for i in range(self.settings.workers):
+            worker = threading.Thread(target=self._work, name=f"worker-{i}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def _work(self) -> None:
+        while not self.queue.shutting_down:
+            key = self.queue.get(timeout=1.0)
+            if key is None:
+                continue
+            try:
+                requeue = self.reconciler.reconcile(key)
+            except Conflict as exc:
+                self.metrics.reconcile_errors.labels("conflict").inc()
+                log.info("conflict; retrying", extra={"job": key, "error": str(exc)})
+                self.queue.add_rate_limited(key)
+            except Exception:
+                self.metrics.reconcile_errors.labels("error").inc()
+                log.exception("reconcile failed", extra={"job": key})
+                self.queue.add_rate_limited(key)
+            else:
+                self.queue.forget(key)
+                if requeue is not None:
+                    self.queue.add_after(key, requeue)
+            finally:
+                self.queue.done(key)

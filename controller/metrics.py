@@ -1,0 +1,96 @@
+"""Prometheus metrics of the controller. Everything is registered on a registry passed in, so
+tests and the process each get their own; values that age (checkpoint age, jobs by phase, queue
+depth) are computed at scrape time from the controller's state, never from a timer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from controller.api.constants import Phase
+
+RECOVERY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+STEPS_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+
+@dataclass(frozen=True)
+class JobSample:
+    namespace: str
+    name: str
+    phase: str
+    checkpoint_step: int | None
+    checkpoint_time: float | None  # unix seconds
+
+
+class _StateCollector(Collector):
+    def __init__(self, jobs: Callable[[], Iterable[JobSample]], queue_depth: Callable[[], int]) -> None:
+        self._jobs = jobs
+        self._queue_depth = queue_depth
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.time()
+        phases = GaugeMetricFamily("respawn_jobs", "TrainingJobs by phase.", labels=["phase"])
+        age = GaugeMetricFamily(
+            "respawn_checkpoint_age_seconds",
+            "Seconds since the job's last checkpoint that is complete on every rank.",
+            labels=["namespace", "job"],
+        )
+        step = GaugeMetricFamily(
+            "respawn_last_complete_checkpoint_step",
+            "Global step of the job's last checkpoint that is complete on every rank.",
+            labels=["namespace", "job"],
+        )
+        counts = {p.value: 0 for p in Phase}
+        for job in self._jobs():
+            counts[job.phase] = counts.get(job.phase, 0) + 1
+            if job.checkpoint_time is not None and not Phase(job.phase).terminal:
+                age.add_metric([job.namespace, job.name], max(0.0, now - job.checkpoint_time))
+            if job.checkpoint_step is not None:
+                step.add_metric([job.namespace, job.name], job.checkpoint_step)
+        for phase, count in counts.items():
+            phases.add_metric([phase], count)
+        depth = GaugeMetricFamily("respawn_workqueue_depth", "Job keys waiting to be reconciled.")
+        depth.add_metric([], self._queue_depth())
+        yield from (phases, age, step, depth)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.restarts = Counter(
+            "respawn_restarts",
+            "Whole-job restarts, by failure reason and whether they used the restart budget.",
+            ["namespace", "job", "reason", "class"],
+            registry=registry,
+        )
+        self.time_to_recover = Histogram(
+            "respawn_time_to_recover_seconds",
+            "From a failure seen to every worker of the next attempt running.",
+            ["namespace"],
+            buckets=RECOVERY_BUCKETS,
+            registry=registry,
+        )
+        self.steps_lost = Histogram(
+            "respawn_steps_lost",
+            "Training steps redone after a failure: last step seen minus the resumed checkpoint step.",
+            ["namespace"],
+            buckets=STEPS_BUCKETS,
+            registry=registry,
+        )
+        self.reconcile_duration = Histogram(
+            "respawn_reconcile_duration_seconds", "Duration of one reconcile pass.", registry=registry
+        )
+        self.reconcile_errors = Counter(
+            "respawn_reconcile_errors",
+            "Reconcile passes that failed and were retried.",
+            ["kind"],
+            registry=registry,
+        )
+
+    def watch_state(self, jobs: Callable[[], Iterable[JobSample]], queue_depth: Callable[[], int]) -> None:
+        self.registry.register(_StateCollector(jobs, queue_depth))
