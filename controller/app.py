@@ -190,7 +190,7 @@ class Controller:
         return [i for i in (c.jobs, c.pods, c.nodes, c.device_configmaps) if i is not None]
 
     def start(self, *, sync_timeout: float = 120.0) -> None:
-        liveness, readiness = informer_checks(self._all_informers())  # type: ignore[arg-type]
+        liveness, readiness = informer_checks(self._all_informers())
         for name, check in liveness.items():
             self.health.add_liveness_check(name, check)
         for name, check in readiness.items():

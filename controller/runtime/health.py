@@ -1,0 +1,153 @@
+"""Probe and metrics endpoints on one small HTTP server: `/healthz`, `/readyz`, `/metrics`.
+
+- `/healthz` (liveness) asks "is this process still able to work?": it fails only when something
+  is dead that will not come back by itself, e.g. an informer's watch thread. An API-server outage
+  does not fail it, because restarting the controller would not help and would only add load.
+- `/readyz` (readiness) asks "may this replica be counted as available?": informers have synced.
+  It does not depend on leadership: a follower is ready too. Otherwise a rolling update would
+  stall, as the new pod could not become ready until the old leader exits, and the old one is not
+  removed until the new one is ready. Nothing routes traffic to the controller on readiness.
+- `/metrics` is prometheus-client's own exposition of the given registry (content negotiation
+  included), so the text format is never hand-written here.
+
+Each check is a named callable returning True when healthy (an exception counts as a failure).
+The body lists every check as `[+]name ok` / `[-]name failed`, as Kubernetes components do.
+The server runs in a daemon thread from `start()`; port 0 binds a free port, see `port`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+Check = Callable[[], bool]
+
+
+class _Informer(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def is_alive(self) -> bool: ...
+
+    def has_synced(self) -> bool: ...
+
+
+def informer_checks(informers: Iterable[_Informer]) -> tuple[dict[str, Check], dict[str, Check]]:
+    """Liveness checks (watch thread alive) and readiness checks (synced), one per informer."""
+    liveness: dict[str, Check] = {}
+    readiness: dict[str, Check] = {}
+    for informer in informers:
+        liveness[f"informer-{informer.name}"] = informer.is_alive
+        readiness[f"informer-{informer.name}"] = informer.has_synced
+    return liveness, readiness
+
+
+class HealthServer:
+    """Serves the probes and metrics; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8081,
+        registry: CollectorRegistry | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._address = (host, port)
+        # prometheus-client's default registry holds the process and platform collectors.
+        self._registry = registry if registry is not None else REGISTRY
+        self._log = logger or logging.getLogger(__name__)
+        self._lock = threading.Lock()
+        self._checks: dict[str, dict[str, Check]] = {"/healthz": {}, "/readyz": {}}
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def add_liveness_check(self, name: str, check: Check) -> None:
+        with self._lock:
+            self._checks["/healthz"][name] = check
+
+    def add_readiness_check(self, name: str, check: Check) -> None:
+        with self._lock:
+            self._checks["/readyz"][name] = check
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful after asking for port 0)."""
+        if self._server is None:
+            raise RuntimeError("health server not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("health server already started")
+        self._server = ThreadingHTTPServer(self._address, self._handler_class())
+        self._server.daemon_threads = True
+        # A short poll interval keeps `stop()` prompt; the idle wake-ups cost nothing measurable.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="health-server",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def run_checks(self, path: str) -> tuple[bool, str]:
+        """Run the checks behind `path` ("/healthz" or "/readyz"); (all passed, response body)."""
+        with self._lock:
+            checks = dict(self._checks[path])
+        lines, healthy = [], True
+        for name, check in sorted(checks.items()):
+            try:
+                passed = bool(check())
+            except Exception as exc:
+                self._log.warning("check %s raised %s", name, exc)
+                passed = False
+            healthy &= passed
+            lines.append(f"[{'+' if passed else '-'}]{name} {'ok' if passed else 'failed'}")
+        lines.append(f"{path[1:]} {'check passed' if healthy else 'check failed'}")
+        return healthy, "\n".join(lines) + "\n"
+
+    def _metrics(self, accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self._registry), content_type
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path in ("/healthz", "/readyz"):
+                    healthy, text = server.run_checks(path)
+                    self._send(200 if healthy else 503, text.encode(), "text/plain; charset=utf-8")
+                elif path == "/metrics":
+                    body, content_type = server._metrics(self.headers.get("Accept", ""))
+                    self._send(200, body, content_type)
+                else:
+                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Probes arrive every few seconds; logging each one would drown the useful lines."""
+
+        return Handler

@@ -1,0 +1,177 @@
+"""Leader election between two electors on a real API server."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from controller.runtime.clock import FakeClock
+from controller.runtime.leader import LeaderElector, default_identity
+
+from .test_informer_unit import wait_until
+
+# Short timings so takeovers happen in seconds; the ratios are client-go's (15/10/2 s).
+TIMINGS = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.25}
+
+
+class Tracker:
+    """Counts a replica's leadership callbacks."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.stopped = threading.Event()
+        self.started_at = 0.0
+
+    def on_started(self) -> None:
+        self.started_at = time.monotonic()
+        self.started.set()
+
+    def on_stopped(self) -> None:
+        self.stopped.set()
+
+
+@pytest.fixture
+def electors(
+    api_client: client.ApiClient, namespace: str
+) -> Iterator[Callable[..., tuple[LeaderElector, Tracker]]]:
+    made: list[LeaderElector] = []
+
+    def make(identity: str, **overrides: Any) -> tuple[LeaderElector, Tracker]:
+        tracker = Tracker()
+        elector = LeaderElector(
+            api_client,
+            namespace=namespace,
+            name="respawn-controller",
+            identity=identity,
+            on_started_leading=tracker.on_started,
+            on_stopped_leading=tracker.on_stopped,
+            **{**TIMINGS, **overrides},
+        )
+        made.append(elector)
+        return elector, tracker
+
+    yield make
+    for elector in made:
+        elector.stop(release=False)
+        assert not elector.is_alive()
+
+
+def holder(api_client: client.ApiClient, namespace: str) -> str:
+    lease = client.CoordinationV1Api(api_client).read_namespaced_lease("respawn-controller", namespace)
+    return str(lease.spec.holder_identity or "")
+
+
+def start_pair(
+    electors: Callable[..., tuple[LeaderElector, Tracker]], **overrides: Any
+) -> tuple[tuple[LeaderElector, Tracker], tuple[LeaderElector, Tracker]]:
+    first, second = electors("replica-a", **overrides), electors("replica-b", **overrides)
+    first[0].start()
+    second[0].start()
+    wait_until(lambda: first[0].is_leader() or second[0].is_leader(), timeout=10, message="someone leads")
+    return (first, second) if first[0].is_leader() else (second, first)
+
+
+def test_exactly_one_of_two_leads(
+    electors: Callable[..., tuple[LeaderElector, Tracker]], api_client: client.ApiClient, namespace: str
+) -> None:
+    (leader, leader_tracker), (follower, follower_tracker) = start_pair(electors)
+    assert holder(api_client, namespace) == leader.identity
+    # Watch over several renewals: the follower must never lead while the leader renews.
+    deadline = time.monotonic() + 6 * TIMINGS["retry_period"]
+    while time.monotonic() < deadline:
+        assert leader.is_leader() and not follower.is_leader()
+        time.sleep(0.02)
+    assert leader_tracker.started.is_set() and not follower_tracker.started.is_set()
+    renewed = client.CoordinationV1Api(api_client).read_namespaced_lease("respawn-controller", namespace).spec
+    assert renewed.renew_time > renewed.acquire_time, "the leader keeps renewing"
+
+
+def test_follower_takes_over_after_the_leader_stops_renewing(
+    electors: Callable[..., tuple[LeaderElector, Tracker]], api_client: client.ApiClient, namespace: str
+) -> None:
+    (leader, _), (follower, follower_tracker) = start_pair(electors)
+    stopped_at = time.monotonic()
+    leader.stop(release=False)  # as if the process hung or died: the lease is left to expire
+    assert not leader.is_leader()
+    wait_until(follower.is_leader, timeout=TIMINGS["lease_duration"] + 3, message="follower takes over")
+    waited = follower_tracker.started_at - stopped_at
+    assert waited >= TIMINGS["lease_duration"] - 2 * TIMINGS["retry_period"] - 0.5, "took over before expiry"
+    assert waited <= TIMINGS["lease_duration"] + 1.0, (
+        "took over well within one lease duration of the last renewal"
+    )
+    assert holder(api_client, namespace) == follower.identity
+    lease = client.CoordinationV1Api(api_client).read_namespaced_lease("respawn-controller", namespace)
+    assert lease.spec.lease_transitions == 1
+
+
+def test_release_on_clean_shutdown_makes_the_takeover_fast(
+    electors: Callable[..., tuple[LeaderElector, Tracker]], api_client: client.ApiClient, namespace: str
+) -> None:
+    # A long lease: without the release the follower would wait 20 s.
+    (leader, leader_tracker), (follower, follower_tracker) = start_pair(
+        electors, lease_duration=20.0, renew_deadline=10.0
+    )
+    stopped_at = time.monotonic()
+    leader.stop(release=True)
+    assert leader_tracker.stopped.is_set(), "on_stopped_leading runs on a clean stop too"
+    wait_until(follower.is_leader, timeout=5, message="follower takes the released lease")
+    assert follower_tracker.started_at - stopped_at < 2.0
+
+
+def test_losing_the_lease_calls_on_stopped_leading_and_does_not_retry(
+    electors: Callable[..., tuple[LeaderElector, Tracker]], api_client: client.ApiClient, namespace: str
+) -> None:
+    elector, tracker = electors("replica-a")
+    elector.start()
+    assert elector.wait_for_leadership(10)
+    # Another party takes the lease over (as an operator or a partitioned peer might).
+    leases = client.CoordinationV1Api(api_client)
+    lease = leases.read_namespaced_lease("respawn-controller", namespace)
+    now = datetime.now(UTC).replace(microsecond=1)
+    lease.spec.holder_identity, lease.spec.renew_time, lease.spec.lease_duration_seconds = (
+        "intruder",
+        now,
+        3600,
+    )
+    leases.replace_namespaced_lease("respawn-controller", namespace, lease)
+
+    assert tracker.stopped.wait(TIMINGS["renew_deadline"] + 3), (
+        "loss must be reported within the renew deadline"
+    )
+    assert not elector.is_leader()
+    wait_until(lambda: not elector.is_alive(), message="the elector gives up for good")
+    assert holder(api_client, namespace) == "intruder", "a lost lease is not released"
+
+
+def test_timings_are_validated_and_identity_is_unique(api_client: client.ApiClient) -> None:
+    with pytest.raises(ValueError):
+        LeaderElector(api_client, namespace="ns", name="l", lease_duration=10, renew_deadline=10)
+    with pytest.raises(ValueError):
+        LeaderElector(api_client, namespace="ns", name="l", renew_deadline=2, retry_period=2)
+    assert re.fullmatch(r".+_[0-9a-f]{8}", default_identity())
+    assert default_identity() != default_identity()
+
+
+def test_whole_second_timestamps_are_written_in_the_servers_micro_time_format(
+    api_client: client.ApiClient, namespace: str
+) -> None:
+    # The client drops the fraction of a whole-second datetime, and the server rejects MicroTime
+    # without exactly six digits; a fake clock standing on a whole second hits that every time.
+    clock = FakeClock(wall=datetime(2030, 1, 1, tzinfo=UTC))
+    elector = LeaderElector(api_client, namespace=namespace, name="whole-second", clock=clock, **TIMINGS)
+    elector.start()
+    try:
+        assert elector.wait_for_leadership(10)
+    finally:
+        elector.stop(release=True)
+    lease = client.CoordinationV1Api(api_client).read_namespaced_lease("whole-second", namespace)
+    assert lease.spec.holder_identity == "" and lease.spec.renew_time.year == 2030, (
+        "released with a fake time"
+    )
