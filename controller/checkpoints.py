@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
@@ -32,6 +40,7 @@ from trainer_image.resolve import ResolveError, last_complete
 
 log = logging.getLogger(__name__)
 _TAIL_BYTES = 8192
+_WRITE_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,18 @@ class CheckpointObserver(FileSystemEventHandler):
         self._jobs: dict[str, _Tracked] = {}
 
     def start(self) -> None:
-        self._observer.schedule(self, str(self.root), recursive=True)
+        self._observer.schedule(
+            self,
+            str(self.root),
+            recursive=True,
+            event_filter=[
+                FileCreatedEvent,
+                FileModifiedEvent,
+                FileMovedEvent,
+                FileDeletedEvent,
+                FileClosedEvent,
+            ],
+        )
         self._observer.start()
 
     def stop(self) -> None:
@@ -130,12 +150,23 @@ class CheckpointObserver(FileSystemEventHandler):
 
     # watchdog calls this on its own thread for every event under the root.
     def on_any_event(self, event: FileSystemEvent) -> None:
+        # Reads (ours included: resolving opens files) must not trigger more reads.
+        if event.event_type not in _WRITE_EVENTS or event.is_directory:
+            return
         paths = [Path(os.fsdecode(p)) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+        # The trainer commits a step by renaming meta.json into place; a deletion may remove a
+        # file the current answer relies on. Everything else under checkpoint/ is in flight.
+        committed = event.event_type == "deleted" or any(p.name == contract.META_FILE for p in paths)
+        stepped = any(p.name == "steps.jsonl" for p in paths)
+        if not (committed or stepped):
+            return
         with self._lock:
             tracked = list(self._jobs.items())
         for key, job in tracked:
-            checkpoint = any(p.is_relative_to(job.output / contract.CHECKPOINT_DIR) for p in paths)
-            logs = any(p.is_relative_to(job.output / "log") for p in paths)
+            checkpoint = committed and any(
+                p.is_relative_to(job.output / contract.CHECKPOINT_DIR) for p in paths
+            )
+            logs = stepped and any(p.is_relative_to(job.output / "log") for p in paths)
             if checkpoint or logs:
                 self._refresh(key, checkpoint=checkpoint, logs=logs, notify=True)
 

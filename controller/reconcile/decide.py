@@ -87,9 +87,9 @@ def decide(job: TrainingJob, pods: Sequence[dict[str, Any]], obs: Observations, 
         if status.phase is Phase.FAILED:
             plan.delete_pods.extend(_deletions(current, obs))
     elif status.phase is Phase.RESTARTING:
-        status = _continue_restart(job, status, current, older, now, plan)
+        status = _continue_restart(job, status, current, older, obs, now, plan)
     elif status.replicas is None:
-        status = _create_attempt(job, status, current, older, now, plan)
+        status = _create_attempt(job, status, current, older, obs, now, plan)
     else:
         status = _watch_attempt(job, status, current, obs, now, plan)
 
@@ -105,7 +105,9 @@ def _with_observations(job: TrainingJob, obs: Observations, now: datetime) -> Jo
         return status
     status = dataclasses.replace(status, last_complete_checkpoint=obs.checkpoint)
     baseline = status.checkpoint_step_at_restart
-    if status.consecutive_failures and (baseline is None or obs.checkpoint.step > baseline):
+    # Only the new attempt's own progress counts; the old one may still be committing while it dies.
+    running = status.phase in (Phase.PENDING, Phase.RUNNING)
+    if running and status.consecutive_failures and (baseline is None or obs.checkpoint.step > baseline):
         status = dataclasses.replace(
             status,
             budget_used=max(0, status.budget_used - 1),
@@ -120,6 +122,7 @@ def _continue_restart(
     status: JobStatus,
     current: list[dict[str, Any]],
     older: list[dict[str, Any]],
+    obs: Observations,
     now: datetime,
     plan: Plan,
 ) -> JobStatus:
@@ -130,7 +133,7 @@ def _continue_restart(
         plan.requeue_after = (ready_at - now).total_seconds()
         return status
     status = dataclasses.replace(status, phase=Phase.PENDING)
-    return _create_attempt(job, status, current, older, now, plan)
+    return _create_attempt(job, status, current, older, obs, now, plan)
 
 
 def _create_attempt(
@@ -138,6 +141,7 @@ def _create_attempt(
     status: JobStatus,
     current: list[dict[str, Any]],
     older: list[dict[str, Any]],
+    obs: Observations,
     now: datetime,
     plan: Plan,
 ) -> JobStatus:
@@ -153,7 +157,10 @@ def _create_attempt(
         if rank not in existing
     ]
     plan.events.append(Event("Normal", "AttemptCreated", f"attempt {status.attempt}: {replicas} workers"))
-    resumed = status.checkpoint_step_at_restart if status.attempt > 0 else status.resumed_from_step
+    # The trainer resolves its resume point with the same function the observer uses.
+    resumed = status.checkpoint_step_at_restart
+    if obs.checkpoint is not None:
+        resumed = obs.checkpoint.step
     return dataclasses.replace(
         status,
         replicas=replicas,

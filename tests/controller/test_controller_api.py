@@ -36,8 +36,12 @@ def training_job(name: str, replicas: int = 2, **policy: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
+            # The test plays kubelet: no scheduler (the node agent's included) may take these pods.
             "template": {
-                "spec": {"containers": [{"name": "trainer", "image": "trainer", "command": ["true"]}]}
+                "spec": {
+                    "schedulerName": "kubelet-played-by-the-test",
+                    "containers": [{"name": "trainer", "image": "trainer", "command": ["true"]}],
+                }
             },
             "failurePolicy": {"backoff": {"initialSeconds": 0, "maxSeconds": 0}, **policy},
         },

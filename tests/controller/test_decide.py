@@ -329,3 +329,23 @@ def test_backoff_doubles_up_to_the_cap(n: int, expected: float) -> None:
 def test_specs_a_schema_cannot_check_are_rejected(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidSpec, match=message):
         parse_job(job(**spec))
+
+
+def test_no_refund_for_checkpoints_the_dying_attempt_commits() -> None:
+    restarting = {
+        "phase": "Restarting",
+        "attempt": 1,
+        "restarts": 1,
+        "budgetUsed": 1,
+        "consecutiveFailures": 1,
+        "checkpointStepAtRestart": 10,
+        "nextAttemptAfter": format_time(NOW + timedelta(seconds=5)),
+    }
+    st = run(
+        job(restarting), [pod(0, attempt=0, deleting=True)], Observations(checkpoint=CheckpointRef(step=11))
+    ).status
+    assert st is not None and st.budget_used == 1 and st.checkpoint_step_at_restart == 10
+    created = run(
+        job(restarting), [], Observations(checkpoint=CheckpointRef(step=11)), now=NOW + timedelta(seconds=5)
+    )
+    assert created.status is not None and created.status.resumed_from_step == 11
