@@ -1,9 +1,10 @@
 """Ascend device faults, read from the ConfigMaps the Ascend device plugin writes.
 
-MindCluster's device plugin keeps `mindx-dl-deviceinfo-<node>` in kube-system. Its unhealthy and
-faulty devices appear under `huawei.com/Ascend910-Unhealthy`, `-NetworkUnhealthy` and `-Fault`,
-either as top-level data keys or inside the JSON document under `DeviceInfoCfg`
-(`DeviceInfo.DeviceList`). An empty value, `[]` or `{}` means healthy.
+MindCluster's device plugin keeps `mindx-dl-deviceinfo-<node>` in kube-system. Its data key
+`DeviceInfoCfg` holds a JSON document whose `DeviceInfo.DeviceList` maps
+`huawei.com/Ascend910-Unhealthy`, `-NetworkUnhealthy` and `-Fault` to the affected devices
+(ConfigMap keys cannot contain '/', so these never appear as top-level keys). An empty value,
+`[]` or `{}` means healthy; an unreadable document reports nothing rather than failing jobs.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def node_faults(configmap: Mapping[str, Any]) -> tuple[str, str] | None:
     if not name.startswith(CONFIGMAP_PREFIX):
         return None
     data = configmap.get("data") or {}
-    found = _faults_in(data)
+    found: list[str] = []
     document = data.get("DeviceInfoCfg")
     if isinstance(document, str):
         try:
