@@ -164,12 +164,10 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     node_agent.kill(namespace, "llm-a0-1")
     killed_after = len(losses(shared, namespace, "llm", 1))
 
-    for name in ("llm", "ref"):
-        wait_for(
-            f"{name} Succeeded",
-            lambda n=name: job_status(api_client, namespace, n).get("phase") in ("Succeeded", "Failed"),
-            300,
-        )
+    def finished(name: str) -> bool:
+        return job_status(api_client, namespace, name).get("phase") in ("Succeeded", "Failed")
+
+    wait_for("both jobs to finish", lambda: finished("llm") and finished("ref"), 300)
     total = max(r["global_step"] for r in losses(shared, namespace, "ref", 0))
     assert killed_after < total, "training finished before the fault was injected"
     status = job_status(api_client, namespace, "llm")

@@ -200,7 +200,8 @@ def test_watch_starts_from_the_list_and_applies_events(
     wait_until(lambda: informer.resource_version == "150", message="bookmark applied")
     assert recorder.events[2:] == [(ADDED, "ns/c", None), (MODIFIED, "ns/a", "101"), (DELETED, "ns/b", "102")]
     assert sorted(informer.keys()) == ["ns/a", "ns/c"]
-    assert informer.get("ns/a")["data"] == {"v": "2"}
+    cached = informer.get("ns/a")
+    assert cached is not None and cached["data"] == {"v": "2"}
     watch = api.watches()[0]
     assert watch["resource_version"] == "102" and watch["allow_watch_bookmarks"] is True
     assert watch["timeout_seconds"] == 77
@@ -300,7 +301,7 @@ def test_repeated_410_after_relist_backs_off(make_informer: Callable[..., Inform
 
 
 def test_indexes_follow_updates_and_deletes(make_informer: Callable[..., Informer], api: FakeApi) -> None:
-    pod = {
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "120", "labels": {"job": "j1"}},

@@ -18,7 +18,7 @@ from controller.runtime.leader import LeaderElector, default_identity
 from .test_informer_unit import wait_until
 
 # Short timings so takeovers happen in seconds; the ratios are client-go's (15/10/2 s).
-TIMINGS = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.25}
+TIMINGS: dict[str, Any] = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.25}
 
 
 class Tracker:

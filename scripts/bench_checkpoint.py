@@ -1,0 +1,289 @@
+"""Checkpoint benchmark for the trainer: a ~50M-parameter LLaMA-style model on this machine's CPU and disk.
+
+Prints, per format (ckpt, safetensors):
+- the training-loop stall per checkpoint, async vs the same save done synchronously;
+- save and load throughput next to the fsync'd write and cold-ish read bandwidth of the same disk,
+  measured in the same run (page cache evicted per file with posix_fadvise, not machine-wide);
+- resume time of a fresh process, from start to the first resumed step: import, build, load, first step.
+
+    python scripts/bench_checkpoint.py [--workdir DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STEPS_PER_EPOCH = 64
+BATCH = 1
+CONFIG: dict[str, Any] = {
+    "seed": 1,
+    "context": {"mode": 0},
+    "runner_config": {"epochs": 1, "batch_size": BATCH},
+    "lr_schedule": {"learning_rate": 1e-4, "warmup_steps": 2, "total_steps": 1000},
+    "model": {
+        "type": "llama",
+        "seq_length": 16,
+        "hidden_size": 512,
+        "num_layers": 16,
+        "num_heads": 8,
+        "intermediate_size": 1376,
+    },
+    "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": BATCH * STEPS_PER_EPOCH}},
+}
+SAVES_PER_MODE = 2
+STEPS_AFTER_SAVE = 3
+CHUNK = 8 << 20
+
+
+def evict(path: Path) -> None:
+    """Drop one file's pages from the page cache so the next read comes from the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def disk_bandwidth(directory: Path, size: int) -> tuple[float, float]:
+    """MB/s of an fsync'd sequential write and of a read after eviction, for a file of `size` bytes."""
+    path = directory / "disk-probe.bin"
+    block = os.urandom(CHUNK)
+    t0 = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        written = 0
+        while written < size:
+            written += f.write(block[: min(CHUNK, size - written)])
+        os.fsync(f.fileno())
+    write = size / (time.perf_counter() - t0) / 1e6
+    evict(path)
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.read(CHUNK):
+            pass
+    read = size / (time.perf_counter() - t0) / 1e6
+    path.unlink()
+    return write, read
+
+
+class Bench:
+    def __init__(self, workdir: Path) -> None:
+        from trainer_image.backend import Backend
+        from trainer_image.config import parse_config
+        from trainer_image.data import build_stream
+        from trainer_image.progress import Progress
+
+        self.workdir = workdir
+        self.config = parse_config({**CONFIG, "output_dir": str(workdir / "unused")})
+        self.stream = build_stream(self.config, rank=0, world_size=1)
+        self.backend = Backend(self.config, total_steps=1000)
+        self.batches = self.stream.batches(start_step=0, epochs=1)
+        self.progress = Progress(dataset_fingerprint=self.stream.fingerprint)
+        self.params = sum(int(p.size) for p in self.backend.model.trainable_params())
+
+    def step(self) -> float:
+        t0 = time.perf_counter()
+        self.backend.step(next(self.batches), None)
+        p = self.progress
+        p.global_step += 1
+        p.data_step += 1
+        p.epoch, p.step = 1, p.data_step
+        return time.perf_counter() - t0
+
+    def checkpointer(self, name: str, fmt: str, async_save: bool) -> Any:
+        from trainer_image.checkpointer import Checkpointer
+        from trainer_image.config import CheckpointMonitor
+
+        monitor = CheckpointMonitor(
+            prefix="bench",
+            keep_checkpoint_max=1,
+            async_save=async_save,
+            checkpoint_format=fmt,  # type: ignore[arg-type]
+            save_network_params=False,
+        )
+        return Checkpointer(
+            backend=self.backend,
+            monitor=monitor,
+            output_dir=self.workdir / name,
+            rank=0,
+            world_size=1,
+            resumed_key=None,
+        )
+
+    def stall(self, fmt: str, async_save: bool, step_time: float) -> dict[str, float]:
+        """Loop time lost per checkpoint: the save call, slower steps while it writes, the final wait."""
+        ck = self.checkpointer(f"{fmt}-{'async' if async_save else 'sync'}", fmt, async_save)
+        blocking, effective = [], []
+        for _ in range(SAVES_PER_MODE):
+            t0 = time.perf_counter()
+            ck.save(self.progress)
+            call = time.perf_counter() - t0
+            steps = [self.step() for _ in range(STEPS_AFTER_SAVE)]
+            t1 = time.perf_counter()
+            ck.wait()
+            waited = time.perf_counter() - t1
+            blocking.append(call)
+            effective.append(call + sum(steps) - STEPS_AFTER_SAVE * step_time + waited)
+        return {"blocking": statistics.median(blocking), "effective": statistics.median(effective)}
+
+    def sync_save_throughput(self, fmt: str) -> tuple[float, int, Path]:
+        ck = self.checkpointer(f"{fmt}-throughput", fmt, False)
+        times = []
+        for _ in range(SAVES_PER_MODE):
+            self.step()
+            t0 = time.perf_counter()
+            ck.save(self.progress)
+            times.append(time.perf_counter() - t0)
+        path = ck.dir / ck.history[-1].file
+        size = path.stat().st_size
+        return size / statistics.median(times) / 1e6, size, path
+
+    def load_throughput(self, path: Path) -> tuple[float, float]:
+        """MB/s of the load call after eviction, and the first step after it (lazy safetensors pay here)."""
+        size = path.stat().st_size
+        evict(path)
+        t0 = time.perf_counter()
+        self.backend.load(path, weights_only=False)
+        load = time.perf_counter() - t0
+        self.batches = self.stream.batches(start_step=self.progress.data_step, epochs=1)
+        return size / load / 1e6, self.step()
+
+
+def resume_run(workdir: Path, fmt: str, checkpoint_dir: Path) -> dict[str, float]:
+    """A fresh process resuming from `checkpoint_dir`, stopped by SIGTERM after its first step."""
+    out = workdir / f"resume-{fmt}"
+    config = {
+        **CONFIG,
+        "output_dir": str(out),
+        "load_checkpoint": str(checkpoint_dir),
+        "resume_training": True,
+        "load_ckpt_format": fmt,
+        # SIGTERM after the first step commits one more checkpoint; exit 75
+        "callbacks": [
+            {
+                "type": "CheckpointMonitor",
+                "prefix": "resumed",
+                "save_checkpoint_steps": 10_000,
+                "checkpoint_format": fmt,
+                "save_network_params": False,
+            }
+        ],
+    }
+    path = workdir / f"resume-{fmt}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    steps = out / "log" / "rank_0" / "steps.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPAWN_", "MS_COMPILER_CACHE"))}
+    env["PYTHONPATH"] = str(REPO)
+    log_path = workdir / f"resume-{fmt}.log"
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer_image", "--config", str(path)], env=env, stderr=log
+        )
+        deadline = t0 + 600
+        while not (steps.exists() and steps.read_bytes().endswith(b"\n")):
+            if proc.poll() is not None or time.perf_counter() > deadline:
+                proc.kill()
+                raise RuntimeError(f"resume run failed:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.01)
+        total = time.perf_counter() - t0
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=600)
+    text = log_path.read_text()
+    m = re.search(r"import ([\d.]+)s, build ([\d.]+)s, load ([\d.]+)s", text)
+    assert m is not None and code == 75, text[-2000:]
+    first = json.loads(steps.read_text().splitlines()[0])
+    assert first["resumed_from"] is not None
+    # startup_seconds runs from the trainer's start (after parsing config) to the first step
+    return {
+        "process": total,
+        "python+args": total - first["startup_seconds"] - first["step_time"],
+        "import": float(m[1]),
+        "build": float(m[2]),
+        "load": float(m[3]),
+        "first_step": first["step_time"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", type=Path, help="directory on the disk to measure (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the workdir")
+    args = parser.parse_args()
+    os.environ.setdefault("GLOG_v", "3")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ckpt-", dir=args.workdir))
+    try:
+        bench = Bench(workdir)
+        print(f"model: {bench.params / 1e6:.1f}M parameters, {os.cpu_count()} CPUs, workdir {workdir}")
+        for _ in range(2):
+            bench.step()  # compile
+        step_time = statistics.median(bench.step() for _ in range(5))
+        print(f"training step: {step_time * 1e3:.0f} ms (median of 5)")
+        results: dict[str, dict[str, Any]] = {}
+        for fmt in ("ckpt", "safetensors"):
+            r = results[fmt] = {}
+            r["sync"] = bench.stall(fmt, False, step_time)
+            r["async"] = bench.stall(fmt, True, step_time)
+            r["save_mbps"], r["size"], path = bench.sync_save_throughput(fmt)
+            r["disk_write"], r["disk_read"] = disk_bandwidth(workdir, r["size"])
+            r["load_mbps"], r["first_step_after_load"] = bench.load_throughput(path)
+            r["resume_source"] = path.parent.parent
+        for fmt in ("ckpt", "safetensors"):
+            results[fmt]["resume"] = resume_run(workdir, fmt, results[fmt]["resume_source"])
+        report(results, step_time)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(results: dict[str, dict[str, Any]], step_time: float) -> None:
+    print()
+    for fmt, r in results.items():
+        sync, asyn = r["sync"], r["async"]
+        print(f"[{fmt}] checkpoint {r['size'] / 2**20:.0f} MiB")
+        blocking_pct = 100 * asyn["blocking"] / sync["effective"]
+        effective_pct = 100 * asyn["effective"] / sync["effective"]
+        print(
+            f"  stall per checkpoint: sync {sync['effective']:.2f} s; async {asyn['blocking']:.3f} s "
+            "blocking "
+            f"= {blocking_pct:.1f} % of sync, {asyn['effective']:.2f} s including slower steps while "
+            f"writing = {effective_pct:.0f} % of sync"
+        )
+        print(
+            f"  save {r['save_mbps']:.0f} MB/s (write, fsync, sha256, meta) vs disk fsync'd write "
+            f"{r['disk_write']:.0f} MB/s = {100 * r['save_mbps'] / r['disk_write']:.0f} %"
+        )
+        print(
+            f"  load {r['load_mbps']:.0f} MB/s vs disk cold read {r['disk_read']:.0f} MB/s = "
+            f"{100 * r['load_mbps'] / r['disk_read']:.0f} %; first step after load "
+            f"{r['first_step_after_load']:.2f} s (steady {step_time:.2f} s)"
+        )
+        res = r["resume"]
+        print(
+            f"  resume, process start to first resumed step done: {res['process']:.1f} s = python+args "
+            f"{res['python+args']:.1f} + import {res['import']:.1f} + build {res['build']:.1f} + "
+            f"load {res['load']:.1f} + first step {res['first_step']:.1f} (compile included)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""`python -m trainer_image --config run.yaml [overrides]`: one rank, exit code per contract.ExitCode."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from trainer_image.contract import ExitCode, parse_resume_training
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m trainer_image", description=__doc__)
+    p.add_argument("--config", required=True, help="YAML config (MindFormers key names)")
+    p.add_argument("--output_dir")
+    p.add_argument("--load_checkpoint")
+    p.add_argument("--resume_training", help="true, false or a checkpoint file name")
+    p.add_argument("--train_dataset_dir")
+    p.add_argument("--load_ckpt_format", choices=("ckpt", "safetensors"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int)
+    return p.parse_args(argv)
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs: dict[str, Any] = {
+        "output_dir": args.output_dir,
+        "load_checkpoint": args.load_checkpoint,
+        "resume_training": None
+        if args.resume_training is None
+        else parse_resume_training(args.resume_training),
+        "train_dataset.data_loader.dataset_dir": args.train_dataset_dir,
+        "load_ckpt_format": args.load_ckpt_format,
+        "seed": args.seed,
+        "runner_config.epochs": args.epochs,
+    }
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("trainer_image")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    from trainer_image.config import ConfigError
+    from trainer_image.trainer import Trainer, build_config, env_overrides
+
+    try:
+        config = build_config(args.config, env_overrides(os.environ), cli_overrides(args))
+        outcome = Trainer(config, apply_env=False).train()
+    except ConfigError as e:
+        log.error("permanent error: %s", e)
+        return ExitCode.CONFIG_ERROR
+    except Exception:
+        log.exception("training failed")
+        return ExitCode.FAILED
+    if outcome.status == "completed":
+        return ExitCode.SUCCESS
+    if outcome.checkpointed:
+        return ExitCode.STOPPED
+    return 128 + 15  # stopped by SIGTERM without a checkpoint to show for it (no CheckpointMonitor)
+
+
+if __name__ == "__main__":
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: MindSpore's background threads can stall it after the work is done.
+    os._exit(code)

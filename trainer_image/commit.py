@@ -1,0 +1,93 @@
+"""Crash-safe file publication: write under a temporary name, fsync, rename, fsync the directory.
+
+A file under its final name is therefore always complete and durable. A crash leaves at most a
+`.tmp-*` file behind, which `remove_stale_temps` clears on the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from trainer_image.layout import TEMP_PREFIX
+
+_CHUNK = 8 << 20
+
+
+def temp_path(final: Path) -> Path:
+    # Keep the extension last: MindSpore appends one to paths that lack it.
+    return final.with_name(f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{final.name}")
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make a fully written temp file durable under its final name. Never overwrites."""
+    if final.exists():
+        raise FileExistsError(f"refusing to overwrite {final}")
+    os.chmod(tmp, 0o644)  # MindSpore leaves 0400, which other readers (the controller) cannot open
+    fsync_file(tmp)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def atomic_write_bytes(final: Path, data: bytes) -> None:
+    """Replace `final` atomically (used for meta.json, which is rewritten on every commit)."""
+    tmp = temp_path(final)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb", buffering=0) as f:
+        return sha256_stream(f)
+
+
+def sha256_stream(f: io.RawIOBase) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    while n := f.readinto(buf):
+        h.update(view[:n])
+    return h.hexdigest()
+
+
+def publish_and_digest(tmp: Path, final: Path) -> str:
+    """`publish`, with the sha256 computed from the page cache while fsync waits for the disk."""
+    with open(tmp, "rb", buffering=0) as f, ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
+        digest = pool.submit(sha256_stream, f)
+        publish(tmp, final)
+        return digest.result()
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete temp files left by a crashed writer. Only for directories this process owns."""
+    removed = []
+    if directory.is_dir():
+        for entry in os.scandir(directory):
+            if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed

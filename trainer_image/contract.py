@@ -1,0 +1,93 @@
+"""The contract between the respawn controller and the trainer: environment and exit codes.
+
+The controller imports this module, so it must stay free of MindSpore and of anything slow.
+
+Precedence of settings in the trainer: command-line flags > environment variables > YAML config.
+"""
+
+from __future__ import annotations
+
+import enum
+
+# Set by the controller on every worker container.
+OUTPUT_DIR = "RESPAWN_OUTPUT_DIR"
+RANK = "RESPAWN_RANK"
+WORLD_SIZE = "RESPAWN_WORLD_SIZE"
+ATTEMPT = "RESPAWN_ATTEMPT"  # 0 on the first start, +1 per gang restart; informational only
+LOAD_CHECKPOINT = "RESPAWN_LOAD_CHECKPOINT"
+RESUME_TRAINING = "RESPAWN_RESUME_TRAINING"  # "true" / "false" / a checkpoint file name
+TRAIN_DATASET_DIR = "RESPAWN_TRAIN_DATASET_DIR"
+
+# MindFormers: the top-level directory shared by all nodes (checkpoints must live under it).
+SHARED_PATHS = "SHARED_PATHS"
+
+# MindSpore dynamic-cluster variables, passed through untouched to mindspore.communication.
+MS_SCHED_HOST = "MS_SCHED_HOST"
+MS_SCHED_PORT = "MS_SCHED_PORT"
+MS_WORKER_NUM = "MS_WORKER_NUM"
+MS_LOCAL_WORKER = "MS_LOCAL_WORKER"
+MS_NODE_RANK = "MS_NODE_RANK"
+MS_NODE_ID = "MS_NODE_ID"
+MS_ROLE = "MS_ROLE"
+MS_CLUSTER_VARS = (
+    MS_SCHED_HOST,
+    MS_SCHED_PORT,
+    MS_WORKER_NUM,
+    MS_LOCAL_WORKER,
+    MS_NODE_RANK,
+    MS_NODE_ID,
+    MS_ROLE,
+)
+
+# Layout under output_dir, shared with docs/trainer.md.
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_NETWORK_DIR = "checkpoint_network"
+META_FILE = "meta.json"
+STEP_LOG = "log/rank_{rank}/steps.jsonl"
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes of `python -m trainer_image`.
+
+    Anything not listed (including 128+N for a death by signal N, e.g. 137 after SIGKILL or an OOM kill)
+    is an unexpected failure and is retryable.
+    """
+
+    SUCCESS = 0
+    """Training reached the configured end; the final checkpoint is committed."""
+    FAILED = 1
+    """Unexpected failure (crash, I/O error, lost peer). Retryable: restart and resume."""
+    STOPPED = 75
+    """Stopped on request (SIGTERM) after committing a checkpoint of the last finished step.
+    Nothing was lost; restart to continue. Like EX_TEMPFAIL."""
+    CONFIG_ERROR = 78
+    """Permanent: invalid config, bad path, missing or unreadable data or checkpoint the user named.
+    Retrying with the same inputs fails the same way. Like EX_CONFIG."""
+
+
+class ExitClass(enum.Enum):
+    SUCCEEDED = "Succeeded"
+    STOPPED = "Stopped"
+    PERMANENT = "Permanent"
+    RETRYABLE = "Retryable"
+
+
+def classify_exit(code: int) -> ExitClass:
+    """What a controller should make of a trainer container's exit code."""
+    if code == ExitCode.SUCCESS:
+        return ExitClass.SUCCEEDED
+    if code == ExitCode.STOPPED:
+        return ExitClass.STOPPED
+    if code == ExitCode.CONFIG_ERROR:
+        return ExitClass.PERMANENT
+    return ExitClass.RETRYABLE
+
+
+def parse_resume_training(value: str) -> bool | str:
+    """Decode RESPAWN_RESUME_TRAINING / --resume_training: a boolean word or a checkpoint file name."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no", ""):
+        return False
+    return value.strip()

@@ -1,0 +1,119 @@
+"""The Python API, shaped like MindFormers': `Trainer(...).train(train_checkpoint=..., resume_training=...)`.
+
+Runs one rank in the calling process.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer_image import contract
+from trainer_image.config import TrainerConfig, load_yaml, parse_config, set_dotted, to_dict
+from trainer_image.loop import Outcome, StopRequest, run
+
+
+@dataclass
+class TrainingArguments:
+    """Overrides of the YAML config; None leaves the config value alone."""
+
+    output_dir: str | None = None
+    resume_from_checkpoint: str | None = None  # -> load_checkpoint
+    resume_training: bool | str | None = None
+    train_dataset_dir: str | None = None
+    seed: int | None = None
+    num_train_epochs: int | None = None
+    per_device_train_batch_size: int | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        pairs = {
+            "output_dir": self.output_dir,
+            "load_checkpoint": self.resume_from_checkpoint,
+            "resume_training": self.resume_training,
+            "train_dataset.data_loader.dataset_dir": self.train_dataset_dir,
+            "seed": self.seed,
+            "runner_config.epochs": self.num_train_epochs,
+            "runner_config.batch_size": self.per_device_train_batch_size,
+        }
+        return {k: v for k, v in pairs.items() if v is not None}
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The controller's variables as config overrides."""
+    out: dict[str, Any] = {}
+    if environ.get(contract.OUTPUT_DIR):
+        out["output_dir"] = environ[contract.OUTPUT_DIR]
+    if environ.get(contract.LOAD_CHECKPOINT):
+        out["load_checkpoint"] = environ[contract.LOAD_CHECKPOINT]
+    if environ.get(contract.RESUME_TRAINING):
+        out["resume_training"] = contract.parse_resume_training(environ[contract.RESUME_TRAINING])
+    if environ.get(contract.TRAIN_DATASET_DIR):
+        out["train_dataset.data_loader.dataset_dir"] = environ[contract.TRAIN_DATASET_DIR]
+    return out
+
+
+def rank_and_world(environ: Mapping[str, str]) -> tuple[int, int]:
+    from trainer_image.config import ConfigError
+
+    try:
+        rank = int(environ.get(contract.RANK, "0"))
+        world = int(environ.get(contract.WORLD_SIZE, "1"))
+    except ValueError as e:
+        raise ConfigError(f"{contract.RANK}/{contract.WORLD_SIZE}: {e}") from e
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"{contract.RANK}={rank} does not fit {contract.WORLD_SIZE}={world}")
+    return rank, world
+
+
+def build_config(
+    config: str | os.PathLike[str] | Mapping[str, Any] | TrainerConfig | None,
+    *layers: Mapping[str, Any],
+) -> TrainerConfig:
+    """YAML (or a mapping) with override layers applied in order: later layers win."""
+    if isinstance(config, TrainerConfig):
+        raw: dict[str, Any] = to_dict(config)
+    elif isinstance(config, Mapping):
+        raw = dict(config)
+    elif config is None:
+        raw = {}
+    else:
+        raw = load_yaml(Path(config))
+    for layer in layers:
+        for key, value in layer.items():
+            set_dotted(raw, key, value)
+    return parse_config(raw)
+
+
+class Trainer:
+    """Trains one rank in this process. Settings: arguments > environment > YAML."""
+
+    def __init__(
+        self,
+        config: str | os.PathLike[str] | Mapping[str, Any] | TrainerConfig | None = None,
+        args: TrainingArguments | None = None,
+        *,
+        train_dataset: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        apply_env: bool = True,
+    ) -> None:
+        environ = os.environ if environ is None else environ
+        extra = {"train_dataset.data_loader.dataset_dir": train_dataset} if train_dataset else {}
+        env = env_overrides(environ) if apply_env else {}
+        self.config = build_config(config, env, (args or TrainingArguments()).overrides(), extra)
+        self.rank, self.world_size = rank_and_world(environ)
+
+    def train(
+        self, train_checkpoint: str | None = None, resume_training: bool | str | None = None
+    ) -> Outcome:
+        overrides: dict[str, Any] = {}
+        if train_checkpoint is not None:
+            overrides["load_checkpoint"] = train_checkpoint
+        if resume_training is not None:
+            overrides["resume_training"] = resume_training
+        config = build_config(self.config, overrides) if overrides else self.config
+        stop = StopRequest()
+        stop.install()
+        return run(config, rank=self.rank, world_size=self.world_size, stop=stop)
