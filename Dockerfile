@@ -1,22 +1,73 @@
 # syntax=docker/dockerfile:1
-# Images for respawn: `--target controller` and `--target trainer`.
-FROM python:3.11.14-slim-bookworm AS base
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN useradd --uid 65532 --create-home --shell /usr/sbin/nologin respawn
-WORKDIR /app
+# Images for respawn, one target each:
+#   docker build --target controller -t respawn/controller:0.1.0 .
+#   docker build --target trainer    -t respawn/trainer:0.1.0 .
+#
+# Layers from least to most often changed: the pinned dependencies (read from pyproject.toml
+# alone, so editing the source never reinstalls them), then the source. Build tools and pip's
+# work stay in the build stages; the images run as the non-root user 65532 (the chart's
+# runAsUser), from /app on PYTHONPATH.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-FROM base AS controller
-COPY pyproject.toml README.md ./
-COPY controller/ controller/
+# -- requirements: the pinned dependencies of each image, from pyproject.toml --------------------
+FROM ${PYTHON_IMAGE} AS requirements
+WORKDIR /src
+COPY pyproject.toml ./
+RUN python -c "import tomllib; \
+project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+runtime = project['dependencies']; \
+open('controller.txt', 'w').write('\n'.join(runtime) + '\n'); \
+open('trainer.txt', 'w').write('\n'.join(runtime + project['optional-dependencies']['trainer']) + '\n')"
+
+# -- a virtual environment per image, built outside the final image -----------------------------
+FROM ${PYTHON_IMAGE} AS controller-venv
+COPY --from=requirements /src/controller.txt /tmp/requirements.txt
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
+
+FROM ${PYTHON_IMAGE} AS trainer-venv
+COPY --from=requirements /src/trainer.txt /tmp/requirements.txt
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
+
+# -- what both images share ---------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/app \
+    PATH=/opt/venv/bin:$PATH
+RUN groupadd --gid 65532 respawn \
+    && useradd --uid 65532 --gid 65532 --create-home --home-dir /home/respawn \
+        --shell /usr/sbin/nologin respawn
+WORKDIR /app
+LABEL org.opencontainers.image.vendor="respawn" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
+
+# -- the controller: python -m controller -------------------------------------------------------
+FROM runtime AS controller
+LABEL org.opencontainers.image.title="respawn controller" \
+      org.opencontainers.image.description="Restarts TrainingJobs from their last complete checkpoint"
+COPY --from=controller-venv /opt/venv /opt/venv
+# The controller shares the trainer's contract and checkpoint resolver (trainer_image/).
 COPY trainer_image/ trainer_image/
-RUN pip install --no-deps . && pip install "kubernetes==37.0.2" "pyyaml==6.0.3" "watchdog==7.1.0" "prometheus-client==0.26.0"
+COPY controller/ controller/
 USER 65532:65532
+EXPOSE 8081
 ENTRYPOINT ["python", "-m", "controller"]
 
-FROM base AS trainer
-COPY pyproject.toml README.md ./
+# -- the trainer (MindSpore): python -m trainer_image --config FILE ------------------------------
+FROM runtime AS trainer
+LABEL org.opencontainers.image.title="respawn trainer" \
+      org.opencontainers.image.description="MindSpore trainer that resumes exactly from its checkpoints"
+# MindSpore's CPU kernels link OpenMP, which the slim base lacks. Pinned to bookworm's version:
+# update it together with PYTHON_IMAGE.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=trainer-venv /opt/venv /opt/venv
 COPY trainer_image/ trainer_image/
-COPY controller/ controller/
-RUN pip install ".[trainer]"
 USER 65532:65532
+# MindSpore writes logs and compile caches under the working directory: the user's own.
+WORKDIR /home/respawn
 ENTRYPOINT ["python", "-m", "trainer_image"]

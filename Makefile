@@ -36,3 +36,8 @@ demo: assets
 
 clean:
 	rm -rf .devcluster .mypy_cache .ruff_cache .pytest_cache
+
+# deploy/respawn.yaml and the chart's copy of deploy/crds/, regenerated from helm/respawn.
+.PHONY: manifests
+manifests: assets
+	$(BIN)/python hack/helm/manifests.py

@@ -1,10 +1,12 @@
-"""Control-plane binaries (etcd, kube-apiserver, kube-controller-manager) at pinned versions.
+"""Control-plane binaries (etcd, kube-apiserver, kube-controller-manager) and helm at pinned versions.
 
 They are built from Go modules through the module proxy, from the small module in
-`hack/controlplane/` whose go.mod pins `k8s.io/kubernetes` and `go.etcd.io/etcd/server/v3`.
-The result is cached outside the repository, keyed by a hash of that go.mod/go.sum, so a
-second run builds nothing. `RESPAWN_ASSETS` pointing at a directory that already holds the
-binaries skips the build altogether, as envtest's KUBEBUILDER_ASSETS does.
+`hack/controlplane/` whose go.mod pins `k8s.io/kubernetes` and `go.etcd.io/etcd/server/v3`, and
+helm from its own module in `hack/helm/` (its Kubernetes dependencies must not meet the
+control plane's replace block). The result is cached outside the repository, keyed by a hash
+of both modules' go.mod/go.sum, so a second run builds nothing. `RESPAWN_ASSETS` pointing at a
+directory that already holds the binaries skips the build altogether, as envtest's
+KUBEBUILDER_ASSETS does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ ASSETS_ENV = "RESPAWN_ASSETS"
 CACHE_ENV = "RESPAWN_CACHE_DIR"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GO_MODULE_DIR = REPO_ROOT / "hack" / "controlplane"
+HELM_MODULE_DIR = REPO_ROOT / "hack" / "helm"
 
 
 @dataclass(frozen=True)
@@ -33,26 +36,40 @@ class Binary:
     version_package: str | None = None
 
 
-BINARIES = (
-    Binary("etcd", "go.etcd.io/etcd/server/v3"),
-    Binary("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/component-base/version"),
-    Binary(
-        "kube-controller-manager",
-        "k8s.io/kubernetes/cmd/kube-controller-manager",
-        "k8s.io/component-base/version",
+# Go module directory -> the binaries built from it, each module with its own go.mod/go.sum.
+MODULES: dict[Path, tuple[Binary, ...]] = {
+    GO_MODULE_DIR: (
+        Binary("etcd", "go.etcd.io/etcd/server/v3"),
+        Binary("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/component-base/version"),
+        Binary(
+            "kube-controller-manager",
+            "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "k8s.io/component-base/version",
+        ),
     ),
-)
+    HELM_MODULE_DIR: (Binary("helm", "helm.sh/helm/v4/cmd/helm", "helm.sh/helm/v4/internal/version"),),
+}
+BINARIES = tuple(binary for binaries in MODULES.values() for binary in binaries)
 
 
 class AssetError(RuntimeError):
     pass
 
 
-def pinned_kubernetes_version() -> str:
-    match = re.search(r"^\s*k8s\.io/kubernetes (v\S+)", (GO_MODULE_DIR / "go.mod").read_text(), re.M)
+def _pinned_version(module_dir: Path, module: str) -> str:
+    pattern = rf"^(?:require)?\s*{re.escape(module)} (v\S+)"
+    match = re.search(pattern, (module_dir / "go.mod").read_text(), re.M)
     if not match:
-        raise AssetError(f"no k8s.io/kubernetes requirement in {GO_MODULE_DIR / 'go.mod'}")
+        raise AssetError(f"no {module} requirement in {module_dir / 'go.mod'}")
     return match.group(1)
+
+
+def pinned_kubernetes_version() -> str:
+    return _pinned_version(GO_MODULE_DIR, "k8s.io/kubernetes")
+
+
+def pinned_helm_version() -> str:
+    return _pinned_version(HELM_MODULE_DIR, "helm.sh/helm/v4")
 
 
 def cache_root() -> Path:
@@ -64,30 +81,47 @@ def cache_root() -> Path:
 
 def cache_dir() -> Path:
     digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum"):
-        digest.update((GO_MODULE_DIR / name).read_bytes())
-    return cache_root() / "assets" / f"kubernetes-{pinned_kubernetes_version()}-{digest.hexdigest()[:12]}"
+    for module_dir in MODULES:
+        for name in ("go.mod", "go.sum"):
+            digest.update((module_dir / name).read_bytes())
+    versions = f"kubernetes-{pinned_kubernetes_version()}-helm-{pinned_helm_version()}"
+    return cache_root() / "assets" / f"{versions}-{digest.hexdigest()[:12]}"
 
 
 def _complete(directory: Path) -> bool:
     return all(os.access(directory / b.name, os.X_OK) for b in BINARIES)
 
 
-def _ldflags(binary: Binary) -> str:
-    if binary.version_package is None:
-        return "-s -w"
+def _kubernetes_stamps() -> dict[str, str]:
     version = pinned_kubernetes_version()
     major, minor = version.lstrip("v").split(".")[:2]
-    pkg = binary.version_package
     # Without these the server reports v0.0.0-master, which breaks clients (helm, kubectl)
     # that gate on the server version.
-    stamps = {
+    return {
         "gitVersion": version,
         "gitMajor": major,
         "gitMinor": minor,
         "gitTreeState": "clean",
         "buildDate": "1970-01-01T00:00:00Z",
     }
+
+
+def _helm_stamps() -> dict[str, str]:
+    # Otherwise `helm version` says only "v4.3", the release branch's placeholder.
+    return {"version": pinned_helm_version(), "gitTreeState": "clean"}
+
+
+_VERSION_STAMPS = {
+    "k8s.io/component-base/version": _kubernetes_stamps,
+    "helm.sh/helm/v4/internal/version": _helm_stamps,
+}
+
+
+def _ldflags(binary: Binary) -> str:
+    if binary.version_package is None:
+        return "-s -w"
+    pkg = binary.version_package
+    stamps = _VERSION_STAMPS[pkg]()
     return " ".join(["-s", "-w", *(f"-X {pkg}.{k}={v}" for k, v in stamps.items())])
 
 
@@ -97,23 +131,24 @@ def build(target: Path, log=sys.stderr) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        for binary in BINARIES:
-            print(f"building {binary.name} from {binary.package} ...", file=log, flush=True)
-            subprocess.run(
-                [
-                    "go",
-                    "build",
-                    "-trimpath",
-                    "-ldflags",
-                    _ldflags(binary),
-                    "-o",
-                    str(staging / binary.name),
-                    binary.package,
-                ],
-                cwd=GO_MODULE_DIR,
-                check=True,
-                env={**os.environ, "GOFLAGS": "-mod=readonly"},
-            )
+        for module_dir, binaries in MODULES.items():
+            for binary in binaries:
+                print(f"building {binary.name} from {binary.package} ...", file=log, flush=True)
+                subprocess.run(
+                    [
+                        "go",
+                        "build",
+                        "-trimpath",
+                        "-ldflags",
+                        _ldflags(binary),
+                        "-o",
+                        str(staging / binary.name),
+                        binary.package,
+                    ],
+                    cwd=module_dir,
+                    check=True,
+                    env={**os.environ, "GOFLAGS": "-mod=readonly"},
+                )
         # A half-built directory is never visible under the final name.
         staging.rename(target)
     except BaseException:
@@ -122,7 +157,7 @@ def build(target: Path, log=sys.stderr) -> None:
 
 
 def ensure_assets(log=sys.stderr) -> Path:
-    """Return a directory holding every control-plane binary, building them only if needed."""
+    """Return a directory holding every control-plane binary and helm, building them only if needed."""
     override = os.environ.get(ASSETS_ENV)
     if override:
         directory = Path(override)

@@ -143,7 +143,7 @@ def test_asset_override_must_hold_every_binary(tmp_path: Path) -> None:
         env={**os.environ, assets.ASSETS_ENV: str(tmp_path)},
     )
     assert result.returncode == 1
-    assert "lacks executable kube-apiserver, kube-controller-manager" in result.stderr
+    assert "lacks executable kube-apiserver, kube-controller-manager, helm" in result.stderr
 
 
 def test_stopped_control_plane_leaves_no_process(tmp_path: Path) -> None:

@@ -1,0 +1,355 @@
+"""The chart on its own: lint, render, the values schema, and what each value switches."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import ALL_OPTIONS, CHART, Helm, Rendered
+
+pytestmark = pytest.mark.timeout(300)
+
+Render = Callable[..., Rendered]
+PROMETHEUS_OPERATOR = ("--api-versions", "monitoring.coreos.com/v1")
+
+
+def controller_args(rendered: Rendered) -> list[str]:
+    container = rendered.one("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return container["args"]
+
+
+def rules_by_resource(rendered: Rendered, kind: str, name: str) -> dict[str, set[str]]:
+    rules: dict[str, set[str]] = {}
+    for rule in rendered.one(kind, name)["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                key = f"{resource}.{group}" if group else resource
+                rules.setdefault(key, set()).update(rule["verbs"])
+    return rules
+
+
+# -- lint and render ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(ALL_OPTIONS)]], ids=["defaults", "all-options"])
+def test_lint_is_clean(helm: Helm, values: list[str]) -> None:
+    result = helm("lint", "--strict", str(CHART), *values)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
+
+
+def test_defaults_render_the_controller_and_its_permissions(render: Render) -> None:
+    rendered = render()
+    assert rendered.kinds() == {
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+    }
+    deployment = rendered.one("Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "respawn/controller:0.1.0"
+    assert container["args"] == [
+        "--workers=2",
+        "--health-port=8081",
+        "--lease-name=respawn-controller",
+        "--log-level=info",
+    ]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    assert pod["serviceAccountName"] == rendered.one("ServiceAccount")["metadata"]["name"]
+    service = rendered.one("Service")
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8081, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_pod_security_is_restricted(render: Render) -> None:
+    pod = render().one("Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = pod["containers"][0]["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_all_options_render(render: Render) -> None:
+    rendered = render("-f", str(ALL_OPTIONS), *PROMETHEUS_OPERATOR)
+    assert {"PodDisruptionBudget", "ServiceMonitor", "ConfigMap"} <= rendered.kinds()
+    assert controller_args(rendered) == [
+        "--namespace=team-a",
+        "--workers=4",
+        "--health-port=9090",
+        "--lease-name=respawn-all",
+        "--shared-root=/mnt/training",
+        "--checkpoint-poll-interval=10",
+        "--log-level=debug",
+        "--lease-duration=20",
+        "--renew-deadline=15",
+    ]
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["shared"] == {"name": "shared", "mountPath": "/mnt/training", "readOnly": True}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["shared"]["persistentVolumeClaim"] == {"claimName": "training-shared", "readOnly": True}
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"][0]["key"] == "node-role.kubernetes.io/control-plane"
+    assert set(pod["affinity"]) == {"nodeAffinity"}
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    monitor = rendered.one("ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+    assert rendered.one("PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+# -- RBAC --------------------------------------------------------------------------------------
+
+JOB_RULES = {
+    "trainingjobs.training.respawn.dev": {"get", "list", "watch"},
+    "trainingjobs/status.training.respawn.dev": {"update"},
+    "trainingjobs/finalizers.training.respawn.dev": {"update"},
+    "pods": {"get", "list", "watch", "create", "delete"},
+    "services": {"get", "create"},
+    "events": {"create"},
+}
+
+
+def test_rbac_grants_exactly_what_the_controller_uses(render: Render) -> None:
+    rendered = render()
+    assert rules_by_resource(rendered, "ClusterRole", "respawn") == {"nodes": {"list", "watch"}, **JOB_RULES}
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in rendered.of_kind("Role")}
+    assert roles == {("respawn-system", "respawn-leader-election"), ("kube-system", "respawn-device-faults")}
+    assert rules_by_resource(rendered, "Role", "respawn-device-faults") == {"configmaps": {"list", "watch"}}
+    lease_rules = rendered.one("Role", "respawn-leader-election")["rules"]
+    assert lease_rules == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["respawn-controller"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    for binding in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "respawn", "namespace": "respawn-system"}
+        ]
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(ALL_OPTIONS)]], ids=["defaults", "all-options"])
+def test_no_rule_reaches_secrets_or_wildcards(render: Render, values: list[str]) -> None:
+    for role in render(*values).of_kind("ClusterRole") + render(*values).of_kind("Role"):
+        for rule in role["rules"]:
+            assert "secrets" not in rule["resources"]
+            assert "*" not in rule["resources"] + rule["verbs"] + rule["apiGroups"]
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+def test_watch_namespace_moves_job_permissions_into_a_role(render: Render) -> None:
+    rendered = render("--set", "controller.watchNamespace=team-a")
+    assert "--namespace=team-a" in controller_args(rendered)
+    assert rules_by_resource(rendered, "ClusterRole", "respawn") == {"nodes": {"list", "watch"}}
+    role = rendered.one("Role", "respawn")
+    assert role["metadata"]["namespace"] == "team-a"
+    assert rules_by_resource(rendered, "Role", "respawn") == JOB_RULES
+    assert rendered.one("RoleBinding", "respawn")["metadata"]["namespace"] == "team-a"
+
+
+def test_device_faults_off_drops_kube_system_access(render: Render) -> None:
+    rendered = render("--set", "deviceFaults.enabled=false")
+    assert "--no-device-faults" in controller_args(rendered)
+    assert [o for o in rendered.objects if o["metadata"].get("namespace") == "kube-system"] == []
+
+
+def test_leader_election_off_needs_one_replica_and_drops_the_lease_role(render: Render, helm: Helm) -> None:
+    rendered = render("--set", "leaderElection.enabled=false", "--set", "replicaCount=1")
+    assert "--no-leader-election" in controller_args(rendered)
+    assert not any("leader-election" in r["metadata"]["name"] for r in rendered.of_kind("Role"))
+    result = helm("template", "respawn", str(CHART), "--set", "leaderElection.enabled=false")
+    assert result.returncode != 0
+    assert "replicaCount > 1 needs leaderElection.enabled" in result.stderr
+
+
+def test_rbac_and_service_account_can_be_brought_by_the_user(render: Render) -> None:
+    rendered = render("--set", "rbac.create=false", "--set", "serviceAccount.create=false")
+    assert not rendered.kinds() & {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    }
+    assert rendered.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
+
+
+# -- optional pieces ---------------------------------------------------------------------------
+
+
+def test_service_monitor_needs_the_value_and_the_api(render: Render) -> None:
+    on = ("--set", "metrics.serviceMonitor.enabled=true")
+    assert "ServiceMonitor" not in render(*on).kinds(), "rendered although the cluster has no such API"
+    assert "ServiceMonitor" not in render(*PROMETHEUS_OPERATOR).kinds(), "rendered although disabled"
+    assert "ServiceMonitor" in render(*on, *PROMETHEUS_OPERATOR).kinds()
+
+
+def test_dashboard_configmap_carries_the_json_file_and_the_sidecar_label(render: Render) -> None:
+    assert "ConfigMap" not in render().kinds()
+    configmap = render("--set", "dashboards.enabled=true").one("ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    source = CHART / "dashboards" / "respawn-training-jobs.json"
+    assert configmap["data"] == {source.name: source.read_text()}
+
+
+def test_dashboard_shows_every_metric_with_a_datasource_variable() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "respawn-training-jobs.json").read_text())
+    assert dashboard["title"] == "respawn / Training jobs"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    exprs = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in dashboard["panels"]}
+    assert "sum by (reason) (increase(respawn_restarts_total" in exprs["Restarts by reason"]
+    assert (
+        "histogram_quantile(0.9, sum by (le) (rate(respawn_time_to_recover_seconds_bucket"
+        in (exprs["Time to recover"])
+    )
+    assert "respawn_jobs" in exprs["Jobs by phase"]
+    assert "respawn_checkpoint_age_seconds" in exprs["Checkpoint age per job"]
+    assert "respawn_steps_lost_bucket" in exprs["Steps lost per failure"]
+    assert "respawn_reconcile_duration_seconds_bucket" in exprs["Reconcile latency"]
+    assert "respawn_reconcile_errors_total" in exprs["Reconcile errors"]
+    assert "respawn_workqueue_depth" in exprs["Work queue depth"]
+    for panel in dashboard["panels"]:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+
+
+def test_shared_volume_needs_a_source(helm: Helm) -> None:
+    result = helm("template", "respawn", str(CHART), "--set", "sharedVolume.enabled=true")
+    assert result.returncode != 0
+    assert "sharedVolume.enabled needs sharedVolume.volume" in result.stderr
+
+
+def test_crd_keep_policy_follows_the_value(render: Render) -> None:
+    kept = render().one("CustomResourceDefinition")
+    assert kept["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert "annotations" not in render("--set", "crds.keep=false").one("CustomResourceDefinition")["metadata"]
+    assert "CustomResourceDefinition" not in render("--set", "crds.enabled=false").kinds()
+
+
+# -- the values schema -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "replicaCount=two"], "at '/replicaCount': got string, want integer"),
+        (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
+        (["--set", "image.pullpolicy=Always"], "additional properties 'pullpolicy' not allowed"),
+        (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy"),
+        (["--set", "controller.logLevel=verbose"], "/controller/logLevel"),
+        (
+            ["--set", "sharedVolume.volume.persistentVolumeClam.claimName=x"],
+            "'persistentVolumeClam' not allowed",
+        ),
+        (["--set", "metrics.serviceMonitor.interval=soon"], "/metrics/serviceMonitor/interval"),
+        (["--set", "tolerations[0].efect=NoSchedule"], "additional properties 'efect' not allowed"),
+        (["--set", "replicaCount=0"], "/replicaCount"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v[-1],
+)
+def test_schema_rejects_mistyped_values(helm: Helm, args: list[str], message: str) -> None:
+    result = helm("template", "respawn", str(CHART), *args)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert message in result.stderr
+
+
+def _object_schemas(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        if node.get("type") == "object":
+            yield path or "/", node
+        for key, child in node.items():
+            yield from _object_schemas(child, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            yield from _object_schemas(child, f"{path}/{i}")
+
+
+def test_schema_closes_every_object() -> None:
+    """Objects with named properties allow no others; maps type their values; only embedded
+    Kubernetes API types (affinity terms, a CSI source) are passed through to the API server."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    passthrough = []
+    for path, node in _object_schemas(schema):
+        assert "additionalProperties" in node, f"{path} accepts any key"
+        if "properties" in node:
+            assert node["additionalProperties"] is False, path
+        elif node["additionalProperties"] is True:
+            passthrough.append(path.rsplit("/", 1)[-1])
+    assert sorted(passthrough) == ["csi", "nodeAffinity", "podAffinity", "podAntiAffinity"]
+
+
+def _leaf_keys(values_text: str) -> Iterator[tuple[str, bool]]:
+    """(dotted key, documented) for every leaf of values.yaml; a `# --` comment documents a key
+    and everything below it."""
+    stack: list[tuple[int, str, bool]] = []
+    comment = False
+    for line in values_text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            comment = True
+            continue
+        if not stripped or stripped.startswith("#") or stripped.startswith("- "):
+            continue
+        match = re.match(r"^( *)([A-Za-z_][\w.-]*):(.*)$", line)
+        assert match, line
+        indent, key, rest = len(match.group(1)), match.group(2), match.group(3).split(" #")[0].strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        documented = comment or any(d for _, _, d in stack)
+        comment = False
+        dotted = ".".join([k for _, k, _ in stack] + [key])
+        if rest:
+            yield dotted, documented
+        else:
+            stack.append((indent, key, documented))
+
+
+def test_every_value_is_documented_and_in_the_schema() -> None:
+    text = (CHART / "values.yaml").read_text()
+    leaves = dict(_leaf_keys(text))
+    assert len(leaves) > 40
+    assert [key for key, documented in leaves.items() if not documented] == []
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    for key in leaves:
+        node = schema
+        for part in key.split("."):
+            props = node.get("properties", {})
+            if part in props:
+                node = props[part]
+            else:
+                assert isinstance(node.get("additionalProperties"), dict), f"{key} is not in the schema"
+                node = node["additionalProperties"]
+    assert yaml.safe_load(text)["replicaCount"] == 2

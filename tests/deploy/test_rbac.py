@@ -1,0 +1,318 @@
+"""The controller works with exactly the chart's RBAC, and that RBAC grants nothing more.
+
+The chart is installed into the test API server; the controller then runs as a process with a
+token of the chart's ServiceAccount (TokenRequest API) and the arguments of the installed
+Deployment, while the test plays kubelet. Any permission the chart lacks shows up as a 403:
+in the controller's log, as a readiness that never comes, or as a job that never restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from devcluster.controlplane import ControlPlane, free_port
+from tests.controller.test_controller_api import (
+    create_job,
+    get_job,
+    job_pods,
+    run_attempt,
+    set_phase,
+    training_job,
+    wait_for,
+)
+from tests.deploy.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.timeout(300)
+
+GROUP = "training.respawn.dev"
+
+
+@dataclass(frozen=True)
+class Installed:
+    release: str
+    namespace: str  # the release's, where the ServiceAccount and the Lease live
+    service_account: str
+    watch_namespace: str | None
+    args: list[str]  # the installed Deployment's container args
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
+
+
+@pytest.fixture(params=["cluster-wide", "one-namespace"])
+def installed(
+    request: pytest.FixtureRequest,
+    helm_release: Callable[..., Any],
+    api_client: client.ApiClient,
+    namespace: str,
+) -> Installed:
+    """The chart with default values (the CRD is the session's), or watching only `namespace`."""
+    extra = ["--set", f"controller.watchNamespace={namespace}"] if request.param == "one-namespace" else []
+    result = helm_release(namespace, "--set", "crds.enabled=false", *extra)
+    assert result.returncode == 0, result.stderr
+    name = namespace if "respawn" in namespace else f"{namespace}-respawn"
+    deployment = client.AppsV1Api(api_client).read_namespaced_deployment(name, namespace)
+    pod = deployment.spec.template.spec
+    return Installed(
+        release=namespace,
+        namespace=namespace,
+        service_account=pod.service_account_name,
+        watch_namespace=namespace if extra else None,
+        args=list(pod.containers[0].args),
+    )
+
+
+def token_kubeconfig(
+    control_plane: ControlPlane, api_client: client.ApiClient, installed: Installed, path: Path
+) -> Path:
+    token = (
+        client.CoreV1Api(api_client)
+        .create_namespaced_service_account_token(
+            installed.service_account,
+            installed.namespace,
+            client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
+        )
+        .status.token
+    )
+    return control_plane.write_kubeconfig(path, user=installed.service_account, token=token)
+
+
+@pytest.fixture
+def as_controller(
+    control_plane: ControlPlane, api_client: client.ApiClient, installed: Installed, tmp_path: Path
+) -> Iterator[client.ApiClient]:
+    kubeconfig = token_kubeconfig(control_plane, api_client, installed, tmp_path / "controller.kubeconfig")
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    yield api
+    api.close()
+
+
+# -- what the identity may do ------------------------------------------------------------------
+
+
+def can(
+    api_client: client.ApiClient, user: str, verb: str, resource: str, namespace: str = "", name: str = ""
+) -> bool:
+    resource, _, subresource = resource.partition("/")
+    resource, _, group = resource.partition(".")
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts", "system:authenticated"],
+            resource_attributes=client.V1ResourceAttributes(
+                verb=verb,
+                group=group,
+                resource=resource,
+                subresource=subresource,
+                namespace=namespace,
+                name=name,
+            ),
+        )
+    )
+    return bool(client.AuthorizationV1Api(api_client).create_subject_access_review(review).status.allowed)
+
+
+JOB_VERBS = [
+    ("get", "trainingjobs.training.respawn.dev"),
+    ("list", "trainingjobs.training.respawn.dev"),
+    ("watch", "trainingjobs.training.respawn.dev"),
+    ("update", "trainingjobs.training.respawn.dev/status"),
+    ("update", "trainingjobs.training.respawn.dev/finalizers"),
+    ("get", "pods"),
+    ("list", "pods"),
+    ("watch", "pods"),
+    ("create", "pods"),
+    ("delete", "pods"),
+    ("get", "services"),
+    ("create", "services"),
+    ("create", "events"),
+]
+NEVER = [
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("create", "trainingjobs.training.respawn.dev"),
+    ("update", "trainingjobs.training.respawn.dev"),
+    ("patch", "trainingjobs.training.respawn.dev"),
+    ("delete", "trainingjobs.training.respawn.dev"),
+    ("patch", "trainingjobs.training.respawn.dev/status"),
+    ("update", "pods"),
+    ("patch", "pods"),
+    ("deletecollection", "pods"),
+    ("create", "pods/exec"),
+    ("create", "pods/eviction"),
+    ("update", "pods/status"),
+    ("delete", "services"),
+    ("update", "services"),
+    ("update", "events"),
+    ("delete", "events"),
+    ("create", "configmaps"),
+    ("update", "configmaps"),
+    ("create", "serviceaccounts/token"),
+    ("delete", "leases.coordination.k8s.io"),
+    ("list", "leases.coordination.k8s.io"),
+]
+
+
+def test_identity_gets_exactly_the_chart_permissions(
+    api_client: client.ApiClient, installed: Installed
+) -> None:
+    ns, user = installed.namespace, installed.user
+    unexpected = [(v, r) for v, r in JOB_VERBS if not can(api_client, user, v, r, ns)]
+    assert unexpected == [], "missing in the watched namespace"
+    other = "default"
+    reach = [(v, r) for v, r in JOB_VERBS if can(api_client, user, v, r, other)]
+    assert reach == ([] if installed.watch_namespace else JOB_VERBS), "job permissions outside the watch"
+    assert [(v, r) for v, r in NEVER if can(api_client, user, v, r, ns)] == []
+    assert [(v, r) for v, r in NEVER if can(api_client, user, v, r, "kube-system")] == []
+
+    assert can(api_client, user, "list", "nodes") and can(api_client, user, "watch", "nodes")
+    assert not any(can(api_client, user, v, "nodes", name="n1") for v in ("get", "update", "patch", "delete"))
+    assert can(api_client, user, "list", "configmaps", "kube-system")
+    assert can(api_client, user, "watch", "configmaps", "kube-system")
+    assert not can(api_client, user, "get", "configmaps", "kube-system", "kubeadm-config")
+    assert not can(api_client, user, "list", "configmaps", other)
+
+    lease = "leases.coordination.k8s.io"
+    assert can(api_client, user, "create", lease, ns)
+    for verb in ("get", "update"):
+        assert can(api_client, user, verb, lease, ns, "respawn-controller")
+        assert not can(api_client, user, verb, lease, ns, "someone-elses-lease")
+        assert not can(api_client, user, verb, lease, other, "respawn-controller")
+
+
+def test_identity_cannot_read_secrets(
+    api_client: client.ApiClient, as_controller: client.ApiClient, installed: Installed
+) -> None:
+    admin, ns = client.CoreV1Api(api_client), installed.namespace
+    admin.create_namespaced_secret(
+        ns, client.V1Secret(metadata=client.V1ObjectMeta(name="credentials"), string_data={"password": "x"})
+    )
+    core = client.CoreV1Api(as_controller)
+    attempts: list[Callable[[], Any]] = [
+        lambda: core.read_namespaced_secret("credentials", ns),
+        lambda: core.list_namespaced_secret(ns),
+        lambda: core.list_namespaced_secret("kube-system"),
+        lambda: core.list_secret_for_all_namespaces(),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ApiException) as refused:
+            attempt()
+        assert refused.value.status == 403
+        assert installed.user in json.loads(refused.value.body)["message"]
+    # The token itself is good: what the chart grants works with it.
+    assert client.CoreV1Api(as_controller).list_namespaced_pod(ns).items == []
+
+
+# -- the controller with that identity ---------------------------------------------------------
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@pytest.fixture
+def controller_process(
+    control_plane: ControlPlane, api_client: client.ApiClient, installed: Installed, tmp_path: Path
+) -> Iterator[Callable[[], tuple[subprocess.Popen[bytes], int, Path]]]:
+    """Start `python -m controller` as the chart's ServiceAccount with the Deployment's args."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> tuple[subprocess.Popen[bytes], int, Path]:
+        kubeconfig = token_kubeconfig(control_plane, api_client, installed, tmp_path / "sa.kubeconfig")
+        port, log = free_port(), tmp_path / "controller.log"
+        # Only the listening address and the scope change: argparse keeps the last value, and
+        # a cluster-wide controller here would also reconcile other tests' leftover jobs.
+        overrides = [f"--health-port={port}", "--health-host=127.0.0.1", f"--namespace={installed.namespace}"]
+        env = {**os.environ, "POD_NAME": "respawn-test-0", "POD_NAMESPACE": installed.namespace}
+        env.pop("KUBECONFIG", None)
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "controller",
+                    f"--kubeconfig={kubeconfig}",
+                    *installed.args,
+                    *overrides,
+                ],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(process)
+        return process, port, log
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def test_controller_drives_a_restart_with_exactly_the_chart_rbac(
+    api_client: client.ApiClient,
+    installed: Installed,
+    controller_process: Callable[[], tuple[subprocess.Popen[bytes], int, Path]],
+) -> None:
+    ns = installed.namespace
+    assert "--lease-name=respawn-controller" in installed.args and "--no-device-faults" not in installed.args
+    process, port, log = controller_process()
+    # Ready = every informer listed, kube-system ConfigMaps and Nodes included.
+    wait_for("/readyz", lambda: http_status(port, "/readyz") == 200 or process.poll() is not None, timeout=60)
+    assert process.poll() is None, log.read_text()
+    lease = wait_for(
+        "the Lease",
+        lambda: _lease_holder(api_client, ns),
+        timeout=30,
+    )
+    assert lease == "respawn-test-0"
+
+    create_job(api_client, ns, training_job("rbac"))
+    run_attempt(api_client, ns, "rbac", 0)
+    assert client.CoreV1Api(api_client).read_namespaced_service("rbac", ns).spec.cluster_ip == "None"
+    set_phase(api_client, ns, "rbac-a0-1", "Failed", exit_code=1)
+    run_attempt(api_client, ns, "rbac", 1)
+    assert job_pods(api_client, ns, "rbac", 0) == []
+    status = get_job(api_client, ns, "rbac")["status"]
+    assert (status["attempt"], status["restarts"], status["lastFailure"]["pod"]) == (1, 1, "rbac-a0-1")
+    events = {e.reason for e in client.CoreV1Api(api_client).list_namespaced_event(ns).items}
+    assert {"Restarting", "Running"} <= events
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, log.read_text()
+    output = log.read_text()
+    assert "403" not in output and "Forbidden" not in output, output
+    wait_for("the Lease released", lambda: not _lease_holder(api_client, ns), timeout=10)
+
+
+def _lease_holder(api_client: client.ApiClient, namespace: str) -> str | None:
+    try:
+        lease = client.CoordinationV1Api(api_client).read_namespaced_lease("respawn-controller", namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return lease.spec.holder_identity

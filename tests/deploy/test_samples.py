@@ -1,0 +1,99 @@
+"""deploy/samples/: TrainingJobs users apply as they are. The API server accepts them (server-side
+dry run: schema, CEL rules, defaults), and the trainer accepts their run.yaml."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import REPO_ROOT, documents
+from trainer_image.config import parse_config
+
+pytestmark = pytest.mark.timeout(300)
+
+SAMPLES = sorted((REPO_ROOT / "deploy" / "samples").glob("*.yaml"))
+KUBECTL = REPO_ROOT / ".venv" / "bin" / "kubectl"
+
+
+def by_kind(path: Path) -> dict[str, dict[str, Any]]:
+    objects = documents(path.read_text())
+    kinds = {o["kind"]: o for o in objects}
+    assert len(kinds) == len(objects) == 3, f"{path.name}: one ConfigMap, one PVC, one TrainingJob"
+    return kinds
+
+
+def test_the_samples_are_there() -> None:
+    assert [p.name for p in SAMPLES] == ["ascend-8npu.yaml", "single-worker.yaml", "two-workers.yaml"]
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_sample_passes_server_side_dry_run(sample: Path, kubeconfig: Path, namespace: str) -> None:
+    result = subprocess.run(
+        [
+            str(KUBECTL),
+            "--kubeconfig",
+            str(kubeconfig),
+            "-n",
+            namespace,
+            "apply",
+            "--dry-run=server",
+            "-f",
+            sample,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("created (server dry run)") == 3, result.stdout
+    assert "trainingjob.training.respawn.dev/" in result.stdout
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_sample_is_wired_together(sample: Path) -> None:
+    objects = by_kind(sample)
+    job, configmap, claim = objects["TrainingJob"], objects["ConfigMap"], objects["PersistentVolumeClaim"]
+    assert "namespace" not in job["metadata"], "samples apply into the namespace the user picks"
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["name"] == "trainer"
+    config_path = Path(container["args"][container["args"].index("--config") + 1])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(config_path.parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    assert config_path.name in configmap["data"]
+    shared = job["spec"]["sharedVolume"]["volume"]["persistentVolumeClaim"]
+    assert shared["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_sample_run_yaml_is_a_valid_trainer_config(sample: Path) -> None:
+    configmap = by_kind(sample)["ConfigMap"]
+    raw = yaml.safe_load(configmap["data"]["run.yaml"])
+    # The controller supplies these through RESPAWN_OUTPUT_DIR and RESPAWN_LOAD_CHECKPOINT.
+    assert "output_dir" not in raw and "load_checkpoint" not in raw
+    config = parse_config(raw)
+    assert config.resume_training is True
+    assert config.checkpoint_monitor is not None
+
+
+def test_ascend_sample_takes_a_whole_npu_node() -> None:
+    job = by_kind(REPO_ROOT / "deploy" / "samples" / "ascend-8npu.yaml")["TrainingJob"]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["huawei.com/Ascend910"] == 8
+    assert pod["nodeSelector"] == {"accelerator": "huawei-Ascend910"}
+    run = yaml.safe_load(
+        by_kind(REPO_ROOT / "deploy" / "samples" / "ascend-8npu.yaml")["ConfigMap"]["data"]["run.yaml"]
+    )
+    assert run["context"]["device_target"] == "Ascend"
+
+
+def test_replica_counts() -> None:
+    replicas = {p.stem: by_kind(p)["TrainingJob"]["spec"]["replicas"] for p in SAMPLES}
+    assert replicas == {"single-worker": 1, "two-workers": 2, "ascend-8npu": 2}
