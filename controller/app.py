@@ -75,7 +75,7 @@ class Controller:
             checkpoints=self.checkpoints,
             now=lambda: datetime.now(UTC),
         )
-        self.metrics.watch_state(self._job_samples, lambda: len(self.queue))
+        self.metrics.watch_state(self._job_samples, lambda: len(self.queue), self._requests)
         self.health = HealthServer(
             host=settings.health_host, port=settings.health_port, registry=self.registry
         )
@@ -161,6 +161,14 @@ class Controller:
         if name.startswith("mindx-dl-deviceinfo-"):
             for key in self._jobs_on_node(name[len("mindx-dl-deviceinfo-") :]):
                 self.queue.add(key)
+
+    def _requests(self) -> dict[str, int]:
+        informers = self._all_informers()
+        return {
+            "list": sum(i.stats.lists for i in informers),
+            "watch": sum(i.stats.watches for i in informers),
+            "write": self.writer.requests,
+        }
 
     def _job_samples(self) -> list[JobSample]:
         snapshots = self.checkpoints.snapshots() if self.checkpoints else {}

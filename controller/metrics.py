@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.api.constants import Phase
@@ -59,6 +59,22 @@ class _StateCollector(Collector):
         yield from (phases, age, step, depth)
 
 
+class _RequestsCollector(Collector):
+    """API requests by kind: informer LISTs and WATCHes, and the writer's calls. A LIST per
+    reconcile would show here as lists growing with reconciles instead of staying flat."""
+
+    def __init__(self, requests: Callable[[], dict[str, int]]) -> None:
+        self._requests = requests
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "respawn_api_requests", "API requests made by the controller.", labels=["kind"]
+        )
+        for kind, count in sorted(self._requests().items()):
+            family.add_metric([kind], count)
+        yield family
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -92,5 +108,11 @@ class Metrics:
             registry=registry,
         )
 
-    def watch_state(self, jobs: Callable[[], Iterable[JobSample]], queue_depth: Callable[[], int]) -> None:
+    def watch_state(
+        self,
+        jobs: Callable[[], Iterable[JobSample]],
+        queue_depth: Callable[[], int],
+        requests: Callable[[], dict[str, int]],
+    ) -> None:
         self.registry.register(_StateCollector(jobs, queue_depth))
+        self.registry.register(_RequestsCollector(requests))

@@ -135,6 +135,7 @@ class Reconciler:
         return Observations(
             nodes=nodes,
             device_faults=faults,
+            progress_tracked=True,
             checkpoint=snap.checkpoint,
             last_progress=snap.last_progress,
             last_step=snap.last_step,

@@ -195,7 +195,7 @@ def _watch_attempt(
             )
         )
     cause = failures.root_cause(found)
-    if cause is None and policy.progress_timeout and status.phase is Phase.RUNNING:
+    if cause is None and policy.progress_timeout and obs.progress_tracked and status.phase is Phase.RUNNING:
         cause = _hang(job, status, obs, now)
     if cause is not None:
         return _fail_attempt(job, status, current, failures.classify(cause, policy), obs, now, plan)
@@ -240,7 +240,7 @@ def _next_deadline(
         if state is not None and not state.ready:
             since = state.not_ready_since or now
             waits.append(policy.node_lost_timeout - (now - since).total_seconds())
-    if policy.progress_timeout:
+    if policy.progress_timeout and obs.progress_tracked:
         started = parse_time(status.start_time) or now
         last = max(filter(None, (obs.last_progress, started)))
         waits.append(policy.progress_timeout - (now - last).total_seconds())

@@ -21,6 +21,7 @@ class Observations:
     # node name -> description, from the Ascend device plugin's mindx-dl-deviceinfo-<node> ConfigMaps
     device_faults: Mapping[str, str] = field(default_factory=dict)
     # From the checkpoint observer; None when the controller does not mount the shared volume.
+    progress_tracked: bool = False  # without it, a hang cannot be told from a quiet healthy job
     checkpoint: CheckpointRef | None = None
     last_progress: datetime | None = None
     last_step: int | None = None

@@ -294,10 +294,18 @@ def test_user_rules_come_first(rule: dict[str, Any], expected: Phase) -> None:
 def test_progress_timeout_restarts_a_hung_job() -> None:
     status = {**RUNNING, "startTime": format_time(NOW - timedelta(minutes=10))}
     body = job(status, failurePolicy={"progressTimeoutSeconds": 300})
-    hung = run(body, [pod(0), pod(1)], Observations(last_progress=NOW - timedelta(seconds=301))).status
+    untracked = run(body, [pod(0), pod(1)], Observations(last_progress=NOW - timedelta(seconds=301))).status
+    assert untracked is not None and untracked.phase is Phase.RUNNING, "no observer, no hang verdict"
+    hung = run(
+        body,
+        [pod(0), pod(1)],
+        Observations(progress_tracked=True, last_progress=NOW - timedelta(seconds=301)),
+    ).status
     assert hung is not None and hung.last_failure is not None
     assert hung.last_failure.reason == Reason.PROGRESS_TIMEOUT
-    alive = run(body, [pod(0), pod(1)], Observations(last_progress=NOW - timedelta(seconds=30))).status
+    alive = run(
+        body, [pod(0), pod(1)], Observations(progress_tracked=True, last_progress=NOW - timedelta(seconds=30))
+    ).status
     assert alive is not None and alive.phase is Phase.RUNNING
 
 
