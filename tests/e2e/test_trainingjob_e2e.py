@@ -207,3 +207,46 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     ).stdout.split("\n")
     assert table[0].split()[:4] == ["NAME", "PHASE", "RESTARTS", "CKPT-STEP"]
     assert table[1].split()[:4] == ["llm", "Succeeded", "1", str(total)]
+
+
+def test_progress_between_failures_refunds_the_budget(
+    api_client: client.ApiClient, namespace: str, controller: Controller, node_agent: NodeAgentHandle
+) -> None:
+    """maxRestarts 1 and two kills: the job survives because it committed newer checkpoints between them."""
+    assert controller.settings.shared_root is not None
+    shared = controller.settings.shared_root
+    longer = {**RUN_YAML, "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": 4800}}}
+    client.CoreV1Api(api_client).create_namespaced_config_map(
+        namespace, {"metadata": {"name": "run"}, "data": {"run.yaml": yaml.safe_dump(longer)}}
+    )
+    body = training_job("refund", shared)
+    body["spec"]["failurePolicy"]["maxRestarts"] = 1
+    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )
+
+    def checkpoint() -> int:
+        return int(
+            job_status(api_client, namespace, "refund").get("lastCompleteCheckpoint", {}).get("step", 0)
+        )
+
+    wait_for("a first checkpoint", lambda: checkpoint() >= 8, 180)
+    node_agent.kill(namespace, "refund-a0-0")
+    wait_for("attempt 1", lambda: job_status(api_client, namespace, "refund").get("attempt") == 1, 60)
+    resumed = wait_for(
+        "attempt 1 to resume",
+        lambda: job_status(api_client, namespace, "refund").get("phase") == "Running" and checkpoint(),
+        120,
+    )
+    wait_for("progress after the restart", lambda: checkpoint() > resumed, 120)
+    assert job_status(api_client, namespace, "refund")["budgetUsed"] == 0, "progress gives the restart back"
+    node_agent.kill(namespace, "refund-a1-1")
+    status = wait_for(
+        "the end",
+        lambda: (
+            (s := job_status(api_client, namespace, "refund")).get("phase") in ("Succeeded", "Failed") and s
+        ),
+        300,
+    )
+    assert status["phase"] == "Succeeded", status
+    assert status["restarts"] == 2 and status["attempt"] == 2
