@@ -221,26 +221,21 @@ def run_demo(cluster: LocalCluster, kubectl: list[str], shared: Path, workdir: P
     restarted = next(r for r in records if r.get("resumed_from"))
     recover = metric(health, "respawn_time_to_recover_seconds_sum")
     say("summary")
-    print(
-        json.dumps(
-            {
-                "phase": final["phase"],
-                "restarts": final.get("restarts"),
-                "uncounted_restarts": final.get("uncountedRestarts"),
-                "last_failure": {
-                    k: final["lastFailure"].get(k) for k in ("reason", "pod", "node", "exitCode")
-                },
-                "resumed_from_step": resumed["global_step"],
-                "resumed_from_file": resumed["file"],
-                "steps_lost": max(0, killed_at - resumed["global_step"]),
-                "time_to_recover_seconds": recover,
-                "trainer_startup_seconds": restarted.get("startup_seconds"),
-                "final_step": final.get("lastCompleteCheckpoint", {}).get("step"),
-                "steps_log": str(steps_log),
-            },
-            indent=2,
-        )
-    )
+    summary = {
+        "phase": final["phase"],
+        "restarts": final.get("restarts"),
+        "uncounted_restarts": final.get("uncountedRestarts"),
+        "last_failure": {k: final["lastFailure"].get(k) for k in ("reason", "pod", "node", "exitCode")},
+        "resumed_from_step": resumed["global_step"],
+        "resumed_from_file": resumed["file"],
+        "steps_lost": max(0, killed_at - resumed["global_step"]),
+        "time_to_recover_seconds": recover,
+        "trainer_startup_seconds": restarted.get("startup_seconds"),
+        "final_step": final.get("lastCompleteCheckpoint", {}).get("step"),
+        "steps_log": str(steps_log),
+    }
+    print(json.dumps(summary, indent=2))
+    (workdir / "summary.json").write_text(json.dumps(summary))
     return 0 if final["phase"] == "Succeeded" else 1
 
 
