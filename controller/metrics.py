@@ -38,12 +38,12 @@ class _StateCollector(Collector):
         age = GaugeMetricFamily(
             "respawn_checkpoint_age_seconds",
             "Seconds since the job's last checkpoint that is complete on every rank.",
-            labels=["namespace", "job"],
+            labels=["namespace", "trainingjob"],
         )
         step = GaugeMetricFamily(
             "respawn_last_complete_checkpoint_step",
             "Global step of the job's last checkpoint that is complete on every rank.",
-            labels=["namespace", "job"],
+            labels=["namespace", "trainingjob"],
         )
         counts = {p.value: 0 for p in Phase}
         for job in self._jobs():
@@ -78,10 +78,11 @@ class _RequestsCollector(Collector):
 class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._namespaces: set[str] = set()
         self.restarts = Counter(
             "respawn_restarts",
             "Whole-job restarts, by failure reason and whether they used the restart budget.",
-            ["namespace", "job", "reason", "class"],
+            ["namespace", "trainingjob", "reason", "class"],
             registry=registry,
         )
         self.time_to_recover = Histogram(
@@ -107,6 +108,18 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        # Exported at 0 from the start: a series that appears at 1 hides its first increase from
+        # rate()/increase(), and a dashboard panel would show no data until the first error.
+        for kind in ("conflict", "error"):
+            self.reconcile_errors.labels(kind)
+
+    def seen_namespace(self, namespace: str) -> None:
+        """Create the namespace's histogram series at zero: a series born at its first sample hides
+        that sample from increase() and rate()."""
+        if namespace not in self._namespaces:
+            self._namespaces.add(namespace)
+            self.time_to_recover.labels(namespace)
+            self.steps_lost.labels(namespace)
 
     def watch_state(
         self,

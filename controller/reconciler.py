@@ -102,6 +102,7 @@ class Reconciler:
         pods = self._caches.pods.by_index(POD_BY_JOB, key)
         if not self._expectations_met(key, pods):
             return 0.2
+        self._metrics.seen_namespace(job.namespace)
         if self._checkpoints is not None:
             self._checkpoints.track(key, job.spec.output_dir, job.spec.replicas)
         plan = decide(job, pods, self._observe(job, pods), self._now())

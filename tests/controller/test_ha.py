@@ -82,10 +82,8 @@ def test_one_replica_leads_and_the_other_takes_over(
 
     status, metrics = http_get(follower.health.port, "/metrics")
     assert status == 200
-    assert (
-        f'respawn_restarts_total{{class="counted",job="ha",namespace="{namespace}",reason="Error"}} 1.0'
-        in metrics
-    )
+    labels = f'class="counted",namespace="{namespace}",reason="Error",trainingjob="ha"'
+    assert f"respawn_restarts_total{{{labels}}} 1.0" in metrics
     assert 'respawn_jobs{phase="Running"} 1.0' in metrics
     assert "respawn_time_to_recover_seconds_count" in metrics
     assert "respawn_reconcile_duration_seconds_count" in metrics

@@ -1,0 +1,391 @@
+"""Issue 5's acceptance: a real Prometheus scrapes the controller through a failure and every panel
+of the Grafana dashboard (helm/respawn/dashboards/respawn-training-jobs.json) returns data.
+
+The controller runs in-process, the node agent runs the pods, and Prometheus (Debian's binary; .ci/run
+installs it) scrapes `/metrics` every second. The job's workers are a small stand-in trainer (below):
+it writes steps.jsonl and commits checkpoints the way the trainer does, so the controller's checkpoint
+awareness, steps-lost and time-to-recover metrics all see a real failure: rank 1 is SIGKILLed after a
+checkpoint at step 5 and step 8, the gang restarts and resumes from step 5. The job is held running
+(the stand-in waits for a `release` file) while the dashboard is evaluated, because the checkpoint
+age of a finished job is not exported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from controller.api.constants import GROUP, PLURAL, VERSION
+from controller.app import Controller, Settings
+from respawn_cli.__main__ import main as respawn
+from tests.fixtures.nodeagent import NodeAgentHandle
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "helm" / "respawn" / "dashboards" / "respawn-training-jobs.json"
+SCRAPE_INTERVAL = "1s"
+# Grafana's interval variables, as concrete durations: with a 1 s scrape, a minute holds every sample
+# the test produces.
+GRAFANA_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
+
+# A stand-in trainer: steps.jsonl records and committed checkpoints in the trainer's layout
+# (docs/trainer.md), resuming from its own meta.json. Attempt 0 runs steps 1-8 (checkpoint 5);
+# attempt 1 resumes and runs to step 12 (checkpoint 10); both then wait for `release`, and attempt 1
+# exits 0. The wait is bounded so nothing outlives a failed test by long.
+WORKER = r"""
+import hashlib, json, os, sys, time
+from pathlib import Path
+from trainer_image.meta import Meta, Record, meta_path, read_meta
+
+out = Path(os.environ["RESPAWN_OUTPUT_DIR"])
+rank, attempt = int(os.environ["RESPAWN_RANK"]), int(os.environ["RESPAWN_ATTEMPT"])
+ckpt = out / "checkpoint" / f"rank_{rank}"
+ckpt.mkdir(parents=True, exist_ok=True)
+(out / "log" / f"rank_{rank}").mkdir(parents=True, exist_ok=True)
+meta = read_meta(ckpt)
+records = list(meta.checkpoints) if meta else []
+start = meta.last_global_step if meta else 0
+resumed = {"file": meta.last_ckpt_file, "step": start, "global_step": start} if meta else None
+end, save = (8, 5) if attempt == 0 else (12, 10)
+with open(out / "log" / f"rank_{rank}" / "steps.jsonl", "a") as log:
+    for step in range(start + 1, end + 1):
+        record = {"global_step": step, "epoch": 1, "step": step, "loss": 5.0 / step, "lr": 0.001}
+        if step == start + 1:
+            record.update(resumed_from=resumed, startup_seconds=0.1)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if step == save:
+            name = f"stand_in_rank_{rank}-1_{step}.ckpt"
+            data = bytes([step]) * 64
+            (ckpt / name).write_bytes(data)
+            records.append(Record(name, 1, step, step, len(data), hashlib.sha256(data).hexdigest()))
+            meta_path(ckpt).write_bytes(Meta(1, step, name, step, records).to_json())
+deadline = time.monotonic() + 240
+while not (out / "release").exists():
+    if time.monotonic() > deadline:
+        sys.exit(1)
+    time.sleep(0.1)
+"""
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}?{query}", timeout=10) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(
+                f"{path} {params}: {exc.code} {exc.read().decode(errors='replace')}"
+            ) from None
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.get("/api/v1/query", query=expr)
+        assert data["resultType"] == "vector", data
+        return list(data["result"])
+
+
+@pytest.fixture
+def controller(api_client: client.ApiClient, namespace: str, tmp_path: Path) -> Iterator[Controller]:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    c = Controller(
+        api_client,
+        Settings(
+            namespace=namespace,
+            leader_election=False,
+            health_port=0,
+            health_host="127.0.0.1",
+            shared_root=shared,
+            device_faults=False,
+        ),
+    )
+    c.start()
+    yield c
+    c.stop()
+    c.shutdown()
+
+
+@pytest.fixture
+def prometheus(controller: Controller, tmp_path: Path) -> Iterator[Prometheus]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("the prometheus binary is not on PATH: apt-get install prometheus (.ci/run does)")
+    workdir = tmp_path / "prometheus"
+    workdir.mkdir()
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        json.dumps(
+            {
+                "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+                "scrape_configs": [
+                    {
+                        "job_name": "respawn-controller",
+                        # As the chart's ServiceMonitor: the metrics' own `job` label (the
+                        # TrainingJob) wins over the scrape job's.
+                        "honor_labels": True,
+                        "static_configs": [{"targets": [f"127.0.0.1:{controller.health.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    port = free_port()
+    log = (workdir / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+    )
+    prom = Prometheus(f"http://127.0.0.1:{port}")
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"prometheus exited {process.returncode}:\n{_tail(workdir / 'prometheus.log')}"
+            )
+        try:
+            with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    try:
+        wait_for("prometheus to be ready", ready, 60)
+        yield prom
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _tail(path: Path) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-20:])
+
+
+def dashboard_expressions() -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of every panel, rows' nested panels included. The
+    dashboard is written alongside this test; wait for it a little if it is not there yet."""
+    wait_for(f"{DASHBOARD.relative_to(REPO)}", DASHBOARD.exists, 5)
+    board = json.loads(DASHBOARD.read_text())
+    out = []
+
+    def visit(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            visit(panel.get("panels") or [])
+            for target in panel.get("targets") or []:
+                if target.get("expr") and not target.get("hide"):
+                    out.append((str(panel.get("title", "")), str(target["expr"])))
+
+    visit(board.get("panels") or [])
+    return out
+
+
+def concrete(expr: str, namespace: str) -> str:
+    """Grafana's variables replaced: the interval ones by durations, `$namespace` by this test's."""
+    values = {**GRAFANA_VARIABLES, "namespace": namespace}  # [a-z0-9-]: nothing to escape
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        if name not in values:
+            raise AssertionError(f"unknown dashboard variable ${name} in {expr}")
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", replace, expr)
+
+
+def job_status(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return obj.get("status") or {}
+
+
+def training_job(name: str, shared: Path) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "respawn/trainer",
+                            "command": [sys.executable, "-c", WORKER],
+                        }
+                    ]
+                }
+            },
+            "sharedVolume": {
+                "mountPath": "/mnt/shared",
+                "volume": {"hostPath": {"path": str(shared), "type": "DirectoryOrCreate"}},
+            },
+            "failurePolicy": {"maxRestarts": 2, "backoff": {"initialSeconds": 0, "maxSeconds": 1}},
+        },
+    }
+
+
+def test_every_dashboard_panel_has_data_after_a_failure(
+    api_client: client.ApiClient,
+    namespace: str,
+    controller: Controller,
+    prometheus: Prometheus,
+    node_agent: NodeAgentHandle,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    started = time.monotonic()
+    shared = controller.settings.shared_root
+    assert shared is not None
+    output = shared / namespace / "pm"
+    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, training_job("pm", shared)
+    )
+
+    def status() -> dict[str, Any]:
+        return job_status(api_client, namespace, "pm")
+
+    # Prometheus scrapes the controller (target up) before anything fails.
+    wait_for("the scrape target to be up", lambda: prometheus.query('up{job="respawn-controller"} == 1'), 30)
+    wait_for(
+        "checkpoint 5 on both ranks", lambda: status().get("lastCompleteCheckpoint", {}).get("step") == 5, 120
+    )
+    node_agent.kill(namespace, "pm-a0-1")
+    wait_for(
+        "attempt 1 running with checkpoint 10",
+        lambda: (
+            (s := status()).get("attempt") == 1
+            and s.get("phase") == "Running"
+            and s.get("lastCompleteCheckpoint", {}).get("step") == 10
+        ),
+        120,
+    )
+    failure = status()["lastFailure"]
+    assert (failure["pod"], failure["exitCode"], failure["counted"]) == ("pm-a0-1", 137, True)
+
+    # What the controller exported, as Prometheus stored it.
+    selector = f'namespace="{namespace}"'
+    restarts = wait_for(
+        "the restart to be scraped",
+        lambda: prometheus.query(f"respawn_restarts_total{{{selector}}}"),
+        30,
+    )
+    assert [(r["metric"]["reason"], r["metric"]["class"], r["value"][1]) for r in restarts] == [
+        ("Error", "counted", "1")
+    ]
+    lost = wait_for("steps lost", lambda: prometheus.query(f"respawn_steps_lost_sum{{{selector}}}"), 30)
+    assert lost[0]["value"][1] == "3", "killed after step 8, resumed from checkpoint 5"
+    wait_for(
+        "time to recover",
+        lambda: prometheus.query(f"respawn_time_to_recover_seconds_count{{{selector}}}"),
+        30,
+    )
+
+    # Every panel of the dashboard, as Grafana would send it. Rates need two samples after a change,
+    # so each expression is polled until it returns a series (or the deadline passes).
+    expressions = dashboard_expressions()
+    assert len(expressions) >= 8, expressions
+    results: dict[str, list[dict[str, Any]]] = {}
+    deadline = time.monotonic() + 60
+    pending = list(expressions)
+    while pending and time.monotonic() < deadline:
+        still = []
+        for title, expr in pending:
+            series = prometheus.query(concrete(expr, namespace))
+            if series:
+                results[expr] = series
+            else:
+                still.append((title, expr))
+        pending = still
+        if pending:
+            time.sleep(0.5)
+    assert not pending, "panels without data:\n" + "\n".join(f"  {t}: {e}" for t, e in pending)
+    with capsys.disabled():
+        print(f"\n{len(expressions)} dashboard expressions with data, {time.monotonic() - started:.1f}s in:")
+        for title, expr in expressions:
+            values = ", ".join(f"{r['metric'] or '{}'}={r['value'][1]}" for r in results[expr][:3])
+            print(f"  {title}: {values}")
+
+    age = results[next(e for _t, e in expressions if "respawn_checkpoint_age_seconds" in e)]
+    assert [r["metric"] for r in age] == [{"namespace": namespace, "trainingjob": "pm"}]
+
+    # The dashboard's namespace variable lists this job's namespace.
+    variable = prometheus.get("/api/v1/label/namespace/values", **{"match[]": "respawn_restarts_total"})
+    assert namespace in variable
+
+    # Let the job finish; then the CLI's view of the same run.
+    (output / "release").touch()
+    wait_for("the job to succeed", lambda: status().get("phase") == "Succeeded", 60)
+    assert (
+        respawn(
+            [
+                "status",
+                "pm",
+                "-n",
+                namespace,
+                "--kubeconfig",
+                str(node_agent.kubeconfig),
+                "--output-dir",
+                str(output),
+            ]
+        )
+        == 0
+    )
+    report = capsys.readouterr().out
+    assert "Restarts:     1 counted, 0 uncounted" in report, report
+    assert (
+        "rank 1 start 1: resumed from step 5 (stand_in_rank_1-1_5.ckpt) after step 8, 3 steps redone"
+        in report
+    )
+    assert (
+        respawn(["plot", "--output-dir", str(output), "--rank", "1", "-o", str(tmp_path / "loss.png")]) == 0
+    )
+    assert "2 starts, 1 failures, 3 steps redone" in capsys.readouterr().out
