@@ -17,11 +17,16 @@ from mindspore import Tensor, nn, ops
 
 from trainer_image.config import CheckpointFormat, LrSchedule, TrainerConfig
 from trainer_image.model import CausalLMLoss, build_model
+from trainer_image.parallel import split_owners
 from trainer_image.progress import EXTRA_PREFIX, CheckpointMismatch, Progress
 
 
 class CheckpointDamaged(RuntimeError):
     """The file could not be parsed; the caller falls back to an older one."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,14 @@ class Backend:
         self.cell.set_train()
         self.network_names = {p.name for p in self.model.get_parameters()}
         self._buffers: dict[str, np.ndarray] = {}
+        self.owned: set[str] | None = None  # None: this rank saves every parameter
+
+    def remove_redundancy(self, rank: int, world_size: int) -> dict[str, int]:
+        """From now on save only this rank's share of the (data-parallel, identical) parameters."""
+        sizes = {p.name: int(p.asnumpy().nbytes) for p in self.cell.get_parameters()}
+        owners = split_owners(sizes, world_size)
+        self.owned = {name for name, owner in owners.items() if owner == rank}
+        return owners
 
     # ------------------------------------------------------------------------------------------ stepping
 
@@ -110,7 +123,16 @@ class Backend:
         self, path: Path, fmt: CheckpointFormat, progress: Progress, *, network_only: bool = False
     ) -> None:
         """Synchronous save of the live cell, to a path the caller later publishes."""
-        if network_only:
+        if self.owned is not None:
+            params = [
+                {"name": p.name, "data": p}
+                for p in self.cell.get_parameters()
+                if p.name in self.owned and (not network_only or p.name in self.network_names)
+            ]
+            if not network_only:
+                params += [{"name": k, "data": Tensor(np.int64(v))} for k, v in progress.extras().items()]
+            ms.save_checkpoint(params, str(path), format=fmt)
+        elif network_only:
             ms.save_checkpoint(self.model, str(path), format=fmt)
         else:
             ms.save_checkpoint(self.cell, str(path), format=fmt, append_dict=dict(progress.extras()))
@@ -119,6 +141,8 @@ class Backend:
         """Copy every parameter into reused host buffers; the only part of an async save that blocks."""
         out = {}
         for param in self.cell.get_parameters():
+            if self.owned is not None and param.name not in self.owned:
+                continue
             live = param.asnumpy()
             buf = self._buffers.get(param.name)
             if buf is None or buf.shape != live.shape or buf.dtype != live.dtype:
@@ -142,14 +166,19 @@ class Backend:
 
     # ------------------------------------------------------------------------------------------- loading
 
-    def load(self, path: Path, *, weights_only: bool) -> Progress | None:
-        fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
-        try:
-            params = ms.load_checkpoint(str(path), format=fmt)
-        except (RuntimeError, ValueError, OSError, TypeError) as e:
-            raise CheckpointDamaged(f"{path}: {e}") from e
+    def load(self, path: Path, *, weights_only: bool, siblings: tuple[Path, ...] = ()) -> Progress | None:
+        """Load `path`; parameters it lacks (saved with remove_redundancy) come from `siblings`, the
+        other ranks' files of the same step."""
+        params = _read(path)
         extras = {k: int(params.pop(k).asnumpy()) for k in list(params) if k.startswith(EXTRA_PREFIX)}
         target = self.model if weights_only else self.cell
+        wanted = {p.name for p in target.get_parameters()}
+        for sibling in siblings:
+            if wanted <= params.keys():
+                break
+            for name, value in _read(sibling).items():
+                if name in wanted and name not in params:
+                    params[name] = value
         self._check_fit(path, params, target)
         if weights_only:
             params = {k: v for k, v in params.items() if k in self.network_names}
@@ -167,3 +196,11 @@ class Backend:
                     f"{path.name}: {param.name} has shape {tuple(found.shape)}, "
                     f"the model needs {tuple(param.shape)}"
                 )
+
+
+def _read(path: Path) -> dict:
+    fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
+    try:
+        return ms.load_checkpoint(str(path), format=fmt)
+    except (RuntimeError, ValueError, OSError, TypeError) as e:
+        raise CheckpointDamaged(path, f"{path}: {e}") from e

@@ -244,10 +244,6 @@ def validate(c: TrainerConfig) -> None:
         )
     if c.auto_trans_ckpt:
         raise ConfigError("auto_trans_ckpt: not supported yet")
-    if c.remove_redundancy:
-        raise ConfigError("remove_redundancy: not supported yet")
-    if c.use_parallel:
-        raise ConfigError("use_parallel: data-parallel training is not supported yet")
 
 
 # ------------------------------------------------------------------------------------ generic building

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -14,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trainer_image.config import ConfigError, TrainerConfig
-from trainer_image.layout import checkpoint_root, step_log_path
+from trainer_image.layout import StepKey, checkpoint_root, step_log_path
 from trainer_image.progress import Progress
 from trainer_image.resolve import Check, Resolution, ResolveError, resolve
 from trainer_image.steplog import StepLog
@@ -48,25 +50,52 @@ class Outcome:
 
 def run(config: TrainerConfig, *, rank: int, world_size: int, stop: StopRequest) -> Outcome:
     started = time.perf_counter()
-    output_dir = Path(config.output_dir)
     # Resolve before the slow imports: a bad name fails in a fraction of a second.
     resolve_checkpoint(config, rank=rank, world_size=world_size, exclude=set(), check=Check.SIZE, quiet=True)
 
+    if config.remove_redundancy and world_size > 1 and not config.use_parallel:
+        raise ConfigError(
+            "remove_redundancy: needs use_parallel (ranks that train alone hold different weights)"
+        )
+    cluster = None
+    if config.use_parallel and world_size > 1:
+        from trainer_image.parallel import Cluster
+
+        cluster = Cluster.join(config, rank=rank, world_size=world_size, environ=os.environ)
+    try:
+        return _train(config, rank=rank, world_size=world_size, stop=stop, cluster=cluster, started=started)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _train(
+    config: TrainerConfig, *, rank: int, world_size: int, stop: StopRequest, cluster: Any, started: float
+) -> Outcome:
     from trainer_image.backend import Backend
     from trainer_image.checkpointer import Checkpointer
     from trainer_image.data import build_stream
     from trainer_image.model import dropout_keep
 
+    output_dir = Path(config.output_dir)
     imported = time.perf_counter()
     stream = build_stream(config, rank=rank, world_size=world_size)
     n = stream.steps_per_epoch
     epochs = config.runner_config.epochs
     total_steps = config.lr_schedule.total_steps if config.lr_schedule.total_steps > 0 else epochs * n
     backend = Backend(config, total_steps=total_steps)
+    if cluster is not None:
+        saved = {p.name for p in backend.cell.get_parameters()}
+        if config.remove_redundancy:
+            owners = backend.remove_redundancy(rank, world_size)
+            saved = {name for name, owner in owners.items() if owner == rank}
+        write_strategy(output_dir, rank=rank, world_size=world_size, saved=saved, config=config)
     built = time.perf_counter()
 
     weights_only = config.resume_training is False
-    progress, resolution = load_start(backend, config, rank=rank, world_size=world_size)
+    progress, resolution = load_start(
+        backend, config, rank=rank, world_size=world_size, agree=None if cluster is None else cluster.agree
+    )
     resumed_from = None
     if not resolution.random_init:
         path = resolution.files[rank]
@@ -146,25 +175,53 @@ def run(config: TrainerConfig, *, rank: int, world_size: int, stop: StopRequest)
 
 
 def load_start(
-    backend: Any, config: TrainerConfig, *, rank: int, world_size: int
+    backend: Any,
+    config: TrainerConfig,
+    *,
+    rank: int,
+    world_size: int,
+    agree: Callable[[StepKey | None], tuple[StepKey | None, bool]] | None = None,
 ) -> tuple[Progress, Resolution]:
-    """Load the resolved checkpoint; a file that fails to parse makes the next older step the candidate."""
+    """Load the resolved checkpoint; a file that fails to parse makes the next older step the candidate.
+
+    With `agree` (collectives across the gang), the ranks settle on the oldest of their answers
+    before anyone loads, so every rank resumes from the same step."""
     from trainer_image.backend import CheckpointDamaged
 
     weights_only = config.resume_training is False
     exclude: set[Path] = set()
+    at_most: StepKey | None = None
     while True:
-        resolution = resolve_checkpoint(config, rank=rank, world_size=world_size, exclude=exclude)
+        resolution = resolve_checkpoint(
+            config, rank=rank, world_size=world_size, exclude=exclude, at_most=at_most
+        )
+        if agree is not None and resolution.source != "file":
+            # Rounds until unanimous; every rank takes part in every round (it is a collective).
+            agreed, unanimous = agree(resolution.key)
+            # Every rank sees the same (agreed, unanimous), so all take the same branch.
+            if agreed is None:
+                if not resolution.random_init:
+                    log.info("the gang starts from random init, this rank found step %s", resolution.key)
+                return Progress(), Resolution("none")
+            if not unanimous:
+                log.info(
+                    "the gang resumes from step %s at the latest, this rank found %s", agreed, resolution.key
+                )
+                at_most = agreed
+                continue
         if resolution.random_init:
             return Progress(), resolution
         path = resolution.files[rank]
         try:
-            loaded = backend.load(path, weights_only=weights_only)
+            siblings = tuple(p for r, p in sorted(resolution.files.items()) if r != rank and p != path)
+            loaded = backend.load(path, weights_only=weights_only, siblings=siblings)
         except CheckpointDamaged as e:
+            if agree is not None:  # the other ranks have loaded: fail, the gang restart resolves again
+                raise RuntimeError(f"cannot load {e.path} after the gang agreed on it: {e}") from e
             if resolution.source != "directory" or isinstance(config.resume_training, str):
-                raise ConfigError(f"cannot load {path}: {e}") from e
-            log.warning("fell back: %s could not be loaded (%s)", path, e)
-            exclude.add(path)
+                raise ConfigError(f"cannot load {e.path}: {e}") from e
+            log.warning("fell back: %s could not be loaded (%s)", e.path, e)
+            exclude.add(e.path)
             continue
         progress = loaded or Progress()
         log.info(
@@ -181,6 +238,7 @@ def resolve_checkpoint(
     exclude: set[Path],
     check: Check = Check.DIGEST,
     quiet: bool = False,
+    at_most: StepKey | None = None,
 ) -> Resolution:
     own = checkpoint_root(Path(config.output_dir))
     target = Path(config.load_checkpoint) if config.load_checkpoint else None
@@ -194,9 +252,33 @@ def resolve_checkpoint(
             check=check,
             missing_ok=missing_ok,
             exclude=exclude,
+            at_most=at_most,
         )
     except ResolveError as e:
         raise ConfigError(str(e)) from e
     for warning in () if quiet else res.warnings:
         log.warning("fell back: %s" if "falling back" in warning else "%s", warning)
     return res
+
+
+def write_strategy(
+    output_dir: Path, *, rank: int, world_size: int, saved: set[str], config: TrainerConfig
+) -> None:
+    """`output_dir/strategy/ckpt_strategy_rank_N.json`: what this rank's checkpoints hold."""
+    import json
+
+    from trainer_image.commit import atomic_write_bytes
+
+    directory = output_dir / "strategy"
+    directory.mkdir(parents=True, exist_ok=True)
+    body = {
+        "rank": rank,
+        "world_size": world_size,
+        "parallel_mode": "data_parallel",
+        "remove_redundancy": config.remove_redundancy,
+        "batch_size": config.runner_config.batch_size,
+        "saved_parameters": sorted(saved),
+    }
+    atomic_write_bytes(
+        directory / f"ckpt_strategy_rank_{rank}.json", (json.dumps(body, indent=1) + "\n").encode()
+    )

@@ -91,12 +91,14 @@ def resolve(
     check: Check = Check.DIGEST,
     missing_ok: bool = False,
     exclude: Collection[Path] = (),
+    at_most: StepKey | None = None,
 ) -> Resolution:
     """Resolve `load_checkpoint` + `resume_training` to one file per rank.
 
     `world_size=None` discovers the ranks from the `rank_N/` folders. `missing_ok` treats a
     nonexistent directory as empty (the job's own checkpoint directory before the first save).
-    `exclude` lists files that failed to load, so the next older step is chosen.
+    `exclude` lists files that failed to load, so the next older step is chosen. `at_most` ignores
+    steps newer than it (the ranks of a gang agreeing on the oldest of their answers).
     """
     if not str(load_checkpoint):
         return Resolution("none")
@@ -111,7 +113,7 @@ def resolve(
     warnings: list[str] = []
     if isinstance(resume_training, str):
         return _resolve_named(root, resume_training, ranks, formats, check, warnings)
-    return _resolve_latest(root, ranks, formats, check, set(exclude), warnings)
+    return _resolve_latest(root, ranks, formats, check, set(exclude), warnings, at_most)
 
 
 def last_complete(checkpoint_dir: str | os.PathLike[str], *, world_size: int | None = None) -> Resolution:
@@ -170,7 +172,13 @@ def _resolve_named(
 
 
 def _resolve_latest(
-    root: Path, ranks: range, formats: Collection[str], check: Check, exclude: set[Path], warnings: list[str]
+    root: Path,
+    ranks: range,
+    formats: Collection[str],
+    check: Check,
+    exclude: set[Path],
+    warnings: list[str],
+    at_most: StepKey | None = None,
 ) -> Resolution:
     views = [_scan_rank(root, rank, formats, warnings) for rank in ranks]
     if not any(v.candidates for v in views):
@@ -186,6 +194,8 @@ def _resolve_latest(
     caps = [v.meta.key for v in views if v.meta is not None]
     cap = min(caps) if caps else None
     common = set.intersection(*(set(v.candidates) for v in views))
+    if at_most is not None:
+        common = {k for k in common if k <= at_most}
     for rank, view in enumerate(views):
         if view.meta is not None and view.meta.key not in common:
             warnings.append(

@@ -1,0 +1,145 @@
+"""Real data parallel across processes (MindSpore dynamic cluster on CPU): gradients are all-reduced,
+and a rank killed inside a save makes the whole gang resume from the same older step, bit-exactly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer_image.contract import ExitCode
+from trainer_image.steplog import effective_steps
+
+from .conftest import TrainerProcess, step_lines, tiny_config, write_config
+
+pytestmark = pytest.mark.slow
+
+WORLD = 2
+STEPS = 10  # 80 samples / 2 ranks / batch 8 = 5 steps per epoch, 2 epochs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parallel_config(out: Path, **overrides: Any) -> dict[str, Any]:
+    return tiny_config(out, use_parallel=True, **overrides)
+
+
+def rank_losses(out: Path) -> list[dict[int, str]]:
+    return [
+        {g: r["loss_bits"] for g, r in effective_steps(step_lines(out, rank)).items()}
+        for rank in range(WORLD)
+    ]
+
+
+def network_params(out: Path, rank: int) -> dict[str, Any]:
+    import mindspore as ms
+
+    (path,) = sorted((out / "checkpoint_network" / f"rank_{rank}").glob("*-2_5.ckpt"))
+    return {k: v.asnumpy() for k, v in ms.load_checkpoint(str(path)).items()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, str]) -> Path:
+    """One uninterrupted 2-rank data-parallel run."""
+    out = tmp_path_factory.mktemp("parallel_reference")
+    path = write_config(out.parent / f"{out.name}.yaml", parallel_config(out))
+    for p in start_gang(_Launcher(trainer_env), path):
+        assert p.wait() == ExitCode.SUCCESS, p.output()[-3000:]
+    return out
+
+
+def start_gang(launch: _Launcher, path: Path, **rank1_env: str) -> list[TrainerProcess]:
+    """One process per rank with the variables the controller injects, and a fresh scheduler port."""
+    port = free_port()
+    return [
+        launch(path, log_name=f"rank{rank}", **_rank_env(rank, port), **(rank1_env if rank == 1 else {}))
+        for rank in range(WORLD)
+    ]
+
+
+def _rank_env(rank: int, port: int) -> dict[str, str]:
+    return {
+        "RESPAWN_RANK": str(rank),
+        "RESPAWN_WORLD_SIZE": str(WORLD),
+        "MS_SCHED_HOST": "127.0.0.1",
+        "MS_SCHED_PORT": str(port),
+        "MS_WORKER_NUM": str(WORLD),
+        "MS_NODE_RANK": str(rank),
+        "MS_NODE_ID": str(rank),
+        "MS_ROLE": "MS_WORKER",
+    }
+
+
+class _Launcher:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __call__(self, path: Path, *, log_name: str, **extra_env: str) -> TrainerProcess:
+        return TrainerProcess(path, self.env, path.with_name(f"{path.stem}-{log_name}.log"), extra_env)
+
+
+def test_ranks_all_reduce_gradients(reference: Path) -> None:
+    for rank in range(WORLD):
+        assert [r["global_step"] for r in step_lines(reference, rank)] == list(range(1, STEPS + 1))
+    # Different data shards, so different losses; identical weights, because the gradients were averaged.
+    first = rank_losses(reference)
+    assert first[0][1] != first[1][1]
+    a, b = network_params(reference, 0), network_params(reference, 1)
+    assert a.keys() == b.keys()
+    assert all((a[k] == b[k]).all() for k in a)
+
+
+@pytest.mark.parametrize("remove_redundancy", [False, True], ids=["replicated", "remove_redundancy"])
+def test_a_rank_killed_inside_a_save_makes_the_gang_resume_from_the_same_older_step(
+    reference: Path, tmp_path: Path, trainer_env: dict[str, str], remove_redundancy: bool
+) -> None:
+    out = tmp_path / "out"
+    path = write_config(tmp_path / "run.yaml", parallel_config(out, remove_redundancy=remove_redundancy))
+    launch = _Launcher(trainer_env)
+    gang = start_gang(launch, path, RESPAWN_FAULT="after_publish:4")
+    try:
+        # Rank 1 dies with step 4's file durable but not committed in its meta.json.
+        assert gang[1].wait() == -signal.SIGKILL, gang[1].output()[-3000:]
+    finally:
+        for p in gang:
+            p.kill()  # the controller's gang restart: rank 0 is blocked in a collective or done saving
+    restarted = start_gang(launch, path)
+    try:
+        for p in restarted:
+            assert p.wait() == ExitCode.SUCCESS, p.output()[-3000:]
+    finally:
+        for p in restarted:
+            p.kill()
+    resumed = [
+        [r["resumed_from"] for r in step_lines(out, rank) if "resumed_from" in r] for rank in range(WORLD)
+    ]
+    assert [r[0] for r in resumed] == [None, None]
+    assert [r[1]["global_step"] for r in resumed] == [3, 3], resumed
+    assert [r[1]["step"] for r in resumed] == ["1_3", "1_3"]
+    assert rank_losses(out) == rank_losses(reference)
+    if remove_redundancy:
+        replicated = [checkpoint_bytes(reference, rank) for rank in range(WORLD)]
+        split = [checkpoint_bytes(out, rank) for rank in range(WORLD)]
+        assert replicated[0] == replicated[1]
+        assert all(n < 0.6 * replicated[0] for n in split), (split, replicated)
+        assert sum(split) < 1.1 * replicated[0], (split, replicated)
+        strategies = [
+            json.loads((out / "strategy" / f"ckpt_strategy_rank_{rank}.json").read_text())
+            for rank in range(WORLD)
+        ]
+        names = [set(s["saved_parameters"]) for s in strategies]
+        assert not names[0] & names[1] and names[0] and names[1]  # every parameter saved exactly once
+
+
+def checkpoint_bytes(out: Path, rank: int) -> int:
+    """Size of the rank's file of the final step."""
+    (path,) = (out / "checkpoint" / f"rank_{rank}").glob("*-2_5.ckpt")
+    return path.stat().st_size

@@ -1,0 +1,135 @@
+"""Data-parallel training across processes: join MindSpore's dynamic cluster, agree on the resume step.
+
+The controller starts one pod per rank, all with `MS_ROLE=MS_WORKER`, and points `MS_SCHED_HOST:PORT`
+at rank 0's pod. MindSpore's dynamic cluster also needs one process with `MS_ROLE=MS_SCHED`, so rank 0
+starts it as a child process before `mindspore.communication.init()`. The child dies with its parent
+(`PR_SET_PDEATHSIG`, and explicitly on close), so a killed rank 0 leaves no scheduler behind.
+
+A lost peer makes the survivors' next collective fail or hang; the controller restarts the whole gang,
+which is the only recovery MindSpore supports.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+from trainer_image import contract
+from trainer_image.config import ConfigError, TrainerConfig
+from trainer_image.layout import StepKey
+
+log = logging.getLogger("trainer_image.parallel")
+
+_SCHEDULER = "from mindspore.communication import init; init()"
+_NO_STEP = (-1, -1)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Cluster:
+    """This process's membership in the gang; `close()` stops the scheduler child (rank 0)."""
+
+    def __init__(self, rank: int, world_size: int, scheduler: subprocess.Popen[bytes] | None) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.scheduler = scheduler
+
+    @classmethod
+    def join(
+        cls, config: TrainerConfig, *, rank: int, world_size: int, environ: MutableMapping[str, str]
+    ) -> Cluster:
+        """Set the dynamic-cluster variables (the controller's win), start the scheduler on rank 0,
+        `init()`, and switch MindSpore to data parallel with averaged gradients."""
+        for name in (contract.MS_SCHED_HOST, contract.MS_SCHED_PORT):
+            if not environ.get(name):
+                raise ConfigError(f"use_parallel with {world_size} ranks needs {name} in the environment")
+        environ.setdefault(contract.MS_WORKER_NUM, str(world_size))
+        environ.setdefault(contract.MS_LOCAL_WORKER, "1")
+        environ.setdefault(contract.MS_NODE_ID, str(rank))
+        environ.setdefault(contract.MS_NODE_RANK, str(rank))
+        environ[contract.MS_ROLE] = "MS_WORKER"
+        if environ[contract.MS_WORKER_NUM] != str(world_size):
+            raise ConfigError(
+                f"{contract.MS_WORKER_NUM}={environ[contract.MS_WORKER_NUM]} but "
+                f"{contract.WORLD_SIZE}={world_size}"
+            )
+        scheduler = _start_scheduler(environ) if rank == 0 else None
+        cluster = cls(rank, world_size, scheduler)
+        try:
+            import mindspore as ms
+            from mindspore.communication import get_group_size, get_rank, init
+
+            ms.set_context(mode=config.context.mode, device_target=config.context.device_target)
+            init()
+            if (get_rank(), get_group_size()) != (rank, world_size):
+                raise RuntimeError(
+                    f"MindSpore assigned rank {get_rank()} of {get_group_size()}, "
+                    f"the controller said {rank} of {world_size}"
+                )
+            ms.set_auto_parallel_context(
+                parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=world_size
+            )
+        except BaseException:
+            cluster.close()
+            raise
+        log.info("joined the cluster as rank %d of %d", rank, world_size)
+        return cluster
+
+    def gather(self, values: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Every rank's `values` (same length everywhere), in rank order."""
+        import numpy as np
+        from mindspore import Tensor, ops
+
+        out = ops.AllGather()(Tensor(np.array(values, dtype=np.int64)))
+        flat = [int(v) for v in out.asnumpy().reshape(-1)]
+        n = len(values)
+        return [tuple(flat[i * n : (i + 1) * n]) for i in range(self.world_size)]
+
+    def agree(self, key: StepKey | None) -> tuple[StepKey | None, bool]:
+        """The oldest of the ranks' resume steps (None = random init, older than any step), and
+        whether every rank gave that answer. Every rank calls it the same number of times."""
+        answers = self.gather(_NO_STEP if key is None else (key.epoch, key.step))
+        oldest = min(answers)
+        return (None if oldest == _NO_STEP else StepKey(oldest[0], oldest[1])), len(set(answers)) == 1
+
+    def close(self) -> None:
+        if self.scheduler is not None and self.scheduler.poll() is None:
+            self.scheduler.kill()
+            self.scheduler.wait()
+        self.scheduler = None
+
+
+def _start_scheduler(environ: MutableMapping[str, str]) -> subprocess.Popen[bytes]:
+    env: dict[str, Any] = dict(environ)
+    env[contract.MS_ROLE] = "MS_SCHED"
+    log.info(
+        "starting the MindSpore scheduler on %s:%s",
+        environ[contract.MS_SCHED_HOST],
+        environ[contract.MS_SCHED_PORT],
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", _SCHEDULER],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+
+
+def split_owners(sizes: dict[str, int], world_size: int) -> dict[str, int]:
+    """remove_redundancy: parameter name -> the one rank that saves it, balancing bytes greedily
+    (largest first, ties by name), so it is the same on every rank and every run."""
+    load = [0] * world_size
+    owners = {}
+    for name, size in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])):
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        owners[name] = rank
+        load[rank] += size
+    return owners
