@@ -187,6 +187,8 @@ class Controller:
                     checkpoint_time=snap.checkpoint_time.timestamp()
                     if snap and snap.checkpoint_time
                     else None,
+                    restarts=status.restarts,
+                    uncounted_restarts=status.uncounted_restarts,
                 )
             )
         return samples

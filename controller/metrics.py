@@ -25,6 +25,8 @@ class JobSample:
     phase: str
     checkpoint_step: int | None
     checkpoint_time: float | None  # unix seconds
+    restarts: int = 0
+    uncounted_restarts: int = 0
 
 
 class _StateCollector(Collector):
@@ -45,9 +47,19 @@ class _StateCollector(Collector):
             "Global step of the job's last checkpoint that is complete on every rank.",
             labels=["namespace", "trainingjob"],
         )
+        # From the job's status, so it exists at 0 from the job's first reconcile (the dashboard's
+        # namespace list and per-job panels need no restart to have happened) and survives a
+        # controller restart, unlike the process-local respawn_restarts_total.
+        restarts = GaugeMetricFamily(
+            "respawn_job_restarts",
+            "Restarts of the job so far, from its status; class = counted / uncounted.",
+            labels=["namespace", "trainingjob", "class"],
+        )
         counts = {p.value: 0 for p in Phase}
         for job in self._jobs():
             counts[job.phase] = counts.get(job.phase, 0) + 1
+            restarts.add_metric([job.namespace, job.name, "counted"], job.restarts)
+            restarts.add_metric([job.namespace, job.name, "uncounted"], job.uncounted_restarts)
             if job.checkpoint_time is not None and not Phase(job.phase).terminal:
                 age.add_metric([job.namespace, job.name], max(0.0, now - job.checkpoint_time))
             if job.checkpoint_step is not None:
@@ -56,7 +68,7 @@ class _StateCollector(Collector):
             phases.add_metric([phase], count)
         depth = GaugeMetricFamily("respawn_workqueue_depth", "Job keys waiting to be reconciled.")
         depth.add_metric([], self._queue_depth())
-        yield from (phases, age, step, depth)
+        yield from (phases, age, step, restarts, depth)
 
 
 class _RequestsCollector(Collector):

@@ -240,6 +240,9 @@ def test_dashboard_shows_every_metric_with_a_datasource_variable() -> None:
     assert "respawn_reconcile_duration_seconds_bucket" in exprs["Reconcile latency"]
     assert "respawn_reconcile_errors_total" in exprs["Reconcile errors"]
     assert "respawn_workqueue_depth" in exprs["Work queue depth"]
+    assert "respawn_job_restarts{" in exprs["Restarts per job"]
+    # A gauge every job has from its first reconcile, so the list is not empty before any restart.
+    assert variables["namespace"]["definition"] == "label_values(respawn_job_restarts, namespace)"
     for panel in dashboard["panels"]:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])

@@ -358,8 +358,13 @@ def test_every_dashboard_panel_has_data_after_a_failure(
     assert [r["metric"] for r in age] == [{"namespace": namespace, "trainingjob": "pm"}]
 
     # The dashboard's namespace variable lists this job's namespace.
-    variable = prometheus.get("/api/v1/label/namespace/values", **{"match[]": "respawn_restarts_total"})
+    variable = prometheus.get("/api/v1/label/namespace/values", **{"match[]": "respawn_job_restarts"})
     assert namespace in variable
+    per_job = results[next(e for _t, e in expressions if "respawn_job_restarts" in e)]
+    assert sorted((r["metric"]["class"], r["value"][1]) for r in per_job) == [
+        ("counted", "1"),
+        ("uncounted", "0"),
+    ]
 
     # Let the job finish; then the CLI's view of the same run.
     (output / "release").touch()
