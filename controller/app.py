@@ -75,7 +75,6 @@ class Controller:
             checkpoints=self.checkpoints,
             now=lambda: datetime.now(UTC),
         )
-        self.metrics.watch_state(self._job_samples, lambda: len(self.queue), self._requests)
         self.health = HealthServer(
             host=settings.health_host, port=settings.health_port, registry=self.registry
         )
@@ -93,6 +92,12 @@ class Controller:
             )
             if settings.leader_election
             else None
+        )
+        self.metrics.watch_state(
+            self._job_samples,
+            lambda: len(self.queue),
+            self._requests,
+            lambda: self.elector is None or self.elector.is_leader(),
         )
         self._workers: list[threading.Thread] = []
 

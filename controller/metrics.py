@@ -30,9 +30,15 @@ class JobSample:
 
 
 class _StateCollector(Collector):
-    def __init__(self, jobs: Callable[[], Iterable[JobSample]], queue_depth: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        jobs: Callable[[], Iterable[JobSample]],
+        queue_depth: Callable[[], int],
+        leading: Callable[[], bool],
+    ) -> None:
         self._jobs = jobs
         self._queue_depth = queue_depth
+        self._leading = leading
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = time.time()
@@ -68,7 +74,10 @@ class _StateCollector(Collector):
             phases.add_metric([phase], count)
         depth = GaugeMetricFamily("respawn_workqueue_depth", "Job keys waiting to be reconciled.")
         depth.add_metric([], self._queue_depth())
-        yield from (phases, age, step, restarts, depth)
+        # A follower's queue fills from its informers and never drains; dashboards filter on this.
+        leader = GaugeMetricFamily("respawn_leader", "1 on the replica that reconciles, 0 on followers.")
+        leader.add_metric([], 1.0 if self._leading() else 0.0)
+        yield from (phases, age, step, restarts, depth, leader)
 
 
 class _RequestsCollector(Collector):
@@ -138,6 +147,7 @@ class Metrics:
         jobs: Callable[[], Iterable[JobSample]],
         queue_depth: Callable[[], int],
         requests: Callable[[], dict[str, int]],
+        leading: Callable[[], bool],
     ) -> None:
-        self.registry.register(_StateCollector(jobs, queue_depth))
+        self.registry.register(_StateCollector(jobs, queue_depth, leading))
         self.registry.register(_RequestsCollector(requests))

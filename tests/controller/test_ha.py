@@ -71,6 +71,8 @@ def test_one_replica_leads_and_the_other_takes_over(
     for port in (leader.health.port, follower.health.port):
         assert http_get(port, "/healthz")[0] == 200
         assert http_get(port, "/readyz")[0] == 200
+    assert "respawn_leader 1.0" in http_get(leader.health.port, "/metrics")[1]
+    assert "respawn_leader 0.0" in http_get(follower.health.port, "/metrics")[1]
 
     leader.stop()
     leader.shutdown()  # releases the Lease
