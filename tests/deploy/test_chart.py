@@ -126,11 +126,11 @@ def test_all_options_render(render: Render) -> None:
 # -- RBAC --------------------------------------------------------------------------------------
 
 JOB_RULES = {
-    "trainingjobs.training.respawn.dev": {"get", "list", "watch"},
+    "trainingjobs.training.respawn.dev": {"list", "watch"},
     "trainingjobs/status.training.respawn.dev": {"update"},
     "trainingjobs/finalizers.training.respawn.dev": {"update"},
-    "pods": {"get", "list", "watch", "create", "delete"},
-    "services": {"get", "create"},
+    "pods": {"list", "watch", "create", "delete"},
+    "services": {"create"},
     "events": {"create"},
 }
 

@@ -9,12 +9,8 @@ in the controller's log, as a readiness that never comes, or as a job that never
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +30,12 @@ from tests.controller.test_controller_api import (
     training_job,
     wait_for,
 )
-from tests.deploy.conftest import REPO_ROOT
+from tests.deploy.as_controller import (
+    http_status,
+    lease_holder,
+    service_account_kubeconfig,
+    spawn_controller,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -80,16 +81,9 @@ def installed(
 def token_kubeconfig(
     control_plane: ControlPlane, api_client: client.ApiClient, installed: Installed, path: Path
 ) -> Path:
-    token = (
-        client.CoreV1Api(api_client)
-        .create_namespaced_service_account_token(
-            installed.service_account,
-            installed.namespace,
-            client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[])),
-        )
-        .status.token
+    return service_account_kubeconfig(
+        control_plane, api_client, installed.namespace, installed.service_account, path
     )
-    return control_plane.write_kubeconfig(path, user=installed.service_account, token=token)
 
 
 @pytest.fixture
@@ -128,21 +122,22 @@ def can(
 
 
 JOB_VERBS = [
-    ("get", "trainingjobs.training.respawn.dev"),
     ("list", "trainingjobs.training.respawn.dev"),
     ("watch", "trainingjobs.training.respawn.dev"),
     ("update", "trainingjobs.training.respawn.dev/status"),
     ("update", "trainingjobs.training.respawn.dev/finalizers"),
-    ("get", "pods"),
     ("list", "pods"),
     ("watch", "pods"),
     ("create", "pods"),
     ("delete", "pods"),
-    ("get", "services"),
     ("create", "services"),
     ("create", "events"),
 ]
 NEVER = [
+    # Reads come from informer caches (tests/deploy/test_rbac_rules.py shows nothing needs get).
+    ("get", "trainingjobs.training.respawn.dev"),
+    ("get", "pods"),
+    ("get", "services"),
     ("get", "secrets"),
     ("list", "secrets"),
     ("watch", "secrets"),
@@ -222,16 +217,6 @@ def test_identity_cannot_read_secrets(
 # -- the controller with that identity ---------------------------------------------------------
 
 
-def http_status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
 @pytest.fixture
 def controller_process(
     control_plane: ControlPlane, api_client: client.ApiClient, installed: Installed, tmp_path: Path
@@ -245,23 +230,9 @@ def controller_process(
         # Only the listening address and the scope change: argparse keeps the last value, and
         # a cluster-wide controller here would also reconcile other tests' leftover jobs.
         overrides = [f"--health-port={port}", "--health-host=127.0.0.1", f"--namespace={installed.namespace}"]
-        env = {**os.environ, "POD_NAME": "respawn-test-0", "POD_NAMESPACE": installed.namespace}
-        env.pop("KUBECONFIG", None)
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "controller",
-                    f"--kubeconfig={kubeconfig}",
-                    *installed.args,
-                    *overrides,
-                ],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        process = spawn_controller(
+            kubeconfig, [*installed.args, *overrides], log, pod_namespace=installed.namespace
+        )
         started.append(process)
         return process, port, log
 
@@ -285,7 +256,7 @@ def test_controller_drives_a_restart_with_exactly_the_chart_rbac(
     assert process.poll() is None, log.read_text()
     lease = wait_for(
         "the Lease",
-        lambda: _lease_holder(api_client, ns),
+        lambda: lease_holder(api_client, ns),
         timeout=30,
     )
     assert lease == "respawn-test-0"
@@ -305,14 +276,4 @@ def test_controller_drives_a_restart_with_exactly_the_chart_rbac(
     assert process.wait(timeout=60) == 0, log.read_text()
     output = log.read_text()
     assert "403" not in output and "Forbidden" not in output, output
-    wait_for("the Lease released", lambda: not _lease_holder(api_client, ns), timeout=10)
-
-
-def _lease_holder(api_client: client.ApiClient, namespace: str) -> str | None:
-    try:
-        lease = client.CoordinationV1Api(api_client).read_namespaced_lease("respawn-controller", namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return lease.spec.holder_identity
+    wait_for("the Lease released", lambda: not lease_holder(api_client, ns), timeout=10)

@@ -88,10 +88,10 @@ What the controller does to the objects it manages, in the namespaces it watches
 Each rule names the calls that need it (controller/app.py informers, controller/kube.py).
 */}}
 {{- define "respawn.jobRules" -}}
-# Informer (list+watch) on TrainingJobs; get for kubectl-style reads.
+# Informer (list+watch) on TrainingJobs. Reads come from its cache: no get.
 - apiGroups: [training.respawn.dev]
   resources: [trainingjobs]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 # KubeWriter.write_status: replace on the status subresource, guarded by resourceVersion.
 - apiGroups: [training.respawn.dev]
   resources: [trainingjobs/status]
@@ -104,11 +104,11 @@ Each rule names the calls that need it (controller/app.py informers, controller/
 # Informer on managed pods; KubeWriter.create_pod / delete_pod.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete]
+  verbs: [list, watch, create, delete]
 # KubeWriter.ensure_service: the job's headless Service (create; 409 means it exists).
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create]
+  verbs: [create]
 # KubeWriter.emit_event: core/v1 Events, created with generateName.
 - apiGroups: [""]
   resources: [events]

@@ -1,0 +1,526 @@
+"""Every verb the chart grants is needed: take one away and a named feature breaks, visibly.
+
+The chart is installed once into an API server of this module's own that also runs the
+OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift and other hardened
+clusters), the only setting in which `trainingjobs/finalizers` matters. For each case the
+chart's ClusterRole and Roles are copied with one verb removed, bound to a fresh ServiceAccount,
+and `python -m controller` runs with the installed Deployment's arguments as that account,
+watching the case's namespace and holding its Lease there. The test plays kubelet (and
+MindCluster's device plugin); `FEATURES` drive what the controller is for, and `CASES` says
+which one breaks without each verb, how, and which refusal in the controller's log shows why.
+The same features all work with the full rules (`test_full_rules_every_feature_works`).
+
+A breakage with a refusal to point at (a 403 on a write, a Lease, a list) ends a step at once;
+a breakage that is an absence (a watch refused, so a change is never seen) is observed for
+`PATIENCE`, several times what the full-rules controller needs to react.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from devcluster.controlplane import ControlPlane, free_port
+from devcluster.crds import apply_crds
+from tests.controller.test_controller_api import create_job, get_job, job_pods, set_phase, training_job
+from tests.deploy.as_controller import http_get, lease_holder, service_account_kubeconfig, spawn_controller
+from tests.deploy.conftest import CHART, REPO_ROOT, Helm
+
+pytestmark = pytest.mark.timeout(600)
+
+RELEASE_NAMESPACE = "respawn-system"
+DEADLINE = 60.0  # for what must happen
+PATIENCE = 5.0  # for what must not happen; a full-rules controller reacts within a second
+# Short Lease timings (lease > renew deadline > 1.2 x retry), so a failing renewal shows in seconds.
+LEASE_TIMINGS = ["--lease-duration=4", "--renew-deadline=3", "--retry-period=1"]
+
+# What breaks: the first step of a feature that does not happen.
+NEVER_READY = "never ready: an informer cannot list, so nothing is reconciled"
+NEVER_LEADS = "never acquires its Lease, so nothing is reconciled"
+LOSES_LEASE = "cannot renew its Lease: loses leadership and exits"
+NO_PODS = "a new job never gets pods"
+NO_STATUS = "the job's status is never written"
+NOT_RUNNING = "the job never shows Running: pod changes are not seen"
+NO_RESTART = "a failed attempt is never replaced"
+NO_EVENTS = "no events are recorded"
+NODE_LOSS_MISSED = "a lost node goes unnoticed: no restart, node not avoided"
+DEVICE_FAULT_MISSED = "a device fault goes unnoticed: no restart, node not avoided"
+
+
+# -- the chart's rules, verb by verb ------------------------------------------------------------
+
+Rules = dict[str, list[dict[str, Any]]]  # role label -> rules
+
+
+def verb_id(role: str, group: str, resource: str, verb: str) -> str:
+    """`ClusterRole pods:create`, `Role leases.coordination.k8s.io:get` ..."""
+    return f"{role.split()[0]} {resource}{'.' + group if group else ''}:{verb}"
+
+
+def each_verb(rules: Rules) -> list[str]:
+    return [
+        verb_id(role, group, resource, verb)
+        for role, role_rules in rules.items()
+        for rule in role_rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    ]
+
+
+def without(rules: Rules, removed: str | None) -> Rules:
+    """`rules` with one verb taken out of every rule that grants it (and emptied rules dropped)."""
+    reduced: Rules = {}
+    for role, role_rules in rules.items():
+        reduced[role] = []
+        for rule in role_rules:
+            (group,), (resource,) = rule["apiGroups"], rule["resources"]
+            verbs = [v for v in rule["verbs"] if verb_id(role, group, resource, v) != removed]
+            if verbs:
+                reduced[role].append({**rule, "verbs": verbs})
+    return reduced
+
+
+@dataclass(frozen=True)
+class Chart:
+    rules: Rules  # "ClusterRole", "Role leader-election", "Role device-faults"
+    args: list[str]  # the Deployment's container args
+    lease_name: str
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with ControlPlane(
+        workdir=tmp_path_factory.mktemp("rbac-rules"),
+        apiserver_args=("--enable-admission-plugins=OwnerReferencesPermissionEnforcement",),
+    ) as cp:
+        yield cp
+
+
+@pytest.fixture(scope="module")
+def admin(plane: ControlPlane) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(plane.kubeconfig_path))
+    apply_crds(api, REPO_ROOT / "deploy")
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="module")
+def chart(helm: Helm, plane: ControlPlane, admin: client.ApiClient) -> Chart:
+    """The chart with default values, installed once; its RBAC read back from the API server."""
+    result = helm(
+        "install", "respawn", str(CHART), "--kubeconfig", str(plane.kubeconfig_path),
+        "--namespace", RELEASE_NAMESPACE, "--create-namespace", "--set", "crds.enabled=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rbac = client.RbacAuthorizationV1Api(admin)
+
+    def rules(role: Any) -> list[dict[str, Any]]:
+        return list(admin.sanitize_for_serialization(role.rules))
+
+    pod = client.AppsV1Api(admin).read_namespaced_deployment("respawn", RELEASE_NAMESPACE).spec.template.spec
+    args = list(pod.containers[0].args)
+    return Chart(
+        rules={
+            "ClusterRole": rules(rbac.read_cluster_role("respawn")),
+            "Role leader-election": rules(
+                rbac.read_namespaced_role("respawn-leader-election", RELEASE_NAMESPACE)
+            ),
+            "Role device-faults": rules(rbac.read_namespaced_role("respawn-device-faults", "kube-system")),
+        },
+        args=args,
+        lease_name=next(a.split("=", 1)[1] for a in args if a.startswith("--lease-name=")),
+    )
+
+
+# -- one controller with given rules ------------------------------------------------------------
+
+
+def grant(admin: client.ApiClient, namespace: str, rules: Rules, lease_name: str) -> str:
+    """Bind `rules` to a new ServiceAccount `namespace/respawn` where the chart binds them, with
+    the Lease Role in `namespace`; wait until the authorizer applies them. Returns the user."""
+    core, rbac = client.CoreV1Api(admin), client.RbacAuthorizationV1Api(admin)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    for account in ("default", "respawn"):  # pods need `default` (no ServiceAccount controller here)
+        core.create_namespaced_service_account(
+            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
+        )
+    subject = [{"kind": "ServiceAccount", "name": "respawn", "namespace": namespace}]
+    rbac.create_cluster_role({"metadata": {"name": namespace}, "rules": rules["ClusterRole"]})
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": namespace},
+            "subjects": subject,
+        }
+    )
+    for label, where in (("Role leader-election", namespace), ("Role device-faults", "kube-system")):
+        rbac.create_namespaced_role(where, {"metadata": {"name": namespace}, "rules": rules[label]})
+        rbac.create_namespaced_role_binding(
+            where,
+            {
+                "metadata": {"name": namespace},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": namespace},
+                "subjects": subject,
+            },
+        )
+    user = f"system:serviceaccount:{namespace}:respawn"
+    scope = {"ClusterRole": namespace, "Role leader-election": namespace, "Role device-faults": "kube-system"}
+    checks = [
+        (user, verb, rule["apiGroups"][0], rule["resources"][0], scope[label], name)
+        for label, role_rules in rules.items()
+        for rule in role_rules
+        for verb in rule["verbs"]
+        for name in rule.get("resourceNames") or [""]
+    ]
+    wait("the authorizer to apply the rules", lambda: all(allowed(admin, *check) for check in checks))
+    return user
+
+
+def allowed(
+    admin: client.ApiClient, user: str, verb: str, group: str, resource: str, namespace: str, name: str
+) -> bool:
+    resource, _, subresource = resource.partition("/")
+    attributes = client.V1ResourceAttributes(
+        verb=verb, group=group, resource=resource, subresource=subresource, namespace=namespace, name=name
+    )
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts", "system:authenticated"],
+            resource_attributes=attributes,
+        )
+    )
+    return bool(client.AuthorizationV1Api(admin).create_subject_access_review(review).status.allowed)
+
+
+def wait(what: str, probe: Callable[[], Any], timeout: float = DEADLINE) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+@dataclass
+class Run:
+    """A running controller, and what the test can see of it."""
+
+    admin: client.ApiClient
+    namespace: str
+    nodes: tuple[str, str]  # one to lose, one to report a device fault on
+    lease_name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    expected: str | None  # the breakage this run expects: only that absence is given PATIENCE
+
+    def step(self, what: str, done: Callable[[], Any], refused: Callable[[], Any] = lambda: False) -> bool:
+        """Wait for `done`; give up early once `refused` (a refusal in the log) or the process ended."""
+        deadline = time.monotonic() + (PATIENCE if what == self.expected else DEADLINE)
+        while True:
+            if done():
+                return True
+            if refused() or self.process.poll() is not None:
+                return bool(done())  # what happened before the refusal was logged counts
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    # -- the log: one JSON object per line; quotes and escapes dropped so refusals read plainly
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+    def records(self, since: int = 0) -> list[str]:
+        with self.log.open("rb") as f:
+            f.seek(since)
+            lines = f.read().decode(errors="replace").splitlines()
+        out = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                out.append(line)
+                continue
+            text = " ".join(f"{k}={v}" for k, v in record.items()) if isinstance(record, dict) else line
+            out.append(text.replace("\\", "").replace('"', ""))
+        return out
+
+    def refusals(self, since: int = 0) -> list[str]:
+        return [r for r in self.records(since) if re.search(r"\b403\b|Forbidden|forbidden", r)]
+
+    def reconcile_refused(self, since: int) -> bool:
+        return any("msg=reconcile failed" in r for r in self.refusals(since))
+
+    def refused_informers(self) -> set[str]:
+        return {m.group(1) for r in self.refusals() if (m := re.search(r"informer=([\w-]+)", r))}
+
+    # -- the API server's view
+
+    def ready(self) -> tuple[bool, str]:
+        status, body = http_get(self.port, "/readyz")
+        return status == 200, body
+
+    def leader(self) -> str | None:
+        return lease_holder(self.admin, self.namespace, self.lease_name)
+
+    def status(self, job: str) -> dict[str, Any]:
+        return dict(get_job(self.admin, self.namespace, job).get("status") or {})
+
+
+@pytest.fixture
+def controller(
+    plane: ControlPlane, admin: client.ApiClient, chart: Chart, tmp_path: Path
+) -> Iterator[Callable[[str | None, str | None], Run]]:
+    """Start the controller with the chart's rules minus one verb (None: the full rules)."""
+    runs: list[Run] = []
+
+    def start(removed: str | None, expected: str | None) -> Run:
+        slug = re.sub(r"[^a-z0-9]+", "-", (removed or "full").lower()).strip("-")[:40]
+        namespace = f"{slug}-{uuid.uuid4().hex[:6]}"
+        grant(admin, namespace, without(chart.rules, removed), chart.lease_name)
+        nodes = (f"{namespace}-lost", f"{namespace}-faulty")
+        for node in nodes:  # before the controller starts: its node cache must know them
+            create_node(admin, node)
+        kubeconfig = service_account_kubeconfig(
+            plane, admin, namespace, "respawn", tmp_path / "sa.kubeconfig"
+        )
+        port, log = free_port(), tmp_path / "controller.log"
+        overrides = [
+            f"--health-port={port}",
+            "--health-host=127.0.0.1",
+            f"--namespace={namespace}",  # cases share the API server; each watches its own
+            f"--lease-namespace={namespace}",
+            *LEASE_TIMINGS,
+        ]
+        process = spawn_controller(kubeconfig, [*chart.args, *overrides], log, pod_namespace=namespace)
+        run = Run(admin, namespace, nodes, chart.lease_name, process, port, log, expected)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.kill()
+        run.process.wait(timeout=30)
+
+
+def create_node(admin: client.ApiClient, name: str) -> None:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ready = {"type": "Ready", "status": "True", "lastHeartbeatTime": now, "lastTransitionTime": now}
+    client.CoreV1Api(admin).create_node({"metadata": {"name": name}, "status": {"conditions": [ready]}})
+
+
+# -- the features ---------------------------------------------------------------------------------
+
+
+def starts(run: Run) -> str | None:
+    """Every informer lists (readiness), then the Lease is acquired."""
+
+    def stuck() -> bool:
+        _, body = run.ready()
+        unsynced = any(f"[-]informer-{name} " in body for name in run.refused_informers())
+        return unsynced or any("attempt failed (403)" in r for r in run.refusals())
+
+    if run.step("start", lambda: run.ready()[0] and run.leader(), stuck):
+        return None
+    return NEVER_LEADS if run.ready()[0] else NEVER_READY
+
+
+def keeps_leadership(run: Run) -> str | None:
+    """The leader renews its Lease."""
+    if broken := starts(run):
+        return broken
+    leases = client.CoordinationV1Api(run.admin)
+    first = leases.read_namespaced_lease(run.lease_name, run.namespace).spec.renew_time
+
+    def renewed() -> bool:
+        return bool(leases.read_namespaced_lease(run.lease_name, run.namespace).spec.renew_time != first)
+
+    if run.step("renewal", renewed):
+        return None
+    assert run.process.wait(timeout=DEADLINE) == 1
+    assert any("failed to renew lease" in r for r in run.records())
+    return LOSES_LEASE
+
+
+def runs_a_job(run: Run, name: str = "job", node: str | None = None, **policy: Any) -> str | None:
+    """A job created now gets its Service and pods; when they run, its status says Running."""
+    if broken := starts(run):
+        return broken
+    admin, ns = run.admin, run.namespace
+    mark = run.log_size()
+    create_job(admin, ns, training_job(name, **policy))
+    if not run.step(
+        NO_PODS, lambda: len(job_pods(admin, ns, name, 0)) == 2, lambda: run.reconcile_refused(mark)
+    ):
+        return NO_PODS
+    assert client.CoreV1Api(admin).read_namespaced_service(name, ns).spec.cluster_ip == "None"
+    mark = run.log_size()
+    for pod in job_pods(admin, ns, name, 0):
+        if node is not None:  # as the scheduler would
+            target = client.V1ObjectReference(kind="Node", name=node)
+            body = client.V1Binding(metadata=client.V1ObjectMeta(name=pod.metadata.name), target=target)
+            client.CoreV1Api(admin).create_namespaced_pod_binding(
+                pod.metadata.name, ns, body, _preload_content=False
+            )
+        set_phase(admin, ns, pod.metadata.name, "Running")
+    if run.step(
+        NOT_RUNNING, lambda: run.status(name).get("phase") == "Running", lambda: run.reconcile_refused(mark)
+    ):
+        return None
+    return NOT_RUNNING if run.status(name) else NO_STATUS
+
+
+def restarts(run: Run) -> str | None:
+    """A failed worker's attempt is deleted and a new one created."""
+    if broken := runs_a_job(run, "restart"):
+        return broken
+    admin, ns, mark = run.admin, run.namespace, run.log_size()
+    set_phase(admin, ns, "restart-a0-1", "Failed", exit_code=1)
+
+    def replaced() -> bool:
+        return len(job_pods(admin, ns, "restart", 1)) == 2 and not job_pods(admin, ns, "restart", 0)
+
+    return None if run.step(NO_RESTART, replaced, lambda: run.reconcile_refused(mark)) else NO_RESTART
+
+
+def records_events(run: Run) -> str | None:
+    """What happens to a job is told in Events on it."""
+    mark = run.log_size()
+    if broken := runs_a_job(run, "events"):
+        return broken
+    core = client.CoreV1Api(run.admin)
+
+    def reasons() -> set[str]:
+        events = core.list_namespaced_event(run.namespace, field_selector="involvedObject.name=events").items
+        return {e.reason for e in events}
+
+    def refused() -> bool:
+        return any("msg=event not recorded" in r for r in run.refusals(mark))
+
+    return (
+        None
+        if run.step(NO_EVENTS, lambda: {"AttemptCreated", "Running"} <= reasons(), refused)
+        else NO_EVENTS
+    )
+
+
+def avoids_lost_nodes(run: Run) -> str | None:
+    """A worker's node going NotReady restarts the job and puts the node on its avoid list."""
+    node = run.nodes[0]
+    if broken := runs_a_job(run, "lost", node=node, nodeLostTimeoutSeconds=0):
+        return broken
+    long_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lost = {"type": "Ready", "status": "False", "lastHeartbeatTime": long_ago, "lastTransitionTime": long_ago}
+    client.CoreV1Api(run.admin).patch_node_status(node, {"status": {"conditions": [lost]}})
+    if run.step(NODE_LOSS_MISSED, lambda: node in (run.status("lost").get("faultyNodes") or [])):
+        return None
+    return NODE_LOSS_MISSED
+
+
+def avoids_faulty_devices(run: Run) -> str | None:
+    """MindCluster reporting a faulty device on a worker's node restarts the job off that node."""
+    node = run.nodes[1]
+    if broken := runs_a_job(run, "fault", node=node):
+        return broken
+    document = {"DeviceInfo": {"DeviceList": {"huawei.com/Ascend910-Unhealthy": "Ascend910-0"}}}
+    client.CoreV1Api(run.admin).create_namespaced_config_map(
+        "kube-system",
+        {
+            "metadata": {"name": f"mindx-dl-deviceinfo-{node}"},
+            "data": {"DeviceInfoCfg": json.dumps(document)},
+        },
+    )
+    if run.step(DEVICE_FAULT_MISSED, lambda: node in (run.status("fault").get("faultyNodes") or [])):
+        return None
+    return DEVICE_FAULT_MISSED
+
+
+FEATURES: dict[str, Callable[[Run], str | None]] = {
+    f.__name__: f
+    for f in (
+        starts,
+        keeps_leadership,
+        runs_a_job,
+        restarts,
+        records_events,
+        avoids_lost_nodes,
+        avoids_faulty_devices,
+    )
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    feature: str
+    breaks: str
+    refusal: str  # in the controller's log: what was refused
+
+
+TJ = "trainingjobs.training.respawn.dev"
+LEASES = "leases.coordination.k8s.io"
+CASES: dict[str, Case] = {
+    "ClusterRole nodes:list": Case("starts", NEVER_READY, "informer=nodes"),
+    "ClusterRole nodes:watch": Case("avoids_lost_nodes", NODE_LOSS_MISSED, "informer=nodes"),
+    f"ClusterRole {TJ}:list": Case("starts", NEVER_READY, "informer=trainingjobs"),
+    f"ClusterRole {TJ}:watch": Case("runs_a_job", NO_PODS, "informer=trainingjobs"),
+    "ClusterRole trainingjobs/status.training.respawn.dev:update": Case(
+        "runs_a_job", NO_STATUS, "cannot update resource trainingjobs/status"
+    ),
+    "ClusterRole trainingjobs/finalizers.training.respawn.dev:update": Case(
+        "runs_a_job", NO_PODS, "cannot set blockOwnerDeletion"
+    ),
+    "ClusterRole pods:list": Case("starts", NEVER_READY, "informer=pods"),
+    "ClusterRole pods:watch": Case("runs_a_job", NOT_RUNNING, "informer=pods"),
+    "ClusterRole pods:create": Case("runs_a_job", NO_PODS, "cannot create resource pods"),
+    "ClusterRole pods:delete": Case("restarts", NO_RESTART, "cannot delete resource pods"),
+    "ClusterRole services:create": Case("runs_a_job", NO_PODS, "cannot create resource services"),
+    "ClusterRole events:create": Case("records_events", NO_EVENTS, "msg=event not recorded"),
+    f"Role {LEASES}:create": Case("starts", NEVER_LEADS, "attempt failed (403)"),
+    f"Role {LEASES}:get": Case("starts", NEVER_LEADS, "attempt failed (403)"),
+    f"Role {LEASES}:update": Case("keeps_leadership", LOSES_LEASE, "attempt failed (403)"),
+    "Role configmaps:list": Case("starts", NEVER_READY, "informer=device-configmaps"),
+    "Role configmaps:watch": Case("avoids_faulty_devices", DEVICE_FAULT_MISSED, "informer=device-configmaps"),
+}
+
+
+# -- the tests ------------------------------------------------------------------------------------
+
+
+def test_every_verb_the_chart_grants_has_a_case(chart: Chart) -> None:
+    granted = each_verb(chart.rules)
+    assert len(granted) == len(set(granted))
+    assert set(granted) == set(CASES), "a verb nothing needs is a finding: drop it from the chart"
+    assert {c.feature for c in CASES.values()} <= set(FEATURES)
+
+
+def test_full_rules_every_feature_works(controller: Callable[[str | None, str | None], Run]) -> None:
+    run = controller(None, None)
+    for name, feature in FEATURES.items():
+        assert feature(run) is None, f"{name}: {run.log.read_text()}"
+    assert run.refusals() == []
+    run.process.send_signal(signal.SIGTERM)
+    assert run.process.wait(timeout=DEADLINE) == 0
+
+
+@pytest.mark.parametrize("removed", list(CASES))
+def test_without(removed: str, controller: Callable[[str | None, str | None], Run]) -> None:
+    case = CASES[removed]
+    run = controller(removed, case.breaks)
+    assert FEATURES[case.feature](run) == case.breaks, run.log.read_text()
+    assert any(case.refusal in r for r in run.refusals()), run.refusals()
