@@ -19,6 +19,7 @@ from trainer_image.config import CheckpointFormat, LrSchedule, TrainerConfig
 from trainer_image.model import CausalLMLoss, build_model
 from trainer_image.parallel import split_owners
 from trainer_image.progress import EXTRA_PREFIX, CheckpointMismatch, Progress
+from trainer_image.rescale import rescale_steps
 
 
 class CheckpointDamaged(RuntimeError):
@@ -166,9 +167,17 @@ class Backend:
 
     # ------------------------------------------------------------------------------------------- loading
 
-    def load(self, path: Path, *, weights_only: bool, siblings: tuple[Path, ...] = ()) -> Progress | None:
+    def load(
+        self,
+        path: Path,
+        *,
+        weights_only: bool,
+        siblings: tuple[Path, ...] = (),
+        global_batch_size: int = 0,
+    ) -> Progress | None:
         """Load `path`; parameters it lacks (saved with remove_redundancy) come from `siblings`, the
-        other ranks' files of the same step."""
+        other ranks' files of the same step. With `global_batch_size`, a checkpoint saved with another
+        one gets its optimizer step (which drives the LR) rescaled as MindFormers does."""
         params = _read(path)
         extras = {k: int(params.pop(k).asnumpy()) for k in list(params) if k.startswith(EXTRA_PREFIX)}
         target = self.model if weights_only else self.cell
@@ -182,6 +191,12 @@ class Backend:
         self._check_fit(path, params, target)
         if weights_only:
             params = {k: v for k, v in params.items() if k in self.network_names}
+        saved_batch = extras.get(EXTRA_PREFIX + "global_batch_size", 0)
+        if not weights_only and global_batch_size and saved_batch and saved_batch != global_batch_size:
+            name = self.cell.optimizer.global_step.name
+            steps = params[name].asnumpy().copy()
+            steps[...] = rescale_steps(int(steps.reshape(-1)[0]), old=saved_batch, new=global_batch_size)
+            params[name] = ms.Parameter(Tensor(steps), name=name)
         ms.load_param_into_net(target, params, strict_load=True)
         return None if weights_only else Progress.from_extras(extras)
 

@@ -164,6 +164,7 @@ class Checkpointer:
             size=final.stat().st_size,
             sha256=sha256,
             network_file=network_file,
+            world_size=self.world_size,
         )
         history = [r for r in self.history if r.key < record.key] + [record]
         self._write_meta(history)
@@ -197,7 +198,7 @@ class Checkpointer:
         if self.world_size == 1:
             return {self.history[-1].file}
         try:
-            res = resolve(self.root, True, world_size=self.world_size, check=Check.EXISTS)
+            res = resolve(self.root, True, world_size=self.world_size, check=Check.EXISTS, resize=True)
         except ResolveError as e:
             log.warning("cannot tell the newest complete step, pruning nothing: %s", e)
             return {p.name for p in self.dir.iterdir()}

@@ -242,8 +242,6 @@ def validate(c: TrainerConfig) -> None:
         raise ConfigError(
             f"resume_training: must be true/false or a bare checkpoint file name, got {c.resume_training!r}"
         )
-    if c.auto_trans_ckpt:
-        raise ConfigError("auto_trans_ckpt: not supported yet")
 
 
 # ------------------------------------------------------------------------------------ generic building

@@ -1,8 +1,11 @@
 """Training data: fixed windows of byte tokens, shuffled by a seeded MindSpore pipeline.
 
 Resume fast-forwards with `set_init_step`, which replays each epoch's own shuffle; `skip` would not.
-The identity of a stream (content, batch size, seed, shards) is a fingerprint stored in every
-checkpoint: a different fingerprint on resume means incremental training on new data.
+With N ranks, MindSpore's sharded sampler deals one seeded permutation out round-robin (rank r takes
+samples r, r + N, ...), so global batch t holds the same samples for any N with the same global
+batch size (when the sample count is a multiple of N; otherwise MindSpore pads the shards).
+The identity of a stream (content, seed, shuffle) is a fingerprint stored in every checkpoint: a
+different fingerprint on resume means incremental training on new data.
 """
 
 from __future__ import annotations
@@ -78,9 +81,11 @@ class DataStream:
                 yield batch
 
 
-def fingerprint(windows: np.ndarray, *, batch_size: int, seed: int, shuffle: bool, world_size: int) -> int:
+def fingerprint(windows: np.ndarray, *, seed: int, shuffle: bool) -> int:
+    """The sample stream's identity. Not the batch size or the world size: the global order of
+    samples depends on neither, and a changed global batch is rescaled, not new data."""
     h = hashlib.sha256(windows.tobytes())
-    h.update(f"{windows.shape}|{batch_size}|{seed}|{shuffle}|{world_size}".encode())
+    h.update(f"{windows.shape}|{seed}|{shuffle}".encode())
     return int.from_bytes(h.digest()[:8], "little") >> 1  # fits an int64 tensor
 
 
@@ -103,10 +108,12 @@ def build_stream(c: TrainerConfig, *, rank: int, world_size: int) -> DataStream:
         shuffle=shuffle,
         num_parallel_workers=c.train_dataset.num_parallel_workers,
         python_multiprocessing=False,
-        num_shards=world_size if world_size > 1 else None,
-        shard_id=rank if world_size > 1 else None,
+        # Sharded even for one rank: the sharded sampler deals one permutation round-robin, so any
+        # world size sees the same global order (the unsharded sampler permutes differently).
+        num_shards=world_size,
+        shard_id=rank,
     ).batch(batch, drop_remainder=True)
-    fp = fingerprint(windows, batch_size=batch, seed=c.seed, shuffle=shuffle, world_size=world_size)
+    fp = fingerprint(windows, seed=c.seed, shuffle=shuffle)
     return DataStream(dataset, dataset.get_dataset_size(), fp)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from trainer_image.config import ConfigError, TrainerConfig
 from trainer_image.layout import StepKey, checkpoint_root, step_log_path
 from trainer_image.progress import Progress
+from trainer_image.rescale import rescale_progress
 from trainer_image.resolve import Check, Resolution, ResolveError, resolve
 from trainer_image.steplog import StepLog
 
@@ -50,8 +51,16 @@ class Outcome:
 
 def run(config: TrainerConfig, *, rank: int, world_size: int, stop: StopRequest) -> Outcome:
     started = time.perf_counter()
-    # Resolve before the slow imports: a bad name fails in a fraction of a second.
-    resolve_checkpoint(config, rank=rank, world_size=world_size, exclude=set(), check=Check.SIZE, quiet=True)
+    # Resolve before the slow imports: a bad name or a world-size change without auto_trans_ckpt
+    # fails in a fraction of a second, having touched nothing.
+    early = resolve_checkpoint(
+        config, rank=rank, world_size=world_size, exclude=set(), check=Check.SIZE, quiet=True
+    )
+    if _resizes(early, world_size) and world_size > 1 and not config.use_parallel:
+        raise ConfigError(
+            f"auto_trans_ckpt: loading a {early.world_size}-rank checkpoint on {world_size} ranks "
+            "needs use_parallel (ranks that train alone hold different weights)"
+        )
 
     if config.remove_redundancy and world_size > 1 and not config.use_parallel:
         raise ConfigError(
@@ -75,7 +84,6 @@ def _train(
     from trainer_image.backend import Backend
     from trainer_image.checkpointer import Checkpointer
     from trainer_image.data import build_stream
-    from trainer_image.model import dropout_keep
 
     output_dir = Path(config.output_dir)
     imported = time.perf_counter()
@@ -84,22 +92,45 @@ def _train(
     epochs = config.runner_config.epochs
     total_steps = config.lr_schedule.total_steps if config.lr_schedule.total_steps > 0 else epochs * n
     backend = Backend(config, total_steps=total_steps)
-    if cluster is not None:
-        saved = {p.name for p in backend.cell.get_parameters()}
-        if config.remove_redundancy:
-            owners = backend.remove_redundancy(rank, world_size)
-            saved = {name for name, owner in owners.items() if owner == rank}
-        write_strategy(output_dir, rank=rank, world_size=world_size, saved=saved, config=config)
+    saved = {p.name for p in backend.cell.get_parameters()}
+    if cluster is not None and config.remove_redundancy:
+        owners = backend.remove_redundancy(rank, world_size)
+        saved = {name for name, owner in owners.items() if owner == rank}
     built = time.perf_counter()
 
     weights_only = config.resume_training is False
+    # Samples per step across the gang: data-parallel ranks share each global batch.
+    global_batch = config.runner_config.batch_size * (world_size if cluster is not None else 1)
     progress, resolution = load_start(
-        backend, config, rank=rank, world_size=world_size, agree=None if cluster is None else cluster.agree
+        backend,
+        config,
+        rank=rank,
+        world_size=world_size,
+        agree=None if cluster is None else cluster.agree,
+        barrier=None if cluster is None else cluster.barrier,
+        global_batch_size=global_batch,
     )
+    if cluster is not None:
+        # Only now: a resized gang must not overwrite the strategy of the gang whose step it merges.
+        write_strategy(output_dir, rank=rank, world_size=world_size, saved=saved, config=config)
     resumed_from = None
     if not resolution.random_init:
-        path = resolution.files[rank]
+        path = resolution.files[rank] if rank in resolution.files else resolution.files[0]
         resumed_from = {"file": path.name, "step": str(resolution.key), "global_step": progress.global_step}
+        if _resizes(resolution, world_size):
+            resumed_from["world_size"] = resolution.world_size
+    if progress.global_batch_size and progress.global_batch_size != global_batch and not weights_only:
+        log.info(
+            "the global batch changed from %d to %d: rescaling global step %d",
+            progress.global_batch_size,
+            global_batch,
+            progress.global_step,
+        )
+        progress = rescale_progress(
+            progress, old=progress.global_batch_size, new=global_batch, steps_per_epoch=n
+        )
+        resumed_from = resumed_from and {**resumed_from, "global_step": progress.global_step}
+    progress.global_batch_size = global_batch
     if progress.dataset_fingerprint != stream.fingerprint:
         if progress.global_step:
             log.info("the dataset changed: incremental training from global step %d", progress.global_step)
@@ -137,7 +168,7 @@ def _train(
             if stop.requested:
                 break
             t0 = time.perf_counter()
-            keep = dropout_keep(config.model, batch.shape[0], config.seed, progress.global_step)
+            keep = _keep_mask(config, batch.shape[0], progress.global_step, rank, world_size, cluster)
             result = backend.step(batch, keep)
             progress.advance(steps_per_epoch=n)
             record: dict[str, Any] = {
@@ -181,11 +212,14 @@ def load_start(
     rank: int,
     world_size: int,
     agree: Callable[[StepKey | None], tuple[StepKey | None, bool]] | None = None,
+    barrier: Callable[[bool], bool] | None = None,
+    global_batch_size: int = 0,
 ) -> tuple[Progress, Resolution]:
     """Load the resolved checkpoint; a file that fails to parse makes the next older step the candidate.
 
     With `agree` (collectives across the gang), the ranks settle on the oldest of their answers
-    before anyone loads, so every rank resumes from the same step."""
+    before anyone loads, so every rank resumes from the same step. A step written by a gang of
+    another size (auto_trans_ckpt) is merged first, by rank 0 while the others wait at `barrier`."""
     from trainer_image.backend import CheckpointDamaged
 
     weights_only = config.resume_training is False
@@ -211,10 +245,16 @@ def load_start(
                 continue
         if resolution.random_init:
             return Progress(), resolution
-        path = resolution.files[rank]
         try:
-            siblings = tuple(p for r, p in sorted(resolution.files.items()) if r != rank and p != path)
-            loaded = backend.load(path, weights_only=weights_only, siblings=siblings)
+            if _resizes(resolution, world_size):
+                path = _unified(backend, config, resolution, rank=rank, barrier=barrier)
+                siblings: tuple[Path, ...] = ()
+            else:
+                path = resolution.files[rank]
+                siblings = tuple(p for r, p in sorted(resolution.files.items()) if r != rank and p != path)
+            loaded = backend.load(
+                path, weights_only=weights_only, siblings=siblings, global_batch_size=global_batch_size
+            )
         except CheckpointDamaged as e:
             if agree is not None:  # the other ranks have loaded: fail, the gang restart resolves again
                 raise RuntimeError(f"cannot load {e.path} after the gang agreed on it: {e}") from e
@@ -228,6 +268,73 @@ def load_start(
             "resumed from %s (global step %d, weights only: %s)", path, progress.global_step, weights_only
         )
         return progress, resolution
+
+
+def _resizes(resolution: Resolution, world_size: int) -> bool:
+    return resolution.world_size is not None and resolution.world_size != world_size
+
+
+def _unified(
+    backend: Any,
+    config: TrainerConfig,
+    resolution: Resolution,
+    *,
+    rank: int,
+    barrier: Callable[[bool], bool] | None,
+) -> Path:
+    """The merged checkpoint of the resolved step (auto_trans_ckpt). Rank 0 merges; with a gang, the
+    others wait for it and then take the merge it recorded, or fail with it."""
+    from trainer_image.backend import _read
+    from trainer_image.merge import UNIFIED_DIR, MergeError, reusable, unify, write_with_mindspore
+
+    assert resolution.key is not None
+    output_dir = Path(config.output_dir)
+    log.info(
+        "auto_trans_ckpt: step %s was written by %s ranks; loading it through %s",
+        resolution.key,
+        resolution.world_size,
+        output_dir / UNIFIED_DIR,
+    )
+    strategy_dir = Path(config.src_strategy_path_or_dir) if config.src_strategy_path_or_dir else None
+    path = None
+    if rank == 0:
+        try:
+            path = unify(
+                output_dir,
+                resolution.key,
+                resolution.files,
+                read=_read,
+                write=write_with_mindspore,
+                strategy_dir=strategy_dir,
+            )
+        except BaseException:
+            if barrier is not None:
+                barrier(False)
+            raise
+    if barrier is not None and not barrier(True):
+        raise RuntimeError("rank 0 could not merge the checkpoint; see its log")
+    if path is None:
+        path = reusable(output_dir / UNIFIED_DIR, resolution.key, resolution.files)
+        if path is None:
+            raise MergeError(f"rank 0 reported a merge of step {resolution.key} that is not there")
+    return path
+
+
+def _keep_mask(
+    config: TrainerConfig, rows: int, global_step: int, rank: int, world_size: int, cluster: Any
+) -> Any:
+    """Dropout keep-mask for this rank's rows. Data-parallel ranks cut theirs from the mask of the
+    whole global batch (rank r holds rows r, r + N, ... as the sharded sampler interleaves them), so
+    the masks, like the samples, do not depend on how many ranks share a global batch."""
+    from trainer_image.model import dropout_keep
+
+    if cluster is None:
+        return dropout_keep(config.model, rows, config.seed, global_step)
+    keep = dropout_keep(config.model, rows * world_size, config.seed, global_step)
+    if keep is None:
+        return None
+    axis = 2 if config.model.type == "llama" else 0  # the batch axis of model.dropout_keep's shapes
+    return np.ascontiguousarray(np.take(keep, np.arange(rank, rows * world_size, world_size), axis=axis))
 
 
 def resolve_checkpoint(
@@ -253,6 +360,7 @@ def resolve_checkpoint(
             missing_ok=missing_ok,
             exclude=exclude,
             at_most=at_most,
+            resize=config.auto_trans_ckpt,
         )
     except ResolveError as e:
         raise ConfigError(str(e)) from e
@@ -265,20 +373,16 @@ def write_strategy(
     output_dir: Path, *, rank: int, world_size: int, saved: set[str], config: TrainerConfig
 ) -> None:
     """`output_dir/strategy/ckpt_strategy_rank_N.json`: what this rank's checkpoints hold."""
-    import json
-
     from trainer_image.commit import atomic_write_bytes
+    from trainer_image.merge import STRATEGY_DIR, strategy_body, strategy_path
 
-    directory = output_dir / "strategy"
+    directory = output_dir / STRATEGY_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    body = {
-        "rank": rank,
-        "world_size": world_size,
-        "parallel_mode": "data_parallel",
-        "remove_redundancy": config.remove_redundancy,
-        "batch_size": config.runner_config.batch_size,
-        "saved_parameters": sorted(saved),
-    }
-    atomic_write_bytes(
-        directory / f"ckpt_strategy_rank_{rank}.json", (json.dumps(body, indent=1) + "\n").encode()
+    body = strategy_body(
+        rank=rank,
+        world_size=world_size,
+        saved=saved,
+        batch_size=config.runner_config.batch_size,
+        remove_redundancy=config.remove_redundancy,
     )
+    atomic_write_bytes(strategy_path(directory, rank), body)

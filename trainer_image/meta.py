@@ -27,6 +27,7 @@ class Record:
     size: int
     sha256: str
     network_file: str | None = None
+    world_size: int | None = None  # ranks of the gang that wrote this step; None in older records
 
     @property
     def key(self) -> StepKey:
@@ -98,6 +99,7 @@ def _from_dict(raw: Any) -> Meta:
     records = []
     for r in raw.get("checkpoints") or []:
         network = r.get("network_file")
+        world = r.get("world_size")
         records.append(
             Record(
                 file=_str(r["file"]),
@@ -107,6 +109,7 @@ def _from_dict(raw: Any) -> Meta:
                 size=_int(r["size"]),
                 sha256=_str(r["sha256"]),
                 network_file=None if network is None else _str(network),
+                world_size=None if world is None else _int(world),
             )
         )
     gs = raw.get("last_global_step")

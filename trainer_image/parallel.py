@@ -100,6 +100,10 @@ class Cluster:
         oldest = min(answers)
         return (None if oldest == _NO_STEP else StepKey(oldest[0], oldest[1])), len(set(answers)) == 1
 
+    def barrier(self, ok: bool) -> bool:
+        """Wait for every rank; True if every rank reported `ok`."""
+        return all(v == (1,) for v in self.gather((int(ok),)))
+
     def close(self) -> None:
         if self.scheduler is not None and self.scheduler.poll() is None:
             self.scheduler.kill()

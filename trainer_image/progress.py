@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from trainer_image.config import ConfigError
 
 EXTRA_PREFIX = "respawn."
+_OPTIONAL = frozenset({"global_batch_size"})  # added later; files without it still load
 
 
 class CheckpointMismatch(ConfigError):
@@ -21,6 +22,7 @@ class Progress:
     epoch_base: int = 0  # epochs finished before the current dataset started
     data_step: int = 0  # batches consumed from the current dataset
     dataset_fingerprint: int = 0
+    global_batch_size: int = 0  # samples per global step when saved; 0 = unknown (older checkpoints)
 
     def advance(self, *, steps_per_epoch: int) -> None:
         """Count one finished step of the current dataset."""
@@ -34,10 +36,14 @@ class Progress:
 
     @classmethod
     def from_extras(cls, extras: dict[str, int]) -> Progress:
-        missing = [f.name for f in fields(cls) if EXTRA_PREFIX + f.name not in extras]
+        missing = [
+            f.name for f in fields(cls) if EXTRA_PREFIX + f.name not in extras and f.name not in _OPTIONAL
+        ]
         if missing:
             raise CheckpointMismatch(
                 f"checkpoint lacks the respawn progress fields {missing}; "
                 "to start from its weights only, set resume_training: False"
             )
-        return cls(**{f.name: extras[EXTRA_PREFIX + f.name] for f in fields(cls)})
+        return cls(
+            **{f.name: extras[EXTRA_PREFIX + f.name] for f in fields(cls) if EXTRA_PREFIX + f.name in extras}
+        )

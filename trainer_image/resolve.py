@@ -63,6 +63,7 @@ class Resolution:
     key: StepKey | None = None
     global_step: int | None = None
     warnings: tuple[str, ...] = ()
+    world_size: int | None = None  # ranks of the gang that wrote the step (None: a single full file)
 
     @property
     def random_init(self) -> bool:
@@ -92,13 +93,15 @@ def resolve(
     missing_ok: bool = False,
     exclude: Collection[Path] = (),
     at_most: StepKey | None = None,
+    resize: bool = False,
 ) -> Resolution:
-    """Resolve `load_checkpoint` + `resume_training` to one file per rank.
+    """Resolve `load_checkpoint` + `resume_training` to one file per rank of the gang that wrote it.
 
     `world_size=None` discovers the ranks from the `rank_N/` folders. `missing_ok` treats a
     nonexistent directory as empty (the job's own checkpoint directory before the first save).
     `exclude` lists files that failed to load, so the next older step is chosen. `at_most` ignores
-    steps newer than it (the ranks of a gang agreeing on the oldest of their answers).
+    steps newer than it (the ranks of a gang agreeing on the oldest of their answers). A step written
+    by a gang of another size than `world_size` is an error unless `resize` (auto_trans_ckpt).
     """
     if not str(load_checkpoint):
         return Resolution("none")
@@ -109,16 +112,25 @@ def resolve(
         if missing_ok and not root.exists():
             return Resolution("none")
         raise ResolveError(f"load_checkpoint {root} does not exist")
-    ranks = _ranks(root, world_size)
+    scanned, legacy = _ranks(root, world_size)
     warnings: list[str] = []
     if isinstance(resume_training, str):
-        return _resolve_named(root, resume_training, ranks, formats, check, warnings)
-    return _resolve_latest(root, ranks, formats, check, set(exclude), warnings, at_most)
+        res = _resolve_named(root, resume_training, scanned, legacy, formats, check, warnings)
+    else:
+        res = _resolve_latest(root, scanned, legacy, formats, check, set(exclude), warnings, at_most)
+    if world_size is not None and res.world_size not in (None, world_size) and not resize:
+        raise ResolveError(
+            f"{root}: step {res.key} was written by {res.world_size} ranks but the world size is "
+            f"{world_size}; changing the world size needs auto_trans_ckpt: True"
+        )
+    return res
 
 
 def last_complete(checkpoint_dir: str | os.PathLike[str], *, world_size: int | None = None) -> Resolution:
     """The controller's question: the newest step complete on every rank, checked cheaply."""
-    return resolve(checkpoint_dir, True, world_size=world_size, check=Check.SIZE, missing_ok=True)
+    return resolve(
+        checkpoint_dir, True, world_size=world_size, check=Check.SIZE, missing_ok=True, resize=True
+    )
 
 
 # ------------------------------------------------------------------------------------------------ cases
@@ -137,19 +149,27 @@ def _resolve_file(path: Path, world_size: int | None, formats: Collection[str]) 
 
 
 def _resolve_named(
-    root: Path, name: str, ranks: range, formats: Collection[str], check: Check, warnings: list[str]
+    root: Path,
+    name: str,
+    scanned: range,
+    legacy: int,
+    formats: Collection[str],
+    check: Check,
+    warnings: list[str],
 ) -> Resolution:
     parsed = parse_name(name) if is_plain_name(name) else None
     if parsed is None:
         raise ResolveError(f"resume_training {name!r}: expected a file name like PREFIX-EPOCH_STEP.ckpt")
     if parsed.ext not in formats:
         raise ResolveError(f"resume_training {name!r}: load_ckpt_format expects {' or '.join(formats)}")
-    if not ranks:
+    if not scanned:
         raise ResolveError(f"resume_training {name!r}: {root} holds no rank_N directories")
+    views = {r: _scan_rank(root, r, formats, warnings) for r in scanned}
+    gang = _gang_size({r: v for r, v in views.items() if _named(v, name, r)}, parsed.key, legacy)
     files: dict[int, Path] = {}
     problems: list[str] = []
     global_step = None
-    for rank in ranks:
+    for rank in range(gang):
         wanted = substitute_rank(name, rank)
         try:
             path = safe_child(rank_dir(root, rank), wanted, within=root)
@@ -158,7 +178,7 @@ def _resolve_named(
         if not path.is_file():
             problems.append(f"rank {rank}: {wanted} is missing")
             continue
-        view = _scan_rank(root, rank, formats, warnings)
+        view = views.get(rank) or _RankView({}, None)
         record = next((c.record for c in view.candidates.values() if c.path == path and c.record), None)
         reason = _invalid(_Candidate(path, parsed.key, record), check)
         if reason:
@@ -168,19 +188,26 @@ def _resolve_named(
             global_step = record.global_step
     if problems:
         raise ResolveError(f"resume_training {name!r} is not usable: " + "; ".join(problems))
-    return Resolution("directory", files, parsed.key, global_step, tuple(warnings))
+    return Resolution("directory", files, parsed.key, global_step, tuple(warnings), gang)
+
+
+def _named(view: _RankView, name: str, rank: int) -> bool:
+    """Whether this rank's candidate for the named step is the file the name asks for."""
+    wanted = substitute_rank(name, rank)
+    return any(c.path.name == wanted for c in view.candidates.values())
 
 
 def _resolve_latest(
     root: Path,
-    ranks: range,
+    scanned: range,
+    legacy: int,
     formats: Collection[str],
     check: Check,
     exclude: set[Path],
     warnings: list[str],
     at_most: StepKey | None = None,
 ) -> Resolution:
-    views = [_scan_rank(root, rank, formats, warnings) for rank in ranks]
+    views = [_scan_rank(root, rank, formats, warnings) for rank in scanned]
     if not any(v.candidates for v in views):
         if _has_loose_checkpoints(root, formats):
             raise ResolveError(
@@ -191,21 +218,30 @@ def _resolve_latest(
             warnings.append(f"{root}: meta.json present but no checkpoint files; starting from random init")
         return Resolution("none", warnings=tuple(warnings))
 
-    caps = [v.meta.key for v in views if v.meta is not None]
-    cap = min(caps) if caps else None
-    common = set.intersection(*(set(v.candidates) for v in views))
+    # Each step needs every rank of the gang that wrote it (recorded in meta.json; gangs change
+    # size with auto_trans_ckpt), and is committed when each of those ranks' meta.json reached it.
+    keys = set().union(*(v.candidates for v in views))
+    gangs = {k: _gang_size(dict(enumerate(views)), k, legacy) for k in keys}
+    complete = {
+        k for k in keys if gangs[k] <= len(views) and all(k in views[r].candidates for r in range(gangs[k]))
+    }
     if at_most is not None:
-        common = {k for k in common if k <= at_most}
+        complete = {k for k in complete if k <= at_most}
     for rank, view in enumerate(views):
-        if view.meta is not None and view.meta.key not in common:
+        if view.meta is not None and view.meta.key not in complete and view.meta.key in view.candidates:
             warnings.append(
                 f"rank {rank}: meta.json names {view.meta.last_ckpt_file}, "
                 "which is not complete on every rank; falling back"
             )
-    committed = sorted((k for k in common if cap is None or k <= cap), reverse=True)
-    uncommitted = sorted((k for k in common if cap is not None and k > cap), reverse=True)
-    for key in committed + uncommitted:
-        chosen = [view.candidates[key] for view in views]
+
+    def committed(k: StepKey) -> bool:
+        return all(views[r].meta is None or k <= views[r].meta.key for r in range(gangs[k]))  # type: ignore[union-attr]
+
+    any_meta = any(views[r].meta is not None for r in range(len(views)))
+    newer = sorted((k for k in complete if committed(k)), reverse=True)
+    uncommitted = sorted((k for k in complete if not committed(k)), reverse=True)
+    for key in newer + uncommitted:
+        chosen = [views[r].candidates[key] for r in range(gangs[key])]
         problems = [
             f"rank {rank}: {c.path.name}: {reason}"
             for rank, c in enumerate(chosen)
@@ -214,12 +250,17 @@ def _resolve_latest(
         if problems:
             warnings.append(f"step {key} is damaged ({'; '.join(problems)}); falling back to an older step")
             continue
-        if cap is not None and key > cap:
+        if any_meta and not committed(key):
             warnings.append(f"no committed step is intact; using step {key}, newer than meta.json")
         records = [c.record for c in chosen if c.record is not None]
         global_step = records[0].global_step if records else None
         return Resolution(
-            "directory", {r: c.path for r, c in enumerate(chosen)}, key, global_step, tuple(warnings)
+            "directory",
+            {r: c.path for r, c in enumerate(chosen)},
+            key,
+            global_step,
+            tuple(warnings),
+            gangs[key],
         )
     warnings.append(
         f"{root}: checkpoint files exist but no step is complete and intact on every rank; random init"
@@ -227,24 +268,32 @@ def _resolve_latest(
     return Resolution("none", warnings=tuple(warnings))
 
 
+def _gang_size(views: dict[int, _RankView], key: StepKey, legacy: int) -> int:
+    """How many ranks wrote step `key`: from the lowest rank whose meta.json records it, else `legacy`
+    (every rank folder; older records do not say)."""
+    for rank in sorted(views):
+        candidate = views[rank].candidates.get(key)
+        if candidate is not None and candidate.record is not None and candidate.record.world_size:
+            return candidate.record.world_size
+    return legacy
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _ranks(root: Path, world_size: int | None) -> range:
+def _ranks(root: Path, world_size: int | None) -> tuple[range, int]:
+    """The rank folders to read, and the gang size assumed for steps whose records do not say."""
     found: dict[int, bool] = {}
     for entry in os.scandir(root):
         rank = rank_of_dir(entry.name)
         if rank is not None and entry.is_dir() and is_inside(Path(entry.path), root):
             found[rank] = _has_checkpoint_content(Path(entry.path))
     if world_size is None:
-        return range(max(found) + 1 if found else 0)
-    beyond = sorted(r for r, content in found.items() if r >= world_size and content)
-    if beyond:
-        raise ResolveError(
-            f"{root} holds checkpoints of rank {beyond[0]} but the world size is {world_size}; "
-            "changing the world size needs checkpoint conversion (auto_trans_ckpt), not supported yet"
-        )
-    return range(world_size)
+        n = max(found) + 1 if found else 0
+        return range(n), n
+    with_content = max((r for r, content in found.items() if content), default=-1) + 1
+    n = max(world_size, with_content)
+    return range(n), n
 
 
 def _has_checkpoint_content(directory: Path) -> bool:

@@ -16,7 +16,9 @@ class FakeBackend:
     def __init__(self) -> None:
         self.loaded: list[tuple[Path, tuple[Path, ...]]] = []
 
-    def load(self, path: Path, *, weights_only: bool, siblings: tuple[Path, ...] = ()) -> Progress:
+    def load(
+        self, path: Path, *, weights_only: bool, siblings: tuple[Path, ...] = (), global_batch_size: int = 0
+    ) -> Progress:
         self.loaded.append((path, siblings))
         return Progress(global_step=int(path.stem.rsplit("_", 1)[1]))
 
