@@ -270,7 +270,7 @@ class Run:
         return out
 
     def refusals(self, since: int = 0) -> list[str]:
-        return [r for r in self.records(since) if re.search(r"\b403\b|Forbidden|forbidden", r)]
+        return [r for r in self.records(since) if re.search(r"HTTP 403|\(403\)|[Ff]orbidden", r)]
 
     def reconcile_refused(self, since: int) -> bool:
         return any("msg=reconcile failed" in r for r in self.refusals(since))
