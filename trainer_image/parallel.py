@@ -12,11 +12,14 @@ which is the only recovery MindSpore supports.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import logging
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import MutableMapping
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from trainer_image import contract
@@ -27,6 +30,7 @@ log = logging.getLogger("trainer_image.parallel")
 
 _SCHEDULER = "from mindspore.communication import init; init()"
 _NO_STEP = (-1, -1)
+SCHEDULER_LOOKUP_TIMEOUT = 300.0  # rank 0's pod gets its DNS record when it starts; wait for it
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -56,6 +60,8 @@ class Cluster:
         environ.setdefault(contract.MS_NODE_ID, str(rank))
         environ.setdefault(contract.MS_NODE_RANK, str(rank))
         environ[contract.MS_ROLE] = "MS_WORKER"
+        # MindSpore only parses an IP here; the controller gives rank 0's DNS name.
+        environ[contract.MS_SCHED_HOST] = scheduler_ip(environ[contract.MS_SCHED_HOST])
         if environ[contract.MS_WORKER_NUM] != str(world_size):
             raise ConfigError(
                 f"{contract.MS_WORKER_NUM}={environ[contract.MS_WORKER_NUM]} but "
@@ -109,6 +115,29 @@ class Cluster:
             self.scheduler.kill()
             self.scheduler.wait()
         self.scheduler = None
+
+
+def scheduler_ip(
+    host: str,
+    *,
+    timeout: float = SCHEDULER_LOOKUP_TIMEOUT,
+    lookup: Callable[[str], str] = socket.gethostbyname,
+) -> str:
+    """`host` as an IPv4 address, retrying while the name does not resolve yet."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return lookup(host)
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"{contract.MS_SCHED_HOST}={host} did not resolve in {timeout:.0f}s: {e}"
+                ) from e
+            time.sleep(0.5)
 
 
 def _start_scheduler(environ: MutableMapping[str, str]) -> subprocess.Popen[bytes]:

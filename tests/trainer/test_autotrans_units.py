@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from trainer_image.merge import (
     unify,
 )
 from trainer_image.meta import Meta, Record, meta_path, read_meta
+from trainer_image.parallel import scheduler_ip
 from trainer_image.progress import Progress
 from trainer_image.rescale import rescale_progress, rescale_steps
 from trainer_image.resolve import ResolveError, last_complete, resolve
@@ -260,3 +262,27 @@ def test_rescale_continues_the_lr_curve_in_samples() -> None:
     for old, new, step in [(8, 4, 30), (4, 8, 31), (8, 16, 40)]:
         rescaled = rescale_steps(step, old=old, new=new)
         assert 0 <= lr(rescaled, new) - lr(step, old) < new / 640
+
+
+# ------------------------------------------------------------------------------- scheduler address
+
+
+def test_the_scheduler_name_the_controller_gives_is_resolved_for_mindspore() -> None:
+    """MindSpore parses MS_SCHED_HOST as an IP only; the controller sets rank 0's DNS name, which
+    exists only once that pod runs."""
+    answers: Iterator[OSError | str] = iter([OSError("not yet"), OSError("not yet"), "127.0.0.7"])
+
+    def lookup(host: str) -> str:
+        answer = next(answers)
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    assert scheduler_ip("llm-a0-0.llm.team.svc", lookup=lookup) == "127.0.0.7"
+    assert scheduler_ip("127.0.0.1", lookup=lambda h: pytest.fail("an IP needs no lookup")) == "127.0.0.1"
+
+    def never(host: str) -> str:
+        raise OSError("no such host")
+
+    with pytest.raises(RuntimeError, match="MS_SCHED_HOST=nowhere did not resolve"):
+        scheduler_ip("nowhere", timeout=0.0, lookup=never)

@@ -1,0 +1,92 @@
+"""End to end: a 2-replica data-parallel TrainingJob loses a rank, its `replicas` is edited to 1 while
+it waits in backoff, and the next attempt resumes on one rank through the merged checkpoint.
+
+Real parts throughout: the API server, the controller, the node agent running the pods as processes
+with the dynamic-cluster variables the controller injects (rank 0 hosts MindSpore's scheduler), and
+the trainer with `use_parallel` and `auto_trans_ckpt`. The per-rank batch stays 4, so the global batch
+halves from 8 to 4 and the trainer rescales the step count (MindFormers' rule): global step g of the
+2-rank run is global step 2g of the 1-rank run, and the job ends at twice the 2-rank step count.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from controller.api.constants import GROUP, PLURAL, VERSION
+from controller.app import Controller
+from tests.e2e import test_trainingjob_e2e as base
+from tests.e2e.test_trainingjob_e2e import RUN_YAML, job_status, losses, training_job, wait_for
+from tests.fixtures.nodeagent import NodeAgentHandle
+
+controller = base.controller  # the same fixture: a controller that mounts the shared root
+
+pytestmark = pytest.mark.slow
+
+SAMPLES = 480  # 2 ranks x 4: 60 steps; 1 rank x 4: 120 steps
+RESIZE_YAML: dict[str, Any] = {
+    **RUN_YAML,
+    "use_parallel": True,
+    "auto_trans_ckpt": True,
+    "runner_config": {"epochs": 1, "batch_size": 4},
+    "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": SAMPLES}},
+}
+
+
+def test_replicas_edited_after_a_failure_resumes_through_the_merge(
+    api_client: client.ApiClient,
+    namespace: str,
+    controller: Controller,
+    node_agent: NodeAgentHandle,
+) -> None:
+    assert controller.settings.shared_root is not None
+    shared = controller.settings.shared_root
+    client.CoreV1Api(api_client).create_namespaced_config_map(
+        namespace, {"metadata": {"name": "run"}, "data": {"run.yaml": yaml.safe_dump(RESIZE_YAML)}}
+    )
+    custom = client.CustomObjectsApi(api_client)
+    body = training_job("llm", shared)
+    # Long enough a backoff to edit the job while it waits; the test does not sleep through it.
+    body["spec"]["failurePolicy"]["backoff"] = {"initialSeconds": 15, "maxSeconds": 15}
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def status() -> dict[str, Any]:
+        return job_status(api_client, namespace, "llm")
+
+    wait_for(
+        "a checkpoint of both ranks",
+        lambda: status().get("lastCompleteCheckpoint", {}).get("step", 0) >= 6,
+        300,
+    )
+    node_agent.kill(namespace, "llm-a0-1")
+    wait_for("the restart backoff", lambda: status().get("phase") == "Restarting", 60)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llm", {"spec": {"replicas": 1}})
+
+    final = wait_for("the end", lambda: (s := status()).get("phase") in ("Succeeded", "Failed") and s, 600)
+    assert final["phase"] == "Succeeded", final
+    assert (final["restarts"], final["attempt"], final["replicas"]) == (1, 1, 1), final
+    assert final["lastFailure"]["pod"] == "llm-a0-1"
+
+    out = shared / namespace / "llm"
+    records = losses(shared, namespace, "llm", 0)
+    resumed = [r["resumed_from"] for r in records if "resumed_from" in r]
+    assert resumed[0] is None and len(resumed) == 2, resumed
+    origin = resumed[1]
+    # The 2-rank gang's step, merged, then counted in 1-rank steps.
+    assert origin["world_size"] == 2, origin
+    two_rank_step = final["resumedFromStep"]
+    assert origin["global_step"] == 2 * two_rank_step, (origin, final)
+    meta = json.loads((out / "unified_checkpoint" / "meta.json").read_text())
+    assert meta["source_world_size"] == 2 and meta["step"] == two_rank_step
+    first_after = min(r["global_step"] for r in records if r.get("resumed_from"))
+    assert first_after == 2 * two_rank_step + 1
+    # Rank 0 ran to the end of the 1-rank schedule; the controller's view (which reads every
+    # rank_N/, including the 2-rank gang's rank_1/ left behind) agrees.
+    total = SAMPLES // 4
+    assert max(r["global_step"] for r in records) == total
+    assert final["lastCompleteCheckpoint"]["step"] == total
+    assert (out / "checkpoint" / "rank_1" / "meta.json").is_file()
