@@ -20,6 +20,7 @@ from trainer_image.model import CausalLMLoss, build_model
 from trainer_image.parallel import split_owners
 from trainer_image.progress import EXTRA_PREFIX, CheckpointMismatch, Progress
 from trainer_image.rescale import rescale_steps
+from trainer_image.snapshot import Snapshot
 
 
 class CheckpointDamaged(RuntimeError):
@@ -64,7 +65,11 @@ class WarmupDecayLR(nn.learning_rate_schedule.LearningRateSchedule):
 
 
 class TrainStep(nn.TrainOneStepWithLossScaleCell):
-    """One optimizer step with a dynamic loss scale; also returns the LR it used."""
+    """One optimizer step with a dynamic loss scale; also returns the LR it used.
+
+    Holds (and names, for the checkpoint) the whole training state. Backend runs the step as two
+    graphs, GradStep then ApplyStep, so that a snapshot's copy can overlap the gradient computation;
+    this fused construct is the reference they are tested and benchmarked against."""
 
     def get_overflow_status(self, status, compute_output):
         # The base class asks for an NPU status register, which has no CPU kernel.
@@ -74,6 +79,54 @@ class TrainStep(nn.TrainOneStepWithLossScaleCell):
         lr = self.optimizer.get_lr()
         loss, overflow, scale = super().construct(*inputs)
         return loss, overflow, scale, lr
+
+
+_grad_scale = ops.MultitypeFuncGraph("grad_scale")
+
+
+@_grad_scale.register("Tensor", "Tensor")
+def _unscale(scale, grad):
+    return grad * ops.cast(ops.reciprocal(scale), ops.dtype(grad))
+
+
+class GradStep(nn.Cell):
+    """Loss, unscaled (and reduced) gradients, overflow flag, loss scale and LR. Writes no parameter."""
+
+    def __init__(self, train: TrainStep) -> None:
+        super().__init__(auto_prefix=False)  # keep the parameters' names
+        self.network = train.network
+        self.weights = train.weights
+        self.grad = train.grad
+        self.grad_reducer = train.grad_reducer
+        self.optimizer = train.optimizer
+        self.scale_sense = train.scale_sense
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, *inputs):
+        lr = self.optimizer.get_lr()
+        loss = self.network(*inputs)
+        scale = self.scale_sense
+        sens = ops.ones_like(loss) * ops.cast(scale, ops.dtype(loss))
+        grads = self.grad(self.network, self.weights)(*inputs, sens)
+        grads = self.grad_reducer(self.hyper_map(ops.partial(_grad_scale, scale), grads))
+        overflow = ops.logical_not(ms.amp.all_finite(grads))
+        return loss, grads, overflow, lr
+
+
+class ApplyStep(nn.Cell):
+    """Update the loss scale; unless the gradients overflowed, the optimizer step. Returns the new scale."""
+
+    def __init__(self, train: TrainStep) -> None:
+        super().__init__(auto_prefix=False)
+        self.optimizer = train.optimizer
+        self.scale_sense = train.scale_sense
+        self.loss_scaling_manager = train.loss_scaling_manager
+
+    def construct(self, grads, overflow):
+        overflow = self.loss_scaling_manager(self.scale_sense, overflow)
+        if not overflow:
+            overflow = ops.depend(overflow, self.optimizer(grads))
+        return ops.depend(self.scale_sense, overflow)
 
 
 class Backend:
@@ -95,8 +148,11 @@ class Backend:
         scale = nn.DynamicLossScaleUpdateCell(s.loss_scale_value, s.scale_factor, s.scale_window)
         self.cell = TrainStep(CausalLMLoss(self.model, config.model.vocab_size), optimizer, scale)
         self.cell.set_train()
+        self.grad_step = GradStep(self.cell)
+        self.apply_step = ApplyStep(self.cell)
         self.network_names = {p.name for p in self.model.get_parameters()}
         self._buffers: dict[str, np.ndarray] = {}
+        self._pending: Snapshot | None = None  # its copy must finish before the next optimizer update
         self.owned: set[str] | None = None  # None: this rank saves every parameter
 
     def remove_redundancy(self, rank: int, world_size: int) -> dict[str, int]:
@@ -110,7 +166,12 @@ class Backend:
 
     def step(self, batch: np.ndarray, keep: np.ndarray | None) -> StepResult:
         inputs = [Tensor(batch)] + ([] if keep is None else [Tensor(keep)])
-        loss, overflow, scale, lr = self.cell(*inputs)
+        loss, grads, overflow, lr = self.grad_step(*inputs)
+        if self._pending is not None:  # the optimizer must not write what a snapshot still reads
+            self._pending.wait_copied()
+            self._pending = None
+        # mutable: a tuple argument is otherwise a constant, and the graph recompiles on every call
+        scale = self.apply_step(ms.mutable(grads), overflow)
         return StepResult(
             loss=np.float32(loss.asnumpy()),
             overflow=bool(overflow.asnumpy()),
@@ -138,27 +199,29 @@ class Backend:
         else:
             ms.save_checkpoint(self.cell, str(path), format=fmt, append_dict=dict(progress.extras()))
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        """Copy every parameter into reused host buffers; the only part of an async save that blocks."""
-        out = {}
+    def snapshot(self) -> Snapshot:
+        """Views of the parameters and reused host buffers for them; the caller's writer thread copies
+        (`Snapshot.copy`) while the next step computes gradients, and that step's optimizer update
+        waits for the copy. Call between steps."""
+        sources, arrays = {}, {}
         for param in self.cell.get_parameters():
             if self.owned is not None and param.name not in self.owned:
                 continue
-            live = param.asnumpy()
+            live = param.asnumpy()  # on CPU a view of the parameter's memory, updated in place
             buf = self._buffers.get(param.name)
             if buf is None or buf.shape != live.shape or buf.dtype != live.dtype:
                 buf = self._buffers[param.name] = np.empty_like(live)
-            np.copyto(buf, live)
-            out[param.name] = buf
-        return out
+            sources[param.name], arrays[param.name] = live, buf
+        self._pending = Snapshot(sources, arrays)
+        return self._pending
 
     def write_snapshot(
-        self, snap: dict[str, np.ndarray], path: Path, fmt: CheckpointFormat, progress: Progress | None
+        self, snap: Snapshot, path: Path, fmt: CheckpointFormat, progress: Progress | None
     ) -> None:
-        """Write a snapshot (all of it, or only the network when `progress` is None). Thread-safe."""
+        """Write a copied snapshot (all of it, or only the network when `progress` is None). Thread-safe."""
         items = [
             {"name": name, "data": Tensor.from_numpy(arr)}
-            for name, arr in snap.items()
+            for name, arr in snap.arrays.items()
             if progress is not None or name in self.network_names
         ]
         if progress is not None:

@@ -3,7 +3,9 @@
 Per checkpoint: write to a temp name -> fsync -> rename -> fsync dir (the weights-only copy the same
 way) -> sha256 of the durable file -> meta.json (atomically) -> prune. meta.json is the commit record:
 it only ever names files that are already durable, with async save too, because the whole sequence
-runs in order in one worker. An async save blocks the loop only for the host copy of the parameters.
+runs in order in one worker. An async save copies the parameters to host buffers in that worker too,
+while the next step computes gradients (see snapshot.py); the loop blocks only if the copy is not done
+when that step's optimizer update starts.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
-
-import numpy as np
 
 from trainer_image.commit import (
     atomic_write_bytes,
@@ -40,6 +40,7 @@ from trainer_image.meta import Meta, MetaError, Record, meta_path, read_meta
 from trainer_image.progress import Progress
 from trainer_image.prune import doomed, retained
 from trainer_image.resolve import Check, ResolveError, resolve
+from trainer_image.snapshot import Snapshot
 
 log = logging.getLogger("trainer_image.checkpoint")
 
@@ -52,9 +53,9 @@ class SaveBackend(Protocol):
     def save(
         self, path: Path, fmt: CheckpointFormat, progress: Progress, *, network_only: bool = False
     ) -> None: ...
-    def snapshot(self) -> dict[str, np.ndarray]: ...
+    def snapshot(self) -> Snapshot: ...
     def write_snapshot(
-        self, snap: dict[str, np.ndarray], path: Path, fmt: CheckpointFormat, progress: Progress | None
+        self, snap: Snapshot, path: Path, fmt: CheckpointFormat, progress: Progress | None
     ) -> None: ...
 
 
@@ -119,8 +120,14 @@ class Checkpointer:
         def write(tmp: Path, full: bool) -> None:
             self.backend.write_snapshot(snap, tmp, fmt, progress if full else None)
 
-        self._thread = threading.Thread(target=self._run, args=(progress, write), name="checkpoint-writer")
-        self._thread.start()
+        self._thread = threading.Thread(
+            target=self._run, args=(progress, write, snap), name="checkpoint-writer"
+        )
+        try:
+            self._thread.start()
+        except BaseException:
+            snap.copy()  # the next step waits for the copy: never leave it pending
+            raise
 
     def wait(self) -> None:
         """Block until the in-flight async save is committed; re-raise its failure."""
@@ -133,8 +140,9 @@ class Checkpointer:
 
     # ----------------------------------------------------------------------------------------- protocol
 
-    def _run(self, progress: Progress, write: Writer) -> None:
+    def _run(self, progress: Progress, write: Writer, snap: Snapshot) -> None:
         try:
+            snap.copy()  # first: the loop's next optimizer update waits for it
             self._commit(progress, write)
         except BaseException as e:  # surfaced by wait()
             self._error = e

@@ -16,6 +16,7 @@ from trainer_image.layout import StepKey, in_family, next_run_prefix, parse_name
 from trainer_image.meta import read_meta
 from trainer_image.progress import Progress
 from trainer_image.resolve import resolve
+from trainer_image.snapshot import Snapshot
 from trainer_image.steplog import StepLog, effective_steps, read_steps
 
 
@@ -28,16 +29,16 @@ class FakeBackend:
     ) -> None:
         path.write_bytes(json.dumps({"gs": progress.global_step, "net": network_only}).encode() + b"\0" * 64)
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        return {"w": np.zeros(4, np.float32)}
+    def snapshot(self) -> Snapshot:
+        return Snapshot({"w": np.zeros(4, np.float32)}, {"w": np.empty(4, np.float32)})
 
     def write_snapshot(
-        self, snap: dict[str, np.ndarray], path: Path, fmt: CheckpointFormat, progress: Progress | None
+        self, snap: Snapshot, path: Path, fmt: CheckpointFormat, progress: Progress | None
     ) -> None:
         if self.fail:
             raise OSError(28, "No space left on device")
         gs = -1 if progress is None else progress.global_step
-        path.write_bytes(json.dumps({"gs": gs}).encode() + snap["w"].tobytes())
+        path.write_bytes(json.dumps({"gs": gs}).encode() + snap.arrays["w"].tobytes())
 
 
 class Crash(Exception):
