@@ -8,8 +8,9 @@ reconcile, or both would create and delete the same pods. Each replica runs a `L
   `leaseDurationSeconds` as measured on *this* process's monotonic clock since we first saw that
   record. Measuring locally, as client-go does, makes expiry immune to clock skew between nodes.
 - Renew: the leader rewrites `renewTime` every `retry_period`. If no renewal succeeds within
-  `renew_deadline`, leadership is lost. `renew_deadline < lease_duration` leaves a margin, so the
-  old leader gives up before anyone else can take over.
+  `renew_deadline`, leadership is lost; requests are cut short at that deadline, so a hung API
+  server cannot stretch it. `renew_deadline < lease_duration` leaves a margin, so the old leader
+  gives up before anyone else can take over.
 - Every write is an update carrying the resourceVersion that was read: if another replica wrote
   in between, the API server answers 409 Conflict and this attempt fails; the next one re-reads.
 - Losing the lease is final for this elector: `on_stopped_leading` is called and the elector does
@@ -26,6 +27,7 @@ event); a slow `on_started_leading` delays the first renewal.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -87,7 +89,12 @@ class LeaderElector:
         self.lease_duration_seconds = math.ceil(lease_duration)
         self.renew_deadline, self.retry_period = renew_deadline, retry_period
         self._request_timeout = request_timeout or renew_deadline / 2
-        self._api = client.CoordinationV1Api(api_client)
+        # The client's own retries would make one request last several timeouts and keep a cut-off
+        # leader leading past its lease; the elector retries by itself.
+        configuration = copy.copy(api_client.configuration)
+        configuration.retries = False
+        self._client = client.ApiClient(configuration)
+        self._api = client.CoordinationV1Api(self._client)
         self._on_started = on_started_leading or (lambda: None)
         self._on_stopped = on_stopped_leading or (lambda: None)
         self._on_new_leader = on_new_leader or (lambda identity: None)
@@ -128,6 +135,12 @@ class LeaderElector:
     # -- campaign ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._campaign()
+        finally:
+            self._client.close()
+
+    def _campaign(self) -> None:
         if not self._acquire():
             return
         self._leading.set()
@@ -151,7 +164,7 @@ class LeaderElector:
     def _renew_until_lost_or_stopped(self) -> None:
         while not self._stopping.wait(self.retry_period):
             deadline = self._clock.monotonic() + self.renew_deadline
-            while not self._attempt():
+            while not self._attempt(deadline):
                 if self._clock.monotonic() + self.retry_period >= deadline:
                     self._log.error(
                         "failed to renew lease within %.1fs; leadership lost",
@@ -162,23 +175,27 @@ class LeaderElector:
                 if self._stopping.wait(self.retry_period):
                     return
 
-    def _attempt(self) -> bool:
-        """One try to acquire or renew; False on any failure (logged), so callers simply retry."""
+    def _attempt(self, deadline: float | None = None) -> bool:
+        """One try to acquire or renew; False on any failure (logged), so callers simply retry.
+
+        While leading, no request outlasts `deadline`: as client-go's context, it is cut short, so
+        leadership is given up within the renew deadline even if the API server hangs.
+        """
         try:
-            return self._try_acquire_or_renew()
+            return self._try_acquire_or_renew(deadline)
         except Exception as exc:
             status = exc.status if isinstance(exc, ApiException) else type(exc).__name__
             self._log.warning("lease %s/%s: attempt failed (%s)", self.namespace, self.name, status)
             return False
 
-    def _try_acquire_or_renew(self) -> bool:
+    def _try_acquire_or_renew(self, deadline: float | None) -> bool:
         now, seen_at = _micro_time(self._clock.now()), self._clock.monotonic()
         try:
-            lease = self._read()
+            lease = self._read(self._timeout(deadline))
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            return self._create(now, seen_at)
+            return self._create(now, seen_at, self._timeout(deadline))
         spec = lease.spec or client.V1LeaseSpec()
         self._observe(spec, seen_at)
         holder = spec.holder_identity or ""
@@ -194,7 +211,7 @@ class LeaderElector:
             lease_transitions=(spec.lease_transitions or 0) + (0 if ours else 1),
         )
         try:
-            updated = self._replace(lease)
+            updated = self._replace(lease, self._timeout(deadline))
         except ApiException as exc:
             if exc.status == 409:  # someone wrote since our read; the next attempt re-reads
                 return False
@@ -202,7 +219,7 @@ class LeaderElector:
         self._observe(updated.spec, seen_at)
         return True
 
-    def _create(self, now: datetime, seen_at: float) -> bool:
+    def _create(self, now: datetime, seen_at: float, timeout: float) -> bool:
         spec = client.V1LeaseSpec(
             holder_identity=self.identity,
             lease_duration_seconds=self.lease_duration_seconds,
@@ -213,7 +230,6 @@ class LeaderElector:
         metadata = client.V1ObjectMeta(name=self.name, namespace=self.namespace)
         body = client.V1Lease(metadata=metadata, spec=spec)
         try:
-            timeout = self._request_timeout
             created = self._api.create_namespaced_lease(self.namespace, body, _request_timeout=timeout)
         except ApiException as exc:
             if exc.status == 409:  # another replica created it first
@@ -258,14 +274,19 @@ class LeaderElector:
         except Exception as exc:
             self._log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)
 
-    def _read(self) -> client.V1Lease:
-        timeout = self._request_timeout
+    def _timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self._request_timeout
+        return max(0.01, min(self._request_timeout, deadline - self._clock.monotonic()))
+
+    def _read(self, timeout: float | None = None) -> client.V1Lease:
+        timeout = timeout or self._request_timeout
         return self._api.read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout)
 
-    def _replace(self, lease: client.V1Lease) -> client.V1Lease:
+    def _replace(self, lease: client.V1Lease, timeout: float | None = None) -> client.V1Lease:
         """Update carrying the read resourceVersion: a concurrent writer makes this fail with 409."""
         return self._api.replace_namespaced_lease(
-            self.name, self.namespace, lease, _request_timeout=self._request_timeout
+            self.name, self.namespace, lease, _request_timeout=timeout or self._request_timeout
         )
 
     def _safe_callback(self, callback: Callable[[], None]) -> None:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
-from kubernetes import client
+from kubernetes import client, config
 
 from controller.runtime.clock import FakeClock
 from controller.runtime.leader import LeaderElector, default_identity
@@ -175,3 +179,77 @@ def test_whole_second_timestamps_are_written_in_the_servers_micro_time_format(
     assert lease.spec.holder_identity == "" and lease.spec.renew_time.year == 2030, (
         "released with a fake time"
     )
+
+
+class Partition:
+    """A TCP proxy to the API server that can be cut: then it forwards nothing and answers nothing,
+    as a network partition looks to a client (requests hang until they time out)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.cut = threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            self._sockets.append(conn)
+            if self.cut.is_set():
+                continue  # accepted, never answered
+            upstream = socket.create_connection(self.upstream)
+            self._sockets.append(upstream)
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if not self.cut.is_set():
+                    dst.sendall(data)
+
+    def close(self) -> None:
+        for s in self._sockets:
+            s.close()
+
+
+def test_a_leader_cut_off_from_the_api_server_stops_leading_before_its_lease_expires(
+    kubeconfig: Path, api_client: client.ApiClient, namespace: str
+) -> None:
+    # Found by the chaos soak: each lease request went through the client's three retries, so a
+    # leader whose API server hung kept leading for two lease durations, while a follower that
+    # could reach the API server would have taken over after one.
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    server = urlparse(api.configuration.host)
+    assert server.hostname and server.port
+    partition = Partition(server.hostname, server.port)
+    api.configuration.host = f"https://127.0.0.1:{partition.port}"
+    stopped_at: list[datetime] = []
+    elector = LeaderElector(
+        api,
+        namespace=namespace,
+        name="respawn-controller",
+        identity="cut-off",
+        on_stopped_leading=lambda: stopped_at.append(datetime.now(UTC)),
+        **TIMINGS,
+    )
+    try:
+        elector.start()
+        assert elector.wait_for_leadership(10)
+        partition.cut.set()
+        wait_until(lambda: stopped_at, timeout=TIMINGS["lease_duration"] * 3, message="leadership given up")
+        lease = client.CoordinationV1Api(api_client).read_namespaced_lease("respawn-controller", namespace)
+        assert lease.spec.holder_identity == "cut-off"
+        led_for = (stopped_at[0] - lease.spec.renew_time).total_seconds()
+        assert led_for < TIMINGS["lease_duration"], (
+            f"led {led_for:.1f}s after its last renewal, past its {TIMINGS['lease_duration']}s lease"
+        )
+    finally:
+        elector.stop(release=False)
+        partition.close()
+        api.close()
