@@ -27,7 +27,7 @@ from trainer_image.contract import ExitCode
 from trainer_image.steplog import effective_steps
 
 from .conftest import TrainerProcess, step_lines, tiny_config, tree, write_config
-from .test_parallel import _Launcher, start_gang
+from .test_parallel import WAIT, _Launcher, start_gang
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,6 @@ TOTAL = 20  # 80 samples / global batch 8 = 10 steps per epoch, 2 epochs
 KILLED_AT = 6  # the resumed runs start from the checkpoint of global step 6, mid-epoch
 RTOL_FIRST = 1e-6  # the first loss after the resume: same weights, reassociated sums
 RTOL = 1e-5  # the curve after it: the gradient averages were reassociated too
-WAIT = 900.0  # seconds per process; generous, the machine may be shared
 
 
 def config(out: Path, batch: int, **overrides: Any) -> dict[str, Any]:
@@ -120,13 +119,17 @@ def check_continuation(
     assert (out / "unified_checkpoint" / meta["file"]).stat().st_size == meta["size"]
 
 
+@pytest.mark.parametrize("remove_redundancy", [False, True], ids=["replicated", "remove_redundancy"])
 def test_two_ranks_resume_on_one(
-    references: dict[int, Path], tmp_path: Path, trainer_env: dict[str, str]
+    references: dict[int, Path], tmp_path: Path, trainer_env: dict[str, str], remove_redundancy: bool
 ) -> None:
+    """With remove_redundancy each rank's file holds half the state: the merge needs both, per the
+    strategy files."""
     out = tmp_path / "out"
     launch = _Launcher(trainer_env)
+    two = config(out, 4, remove_redundancy=remove_redundancy)
     gang = start_gang(
-        launch, write_config(tmp_path / "two.yaml", config(out, 4)), RESPAWN_FAULT=f"after_meta:{KILLED_AT}"
+        launch, write_config(tmp_path / "two.yaml", two), RESPAWN_FAULT=f"after_meta:{KILLED_AT}"
     )
     try:
         assert gang[1].wait(WAIT) == -signal.SIGKILL, gang[1].output()[-3000:]

@@ -19,6 +19,7 @@ from .conftest import TrainerProcess, step_lines, tiny_config, write_config
 pytestmark = pytest.mark.slow
 
 WORLD = 2
+WAIT = 900.0  # seconds per process: MindSpore init alone took ~2 min on a loaded 2-core machine
 STEPS = 10  # 80 samples / 2 ranks / batch 8 = 5 steps per epoch, 2 epochs
 
 
@@ -52,7 +53,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, s
     out = tmp_path_factory.mktemp("parallel_reference")
     path = write_config(out.parent / f"{out.name}.yaml", parallel_config(out))
     for p in start_gang(_Launcher(trainer_env), path):
-        assert p.wait() == ExitCode.SUCCESS, p.output()[-3000:]
+        assert p.wait(WAIT) == ExitCode.SUCCESS, p.output()[-3000:]
     return out
 
 
@@ -107,14 +108,14 @@ def test_a_rank_killed_inside_a_save_makes_the_gang_resume_from_the_same_older_s
     gang = start_gang(launch, path, RESPAWN_FAULT="after_publish:4")
     try:
         # Rank 1 dies with step 4's file durable but not committed in its meta.json.
-        assert gang[1].wait() == -signal.SIGKILL, gang[1].output()[-3000:]
+        assert gang[1].wait(WAIT) == -signal.SIGKILL, gang[1].output()[-3000:]
     finally:
         for p in gang:
             p.kill()  # the controller's gang restart: rank 0 is blocked in a collective or done saving
     restarted = start_gang(launch, path)
     try:
         for p in restarted:
-            assert p.wait() == ExitCode.SUCCESS, p.output()[-3000:]
+            assert p.wait(WAIT) == ExitCode.SUCCESS, p.output()[-3000:]
     finally:
         for p in restarted:
             p.kill()
