@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=REPO / ".devcluster" / "chaos")
     args = parser.parse_args()
+    # Stopped by a signal, still tear the cluster down (a background job starts with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir: Path = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     shared = workdir / "shared"

@@ -1,19 +1,24 @@
 """Chaos soak, short version: real-trainer jobs under two controller replicas and a seeded fault
-injector. Three 2-replica TrainingJobs of the trainer's tiny model (a checkpoint every step) run
-next to one uninterrupted reference job per distinct config (two configs), under two `python -m
-controller` replicas with leader election (lease 3 s). A seeded injector (the seed is printed; set
-RESPAWN_CHAOS_SEED to replay) injects, with random 0.5-2 s gaps, one of each (a node fault first,
-because jobs hit by one avoid node-0 afterwards; the rest in random order): rank SIGKILL (twice),
-eviction, node NotReady of node-0 (its processes die; `nodeLostTimeoutSeconds` 2; Ready again once
-the hit jobs restarted), a device-fault ConfigMap for node-0 (removed once the hit jobs restarted),
-SIGKILL of the controller replica holding the Lease (a replacement replica is started, as a
-Deployment would), and a kube-apiserver restart (always restarted). The references are pinned to
-node-1 and node faults only hit node-0 (see tests/e2e/chaos.py).
+injector. Three 2-replica TrainingJobs of the trainer's tiny model (a checkpoint every step, 98
+steps) run next to one uninterrupted reference job per distinct config (two configs), under two
+`python -m controller` replicas with leader election (lease 3 s). Once every chaos job has a
+complete checkpoint, a seeded injector (the seed is printed; set RESPAWN_CHAOS_SEED to replay)
+injects, with random 0.5-2 s gaps: a node fault of node-0; then, in random order, rank SIGKILL
+(twice), eviction and the other node fault; then, while the jobs hit are still restarting, SIGKILL
+of the controller replica holding the Lease (a replacement replica is started, as a Deployment
+would) and a kube-apiserver crash (SIGKILL, started again on the same port and etcd; the pod
+watches resume or relist after 410). NotReady kills node-0's processes (`nodeLostTimeoutSeconds`
+2) and the device-fault ConfigMap names an unhealthy Ascend910; either stays on until every job it
+hit has moved past the attempt hit. A job fault that finds nothing to hit is not injected but
+tried again later (up to 60 s). The references are pinned to node-1 and node faults only hit
+node-0 (see tests/e2e/chaos.py); job2 does not avoid faulty nodes, so it keeps coming back to
+node-0 and the second node fault usually finds a target.
 
 Each fault records what it hit: a list of (job, attempt, pod) — the pod whose process was
 SIGKILLed (only if the process was alive), the pod the Eviction API accepted, or every pod of a
-chaos job on node-0 neither terminal nor being deleted while the node fault was on. Controller
-and API-server faults hit no job. Rules checked (`ChaosSoak.verify`):
+chaos job the pod watch saw on node-0, neither terminal nor being deleted, while the node fault
+was on (plus 10 s for the controller's caches). Controller and API-server faults hit no job.
+Rules checked (`ChaosSoak.verify`):
 
 * every job ends `Succeeded`; every loss record of every rank of every chaos job, including steps
   redone after a resume, has the `loss_bits` of the reference of its config at that global step,
@@ -47,7 +52,7 @@ from tests.e2e.chaos import ChaosSoak, run_config, summary
 from tests.fixtures.nodeagent import NodeAgentHandle
 
 pytestmark = pytest.mark.slow
-EPOCHS = 2  # 98 steps: long enough to be hit by every fault of the plan
+EPOCHS = 1  # 49 steps: jobs hit by the first fault outlive the plan
 
 
 def test_chaos_soak(
@@ -98,7 +103,7 @@ def test_chaos_soak(
         soak.rng.shuffle(control_faults)
         plan = [node_faults[0], *job_faults, *control_faults]
         soak.run_injector(
-            plan, gap=(0.5, 2.0), until=lambda: not soak.unfinished_chaos_jobs(), land_within=40
+            plan, gap=(0.5, 2.0), until=lambda: not soak.unfinished_chaos_jobs(), land_within=60
         )
         print(f"{time.monotonic() - soak.t0:.0f}s: injection over", flush=True)
         soak.wait_all_finished(timeout=300)
