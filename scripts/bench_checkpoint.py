@@ -12,6 +12,7 @@ Prints, per format (ckpt, safetensors):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -47,8 +48,11 @@ CONFIG: dict[str, Any] = {
     },
     "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": BATCH * STEPS_PER_EPOCH}},
 }
-SAVES_PER_MODE = 2
-STEPS_AFTER_SAVE = 3
+SAVES_PER_MODE = 2  # throughput saves
+MODES = ("sync", "async")
+STEP_REPS = 8  # interleaved split / fused steps
+STALL_REPS = 8  # paired windows per format and mode
+WINDOW = 3  # steps per window: the background writer finishes within it
 CHUNK = 8 << 20
 
 
@@ -94,16 +98,24 @@ class Bench:
         self.config = parse_config({**CONFIG, "output_dir": str(workdir / "unused")})
         self.stream = build_stream(self.config, rank=0, world_size=1)
         self.backend = Backend(self.config, total_steps=1000)
-        self.batches = self.stream.batches(start_step=0, epochs=1)
+        self.batches = itertools.cycle(self.stream.batches(start_step=0, epochs=1))
         self.progress = Progress(dataset_fingerprint=self.stream.fingerprint)
         self.params = sum(int(p.size) for p in self.backend.model.trainable_params())
 
-    def step(self) -> float:
+    def step(self, fused: bool = False) -> float:
+        """One training step (the trainer's split step, or MindSpore's fused cell for comparison)."""
+        batch = next(self.batches)
         t0 = time.perf_counter()
-        self.backend.step(next(self.batches), None)
+        if fused:
+            from mindspore import Tensor
+
+            loss, *_ = self.backend.cell(Tensor(batch))
+            loss.asnumpy()
+        else:
+            self.backend.step(batch, None)
         p = self.progress
         p.global_step += 1
-        p.data_step += 1
+        p.data_step = p.data_step % (STEPS_PER_EPOCH - 1) + 1  # a resumed run always has steps left
         p.epoch, p.step = 1, p.data_step
         return time.perf_counter() - t0
 
@@ -127,21 +139,50 @@ class Bench:
             resumed_key=None,
         )
 
-    def stall(self, fmt: str, async_save: bool, step_time: float) -> dict[str, float]:
-        """Loop time lost per checkpoint: the save call, slower steps while it writes, the final wait."""
-        ck = self.checkpointer(f"{fmt}-{'async' if async_save else 'sync'}", fmt, async_save)
-        blocking, effective = [], []
-        for _ in range(SAVES_PER_MODE):
-            t0 = time.perf_counter()
-            ck.save(self.progress)
-            call = time.perf_counter() - t0
-            steps = [self.step() for _ in range(STEPS_AFTER_SAVE)]
-            t1 = time.perf_counter()
-            ck.wait()
-            waited = time.perf_counter() - t1
-            blocking.append(call)
-            effective.append(call + sum(steps) - STEPS_AFTER_SAVE * step_time + waited)
-        return {"blocking": statistics.median(blocking), "effective": statistics.median(effective)}
+    def stall(self, fmt: str) -> dict[str, list[float]]:
+        """Loop time lost per checkpoint, sync and async, interleaved so both see the same noise.
+
+        Each repetition times a window of WINDOW plain steps, then a window of save + WINDOW steps +
+        wait for the writer; the difference is the stall (blocked time plus slower steps while the
+        writer runs). Also: the async save's blocked time alone (the save call plus the wait of the
+        next optimizer update for the snapshot copy), and the process CPU time each save adds."""
+        checkpointers = {mode: self.checkpointer(f"{fmt}-{mode}", fmt, mode == "async") for mode in MODES}
+        copy_wait = [0.0]
+        snapshot = self.backend.snapshot
+
+        def timed_snapshot() -> Any:
+            snap = snapshot()
+            wait = snap.wait_copied
+
+            def timed_wait() -> None:
+                t0 = time.perf_counter()
+                wait()
+                copy_wait[0] += time.perf_counter() - t0
+
+            snap.wait_copied = timed_wait  # type: ignore[method-assign]
+            return snap
+
+        self.backend.snapshot = timed_snapshot  # type: ignore[method-assign]
+        out: dict[str, list[float]] = {k: [] for k in ("sync", "async", "blocked", "cpu_sync", "cpu_async")}
+        for _ in range(STALL_REPS):
+            for mode, ck in checkpointers.items():
+                c0, t0 = time.process_time(), time.perf_counter()
+                for _ in range(WINDOW):
+                    self.step()
+                c1, t1 = time.process_time(), time.perf_counter()
+                copy_wait[0] = 0.0
+                ck.save(self.progress)
+                call = time.perf_counter() - t1
+                for _ in range(WINDOW):
+                    self.step()
+                ck.wait()
+                c2, t2 = time.process_time(), time.perf_counter()
+                out[mode].append((t2 - t1) - (t1 - t0))
+                out[f"cpu_{mode}"].append((c2 - c1) - (c1 - c0))
+                if mode == "async":
+                    out["blocked"].append(call + copy_wait[0])
+        self.backend.snapshot = snapshot  # type: ignore[method-assign]
+        return out
 
     def sync_save_throughput(self, fmt: str) -> tuple[float, int, Path]:
         ck = self.checkpointer(f"{fmt}-throughput", fmt, False)
@@ -155,15 +196,22 @@ class Bench:
         size = path.stat().st_size
         return size / statistics.median(times) / 1e6, size, path
 
-    def load_throughput(self, path: Path) -> tuple[float, float]:
-        """MB/s of the load call after eviction, and the first step after it (lazy safetensors pay here)."""
+    def load_throughput(self, path: Path) -> tuple[float, float, float]:
+        """MB/s of the load call after eviction; the part of it spent in MindSpore's load_checkpoint
+        (read, parse, tensors), measured on its own after another eviction; and the first step after
+        the load (lazy safetensors pay here)."""
+        import mindspore as ms
+
         size = path.stat().st_size
+        evict(path)
+        t0 = time.perf_counter()
+        ms.load_checkpoint(str(path), format=path.suffix[1:])
+        read = time.perf_counter() - t0
         evict(path)
         t0 = time.perf_counter()
         self.backend.load(path, weights_only=False)
         load = time.perf_counter() - t0
-        self.batches = self.stream.batches(start_step=self.progress.data_step, epochs=1)
-        return size / load / 1e6, self.step()
+        return size / load / 1e6, read / load, self.step()
 
 
 def resume_run(workdir: Path, fmt: str, checkpoint_dir: Path) -> dict[str, float]:
@@ -234,19 +282,32 @@ def main() -> None:
     try:
         bench = Bench(workdir)
         print(f"model: {bench.params / 1e6:.1f}M parameters, {os.cpu_count()} CPUs, workdir {workdir}")
-        for _ in range(2):
-            bench.step()  # compile
-        step_time = statistics.median(bench.step() for _ in range(5))
-        print(f"training step: {step_time * 1e3:.0f} ms (median of 5)")
+        print(f"load average {load_average()}")
+        for _ in range(2):  # compile
+            bench.step()
+            bench.step(fused=True)
+        fused, split = [], []
+        for _ in range(STEP_REPS):
+            fused.append(bench.step(fused=True))
+            split.append(bench.step())
+        step_time = statistics.median(split)
+        diff = statistics.median(s - f for s, f in zip(split, fused, strict=True))
+        print(
+            f"training step: {step_time * 1e3:.0f} ms split (gradients, then optimizer) vs "
+            f"{statistics.median(fused) * 1e3:.0f} ms fused; split - fused, paired: {diff * 1e3:+.0f} ms "
+            f"(median of {STEP_REPS} interleaved)"
+        )
         results: dict[str, dict[str, Any]] = {}
         for fmt in ("ckpt", "safetensors"):
+            print(f"measuring {fmt} ...", file=sys.stderr)
             r = results[fmt] = {}
-            r["sync"] = bench.stall(fmt, False, step_time)
-            r["async"] = bench.stall(fmt, True, step_time)
+            r["stall"] = bench.stall(fmt)
+            r["stall_load"] = load_average()
             r["save_mbps"], r["size"], path = bench.sync_save_throughput(fmt)
             r["disk_write"], r["disk_read"] = disk_bandwidth(workdir, r["size"])
-            r["load_mbps"], r["first_step_after_load"] = bench.load_throughput(path)
+            r["load_mbps"], r["load_parse_share"], r["first_step_after_load"] = bench.load_throughput(path)
             r["resume_source"] = path.parent.parent
+            r["io_load"] = load_average()
         for fmt in ("ckpt", "safetensors"):
             results[fmt]["resume"] = resume_run(workdir, fmt, results[fmt]["resume_source"])
         report(results, step_time)
@@ -255,26 +316,43 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def quartiles(xs: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(xs, n=4)
+    return f"{q1:.3f}..{q3:.3f}"
+
+
 def report(results: dict[str, dict[str, Any]], step_time: float) -> None:
     print()
     for fmt, r in results.items():
-        sync, asyn = r["sync"], r["async"]
         print(f"[{fmt}] checkpoint {r['size'] / 2**20:.0f} MiB")
-        blocking_pct = 100 * asyn["blocking"] / sync["effective"]
-        effective_pct = 100 * asyn["effective"] / sync["effective"]
+        st = r["stall"]
+        sync, asyn, blocked = (statistics.median(st[k]) for k in ("sync", "async", "blocked"))
+        print(f"  stall per checkpoint, median of {STALL_REPS} paired windows (load {r['stall_load']}):")
+        print(f"    sync  {sync:.3f} s   quartiles {quartiles(st['sync'])}")
         print(
-            f"  stall per checkpoint: sync {sync['effective']:.2f} s; async {asyn['blocking']:.3f} s "
-            "blocking "
-            f"= {blocking_pct:.1f} % of sync, {asyn['effective']:.2f} s including slower steps while "
-            f"writing = {effective_pct:.0f} % of sync"
+            f"    async {asyn:.3f} s = {100 * asyn / sync:.1f} % of sync   quartiles {quartiles(st['async'])}"
         )
+        print(
+            f"    async, blocked only (save call + optimizer waiting for the copy) {blocked:.4f} s = "
+            f"{100 * blocked / sync:.1f} % of sync   quartiles {quartiles(st['blocked'])}"
+        )
+        print(
+            f"    process CPU time added per checkpoint: sync {statistics.median(st['cpu_sync']):.2f} s, "
+            f"async {statistics.median(st['cpu_async']):.2f} s"
+        )
+        print(f"  I/O figures below: load {r['io_load']}")
         print(
             f"  save {r['save_mbps']:.0f} MB/s (write, fsync, sha256, meta) vs disk fsync'd write "
             f"{r['disk_write']:.0f} MB/s = {100 * r['save_mbps'] / r['disk_write']:.0f} %"
         )
         print(
             f"  load {r['load_mbps']:.0f} MB/s vs disk cold read {r['disk_read']:.0f} MB/s = "
-            f"{100 * r['load_mbps'] / r['disk_read']:.0f} %; first step after load "
+            f"{100 * r['load_mbps'] / r['disk_read']:.0f} % (load_checkpoint alone "
+            f"{100 * r['load_parse_share']:.0f} % of the load time); first step after load "
             f"{r['first_step_after_load']:.2f} s (steady {step_time:.2f} s)"
         )
         res = r["resume"]
