@@ -20,6 +20,7 @@ from kubernetes import client
 
 from controller.api.constants import GROUP, PLURAL, VERSION
 from controller.app import Controller, Settings
+from devcluster.faults import FaultError
 from tests.fixtures.nodeagent import NodeAgentHandle
 from trainer_image.steplog import read_steps
 
@@ -209,13 +210,33 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     assert table[1].split()[:4] == ["llm", "Succeeded", "1", str(total)]
 
 
+def kill_a_live_rank(node_agent: NodeAgentHandle, namespace: str, attempt: str) -> None:
+    """SIGKILL the lagging rank: the one still training (the other may have finished its run)."""
+    for rank in (1, 0):
+        try:
+            node_agent.kill(namespace, f"{attempt}-{rank}")
+            return
+        except FaultError:
+            continue
+    raise AssertionError(f"no rank of {attempt} is running")
+
+
 def test_progress_between_failures_refunds_the_budget(
     api_client: client.ApiClient, namespace: str, controller: Controller, node_agent: NodeAgentHandle
 ) -> None:
     """maxRestarts 1 and two kills: the job survives because it committed newer checkpoints between them."""
     assert controller.settings.shared_root is not None
     shared = controller.settings.shared_root
-    longer = {**RUN_YAML, "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": 4800}}}
+    # The corpus gives 49 steps per epoch at 2 ranks. The ranks train alone, so under load one runs
+    # ahead: 4 epochs keep both alive through two kills, and 20 kept checkpoints let them share a
+    # complete step early (the newest complete one is never pruned).
+    (monitor,) = RUN_YAML["callbacks"]
+    longer = {
+        **RUN_YAML,
+        "runner_config": {**RUN_YAML["runner_config"], "epochs": 4},
+        "callbacks": [{**monitor, "keep_checkpoint_max": 20}],
+        "lr_schedule": {**RUN_YAML["lr_schedule"], "total_steps": -1},
+    }
     client.CoreV1Api(api_client).create_namespaced_config_map(
         namespace, {"metadata": {"name": "run"}, "data": {"run.yaml": yaml.safe_dump(longer)}}
     )
@@ -231,7 +252,7 @@ def test_progress_between_failures_refunds_the_budget(
         )
 
     wait_for("a first checkpoint", lambda: checkpoint() >= 8, 180)
-    node_agent.kill(namespace, "refund-a0-0")
+    kill_a_live_rank(node_agent, namespace, "refund-a0")
     wait_for("attempt 1", lambda: job_status(api_client, namespace, "refund").get("attempt") == 1, 60)
     resumed = wait_for(
         "attempt 1 to resume",
@@ -240,7 +261,7 @@ def test_progress_between_failures_refunds_the_budget(
     )
     wait_for("progress after the restart", lambda: checkpoint() > resumed, 120)
     assert job_status(api_client, namespace, "refund")["budgetUsed"] == 0, "progress gives the restart back"
-    node_agent.kill(namespace, "refund-a1-1")
+    kill_a_live_rank(node_agent, namespace, "refund-a1")
     status = wait_for(
         "the end",
         lambda: (
