@@ -90,7 +90,7 @@ def _unscale(scale, grad):
 
 
 class GradStep(nn.Cell):
-    """Loss, unscaled (and reduced) gradients, overflow flag, loss scale and LR. Writes no parameter."""
+    """Loss, unscaled (and reduced) gradients, overflow flag and LR. Writes no parameter."""
 
     def __init__(self, train: TrainStep) -> None:
         super().__init__(auto_prefix=False)  # keep the parameters' names
