@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,19 @@ RUN_YAML: dict[str, Any] = {
     },
     "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": 960}},
 }
+
+
+def long_run(epochs: int) -> dict[str, Any]:
+    """RUN_YAML over `epochs` epochs (the corpus gives 49 steps per epoch at 2 ranks; on an idle
+    machine one epoch is over before the controller has seen a checkpoint). The ranks train alone
+    and one may run ahead: 20 kept checkpoints let them share a complete step early on."""
+    (monitor,) = RUN_YAML["callbacks"]
+    return {
+        **RUN_YAML,
+        "runner_config": {**RUN_YAML["runner_config"], "epochs": epochs},
+        "callbacks": [{**monitor, "keep_checkpoint_max": 20}],
+        "lr_schedule": {**RUN_YAML["lr_schedule"], "total_steps": -1},
+    }
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
@@ -148,13 +161,14 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     shared = controller.settings.shared_root
     core = client.CoreV1Api(api_client)
     core.create_namespaced_config_map(
-        namespace, {"metadata": {"name": "run"}, "data": {"run.yaml": yaml.safe_dump(RUN_YAML)}}
+        namespace, {"metadata": {"name": "run"}, "data": {"run.yaml": yaml.safe_dump(long_run(3))}}
     )
     custom = client.CustomObjectsApi(api_client)
     for name in ("ref", "llm"):
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, training_job(name, shared))
 
-    # Kill rank 1 once both ranks have committed checkpoints and training is well under way.
+    # Kill a rank once both have committed checkpoints and training is well under way. The ranks
+    # train alone and one may be far ahead, even done: kill the one behind, mid-run.
     wait_for(
         "a complete checkpoint",
         lambda: (
@@ -162,8 +176,9 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
         ),
         180,
     )
-    node_agent.kill(namespace, "llm-a0-1")
-    killed_after = len(losses(shared, namespace, "llm", 1))
+    behind = sorted((1, 0), key=lambda r: len(losses(shared, namespace, "llm", r)))
+    killed = kill_a_live_rank(node_agent, namespace, "llm-a0", order=behind)
+    killed_after = len(losses(shared, namespace, "llm", int(killed.rsplit("-", 1)[1])))
 
     def finished(name: str) -> bool:
         return job_status(api_client, namespace, name).get("phase") in ("Succeeded", "Failed")
@@ -174,7 +189,7 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     status = job_status(api_client, namespace, "llm")
     assert status["phase"] == "Succeeded", status
     assert (status["restarts"], status["uncountedRestarts"], status["attempt"]) == (1, 0, 1)
-    assert status["lastFailure"]["pod"] == "llm-a0-1" and status["lastFailure"]["exitCode"] == 137
+    assert status["lastFailure"]["pod"] == killed and status["lastFailure"]["exitCode"] == 137
     assert status["lastCompleteCheckpoint"]["step"] == total
     assert job_status(api_client, namespace, "ref")["restarts"] == 0
 
@@ -210,12 +225,14 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     assert table[1].split()[:4] == ["llm", "Succeeded", "1", str(total)]
 
 
-def kill_a_live_rank(node_agent: NodeAgentHandle, namespace: str, attempt: str) -> None:
-    """SIGKILL the lagging rank: the one still training (the other may have finished its run)."""
-    for rank in (1, 0):
+def kill_a_live_rank(
+    node_agent: NodeAgentHandle, namespace: str, attempt: str, order: Sequence[int] = (1, 0)
+) -> str:
+    """SIGKILL the first rank in `order` whose process still runs; returns the pod killed."""
+    for rank in order:
         try:
             node_agent.kill(namespace, f"{attempt}-{rank}")
-            return
+            return f"{attempt}-{rank}"
         except FaultError:
             continue
     raise AssertionError(f"no rank of {attempt} is running")
@@ -227,16 +244,7 @@ def test_progress_between_failures_refunds_the_budget(
     """maxRestarts 1 and two kills: the job survives because it committed newer checkpoints between them."""
     assert controller.settings.shared_root is not None
     shared = controller.settings.shared_root
-    # The corpus gives 49 steps per epoch at 2 ranks. The ranks train alone, so under load one runs
-    # ahead: 4 epochs keep both alive through two kills, and 20 kept checkpoints let them share a
-    # complete step early (the newest complete one is never pruned).
-    (monitor,) = RUN_YAML["callbacks"]
-    longer = {
-        **RUN_YAML,
-        "runner_config": {**RUN_YAML["runner_config"], "epochs": 4},
-        "callbacks": [{**monitor, "keep_checkpoint_max": 20}],
-        "lr_schedule": {**RUN_YAML["lr_schedule"], "total_steps": -1},
-    }
+    longer = long_run(4)  # both ranks alive through two kills
     client.CoreV1Api(api_client).create_namespaced_config_map(
         namespace, {"metadata": {"name": "run"}, "data": {"run.yaml": yaml.safe_dump(longer)}}
     )
