@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,9 +29,14 @@ import pytest
 from kubernetes import client
 
 from controller.api.constants import GROUP, PLURAL, VERSION
-from controller.app import Controller, Settings
+from controller.app import Controller
+from devcluster.controlplane import free_port
 from respawn_cli.__main__ import main as respawn
+from tests.e2e import test_trainingjob_e2e as base
+from tests.e2e.test_trainingjob_e2e import job_status
 from tests.fixtures.nodeagent import NodeAgentHandle
+
+controller = base.controller  # the same fixture: a controller that mounts the shared root
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -93,12 +97,6 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: floa
         time.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Prometheus:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -119,27 +117,6 @@ class Prometheus:
         data = self.get("/api/v1/query", query=expr)
         assert data["resultType"] == "vector", data
         return list(data["result"])
-
-
-@pytest.fixture
-def controller(api_client: client.ApiClient, namespace: str, tmp_path: Path) -> Iterator[Controller]:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    c = Controller(
-        api_client,
-        Settings(
-            namespace=namespace,
-            leader_election=False,
-            health_port=0,
-            health_host="127.0.0.1",
-            shared_root=shared,
-            device_faults=False,
-        ),
-    )
-    c.start()
-    yield c
-    c.stop()
-    c.shutdown()
 
 
 @pytest.fixture
@@ -239,11 +216,6 @@ def concrete(expr: str, namespace: str) -> str:
         return values[name]
 
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", replace, expr)
-
-
-def job_status(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    return obj.get("status") or {}
 
 
 def training_job(name: str, shared: Path) -> dict[str, Any]:

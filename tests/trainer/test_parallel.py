@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from devcluster.controlplane import free_port
 from trainer_image.contract import ExitCode
 from trainer_image.steplog import effective_steps
 
@@ -21,12 +21,6 @@ pytestmark = pytest.mark.slow
 WORLD = 2
 WAIT = 900.0  # seconds per process: MindSpore init alone took ~2 min on a loaded 2-core machine
 STEPS = 10  # 80 samples / 2 ranks / batch 8 = 5 steps per epoch, 2 epochs
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parallel_config(out: Path, **overrides: Any) -> dict[str, Any]:
