@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.SUCCESS
     if outcome.checkpointed:
         return ExitCode.STOPPED
-    return 128 + 15  # stopped by SIGTERM without a checkpoint to show for it (no CheckpointMonitor)
+    return ExitCode.TERMINATED  # no CheckpointMonitor: nothing to show for the stop
 
 
 if __name__ == "__main__":

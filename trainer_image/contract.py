@@ -60,6 +60,9 @@ class ExitCode(enum.IntEnum):
     STOPPED = 75
     """Stopped on request (SIGTERM) after committing a checkpoint of the last finished step.
     Nothing was lost; restart to continue. Like EX_TEMPFAIL."""
+    TERMINATED = 143
+    """Stopped by SIGTERM with no new checkpoint: none was configured, or the step in progress could
+    not finish (a lost peer). The last committed checkpoint is the resume point. Retryable."""
     CONFIG_ERROR = 78
     """Permanent: invalid config, bad path, missing or unreadable data or checkpoint the user named.
     Retrying with the same inputs fails the same way. Like EX_CONFIG."""

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
@@ -21,24 +18,9 @@ from trainer_image.progress import Progress
 from trainer_image.rescale import rescale_progress
 from trainer_image.resolve import Check, Resolution, ResolveError, resolve
 from trainer_image.steplog import StepLog
+from trainer_image.stop import StopRequest
 
 log = logging.getLogger("trainer_image")
-
-
-class StopRequest:
-    """Set by SIGTERM; the loop finishes the current step, commits a checkpoint and stops."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if not self.requested:
-            log.info("received signal %d: stopping after the current step", signum)
-        self.requested = True
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self)
 
 
 @dataclass(frozen=True)
@@ -165,11 +147,12 @@ def _train(
     save_every = monitor.save_checkpoint_steps if monitor is not None else 0
     try:
         for batch in stream.batches(start_step=progress.data_step, epochs=remaining_epochs):
-            if stop.requested:
+            if not stop.begin_step():
                 break
             t0 = time.perf_counter()
             keep = _keep_mask(config, batch.shape[0], progress.global_step, rank, world_size, cluster)
             result = backend.step(batch, keep)
+            stop.end_step()
             progress.advance(steps_per_epoch=n)
             record: dict[str, Any] = {
                 "global_step": progress.global_step,

@@ -13,7 +13,8 @@ from typing import Any
 
 from trainer_image import contract
 from trainer_image.config import TrainerConfig, load_yaml, parse_config, set_dotted, to_dict
-from trainer_image.loop import Outcome, StopRequest, run
+from trainer_image.loop import Outcome, run
+from trainer_image.stop import StopRequest
 
 
 @dataclass
@@ -116,4 +117,7 @@ class Trainer:
         config = build_config(self.config, overrides) if overrides else self.config
         stop = StopRequest()
         stop.install()
-        return run(config, rank=self.rank, world_size=self.world_size, stop=stop)
+        try:
+            return run(config, rank=self.rank, world_size=self.world_size, stop=stop)
+        finally:
+            stop.uninstall()

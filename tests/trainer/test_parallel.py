@@ -14,7 +14,7 @@ from devcluster.controlplane import free_port
 from trainer_image.contract import ExitCode
 from trainer_image.steplog import effective_steps
 
-from .conftest import TrainerProcess, step_lines, tiny_config, write_config
+from .conftest import TrainerProcess, step_lines, tiny_config, wait_until, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +132,29 @@ def test_a_rank_killed_inside_a_save_makes_the_gang_resume_from_the_same_older_s
         ]
         names = [set(s["saved_parameters"]) for s in strategies]
         assert not names[0] & names[1] and names[0] and names[1]  # every parameter saved exactly once
+
+
+def test_a_survivor_of_a_lost_peer_stops_on_sigterm_without_waiting_for_the_heartbeat_timeout(
+    tmp_path: Path, trainer_env: dict[str, str]
+) -> None:
+    """The controller's gang restart deletes the survivors while they are blocked in a collective
+    whose peer is gone. MindSpore would fail the step only after its ~30 s heartbeat timeout (exit 1);
+    the stop watcher ends the process with TERMINATED once the step overruns its limit, and writes
+    nothing (checkpoints here are saved only at the end, so a stop that saved would leave a meta.json)."""
+    out = tmp_path / "out"
+    config = parallel_config(out, runner_config__epochs=100, callbacks__0__save_checkpoint_steps=10_000)
+    path = write_config(tmp_path / "run.yaml", config)
+    gang = start_gang(_Launcher(trainer_env), path)
+    try:
+        wait_until(lambda: len(step_lines(out, 0)) >= 3, timeout=WAIT, what="rank 0 to train")
+        gang[1].kill()
+        gang[0].proc.send_signal(signal.SIGTERM)
+        assert gang[0].wait(WAIT) == ExitCode.TERMINATED, gang[0].output()[-3000:]
+    finally:
+        for p in gang:
+            p.kill()
+    assert "did not finish within" in gang[0].output()
+    assert not (out / "checkpoint" / "rank_0" / "meta.json").exists()
 
 
 def checkpoint_bytes(out: Path, rank: int) -> int:
