@@ -135,6 +135,10 @@ class CheckpointObserver(FileSystemEventHandler):
             self._jobs[key] = _Tracked(output, replicas, Snapshot())
         self._refresh(key, checkpoint=True, logs=True, notify=False)
 
+    def refresh(self, key: str) -> None:
+        """Re-read a tracked job's checkpoints and logs now, without waiting for the events."""
+        self._refresh(key, checkpoint=True, logs=True, notify=False)
+
     def untrack(self, key: str) -> None:
         with self._lock:
             self._jobs.pop(key, None)

@@ -105,6 +105,11 @@ class Reconciler:
         self._metrics.seen_namespace(job.namespace)
         if self._checkpoints is not None:
             self._checkpoints.track(key, job.spec.output_dir, job.spec.replicas)
+            if not job.status.phase.terminal and any(_exited(p) for p in pods):
+                # A trainer commits before it exits, but its last events may still be in the
+                # observer's queue: read the disk so the terminal status and the failure's
+                # steps lost see that commit.
+                self._checkpoints.refresh(key)
         plan = decide(job, pods, self._observe(job, pods), self._now())
         self._apply(job, plan)
         return plan.requeue_after
@@ -193,3 +198,7 @@ def node_state(node: dict[str, Any]) -> NodeState:
             ready = condition.get("status") == "True"
             return NodeState(ready, None if ready else parse_time(condition.get("lastTransitionTime")))
     return NodeState(False, None)
+
+
+def _exited(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
