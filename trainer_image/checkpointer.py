@@ -174,12 +174,23 @@ class Checkpointer:
             network_file=network_file,
             world_size=self.world_size,
         )
-        history = [r for r in self.history if r.key < record.key] + [record]
+        history = self._carried(record) + [r for r in self.history if r.key < record.key] + [record]
         self._write_meta(history)
         log.info("committed %s (global step %d)", name, progress.global_step)
         self.faults.reach("after_meta")
         self._prune(history, record)
         self.faults.reach("after_prune")
+
+    def _carried(self, record: Record) -> list[Record]:
+        """Records at or past `record` that must stay: the step a gang of another size wrote and
+        this gang resumed from (step numbers restart lower when the global batch grows) while it is
+        still what a crash would resume from. Of this gang's own line, such records are an
+        abandoned branch and go."""
+        foreign = [r for r in self.history if r.key >= record.key and r.world_size != record.world_size]
+        if not foreign:
+            return []
+        protect = self._newest_complete()
+        return [r for r in foreign if r.file in protect]
 
     def _write_meta(self, history: list[Record]) -> None:
         last = history[-1]

@@ -18,10 +18,12 @@ def retained(
     history: list[Record], new: Record, keep_max: int, protect: Collection[str] = ()
 ) -> list[Record]:
     """History after committing `new`: entries at or after its step belong to an abandoned branch
-    (a resume from an older step), then the newest `keep_max` stay, plus any protected file."""
+    (a resume from an older step) unless protected, then the newest `keep_max` stay, plus any
+    protected file."""
+    beyond = [r for r in history if r.key >= new.key and r != new and r.file in protect]
     line = [r for r in history if r.key < new.key] + [new]
     newest = line[-keep_max:]
-    return [r for r in line if r in newest or r.file in protect]
+    return beyond + [r for r in line if r in newest or r.file in protect]
 
 
 def doomed(directory: Path, base: str, keep: Collection[str]) -> list[Path]:

@@ -177,6 +177,32 @@ def test_never_prunes_the_newest_step_complete_on_every_rank(tmp_path: Path) -> 
     assert resolve(tmp_path / "checkpoint", True, world_size=2).key == StepKey(1, 1)
 
 
+def test_a_grown_gang_keeps_the_step_it_resumed_from_until_its_own_is_complete(tmp_path: Path) -> None:
+    """1 -> 2 ranks: the global batch doubles, so the new gang's step numbers restart below the
+    merged step. Until a step of the new gang is complete on both ranks, the old gang's step stays
+    the resume point, in rank 0's meta.json and on disk, whichever rank commits first."""
+    root, rank0 = tmp_path / "checkpoint", tmp_path / "checkpoint" / "rank_0"
+    old = checkpointer(tmp_path, keep=2)
+    for gs in (38, 39, 40):
+        old.save(at(gs, per_epoch=50))
+    resumed = StepKey(1, 40)
+    new0 = checkpointer(tmp_path, keep=2, rank=0, world=2, resumed_key=resumed)
+    new0.save(at(21, per_epoch=25))
+    # A crash now (rank 1 has not committed step 21) resumes from the merged step again.
+    res = resolve(root, True, world_size=2, resize=True)
+    assert (res.key, res.world_size) == (resumed, 1), res
+    assert res.files[0].is_file()
+    new1 = checkpointer(tmp_path, keep=2, rank=1, world=2, resumed_key=resumed)
+    new1.save(at(21, per_epoch=25))
+    res = resolve(root, True, world_size=2, resize=True)
+    assert (res.key, res.world_size) == (StepKey(1, 21), 2), res
+    new0.save(at(22, per_epoch=25))
+    meta = read_meta(rank0)
+    assert meta is not None
+    assert [(r.global_step, r.world_size) for r in meta.checkpoints] == [(21, 2), (22, 2)]
+    assert not [n for n in names(rank0) if "-1_4" in n or "-1_39" in n], names(rank0)
+
+
 def test_async_save_commits_in_order_and_reports_failures(tmp_path: Path) -> None:
     ck = checkpointer(tmp_path, keep=3, async_save=True)
     for gs in (1, 2, 3):
