@@ -69,12 +69,14 @@ class Checkpointer:
         rank: int,
         world_size: int,
         resumed_key: StepKey | None,
+        attempt: int | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
         self.backend = backend
         self.monitor = monitor
         self.rank = rank
         self.world_size = world_size
+        self.attempt = attempt
         self.root = checkpoint_root(output_dir)
         self.dir = rank_dir(self.root, rank)
         self.network_dir = rank_dir(network_root(output_dir), rank)
@@ -173,6 +175,7 @@ class Checkpointer:
             sha256=sha256,
             network_file=network_file,
             world_size=self.world_size,
+            attempt=self.attempt,
         )
         history = self._carried(record) + [r for r in self.history if r.key < record.key] + [record]
         self._write_meta(history)

@@ -13,7 +13,7 @@ import enum
 OUTPUT_DIR = "RESPAWN_OUTPUT_DIR"
 RANK = "RESPAWN_RANK"
 WORLD_SIZE = "RESPAWN_WORLD_SIZE"
-ATTEMPT = "RESPAWN_ATTEMPT"  # 0 on the first start, +1 per gang restart; informational only
+ATTEMPT = "RESPAWN_ATTEMPT"  # 0 on the first start, +1 per gang restart; a step pairs files of one attempt
 LOAD_CHECKPOINT = "RESPAWN_LOAD_CHECKPOINT"
 RESUME_TRAINING = "RESPAWN_RESUME_TRAINING"  # "true" / "false" / a checkpoint file name
 TRAIN_DATASET_DIR = "RESPAWN_TRAIN_DATASET_DIR"

@@ -31,7 +31,9 @@ class Outcome:
     resumed_from: dict[str, Any] | None
 
 
-def run(config: TrainerConfig, *, rank: int, world_size: int, stop: StopRequest) -> Outcome:
+def run(
+    config: TrainerConfig, *, rank: int, world_size: int, stop: StopRequest, attempt: int | None = None
+) -> Outcome:
     started = time.perf_counter()
     # Resolve before the slow imports: a bad name or a world-size change without auto_trans_ckpt
     # fails in a fraction of a second, having touched nothing.
@@ -54,14 +56,29 @@ def run(config: TrainerConfig, *, rank: int, world_size: int, stop: StopRequest)
 
         cluster = Cluster.join(config, rank=rank, world_size=world_size, environ=os.environ)
     try:
-        return _train(config, rank=rank, world_size=world_size, stop=stop, cluster=cluster, started=started)
+        return _train(
+            config,
+            rank=rank,
+            world_size=world_size,
+            stop=stop,
+            cluster=cluster,
+            started=started,
+            attempt=attempt,
+        )
     finally:
         if cluster is not None:
             cluster.close()
 
 
 def _train(
-    config: TrainerConfig, *, rank: int, world_size: int, stop: StopRequest, cluster: Any, started: float
+    config: TrainerConfig,
+    *,
+    rank: int,
+    world_size: int,
+    stop: StopRequest,
+    cluster: Any,
+    started: float,
+    attempt: int | None,
 ) -> Outcome:
     from trainer_image.backend import Backend
     from trainer_image.checkpointer import Checkpointer
@@ -130,6 +147,7 @@ def _train(
             rank=rank,
             world_size=world_size,
             resumed_key=None if resolution.random_init or weights_only else resolution.key,
+            attempt=attempt,
         )
     steplog = StepLog(step_log_path(output_dir, rank))
     remaining_epochs = epochs - progress.epoch_base

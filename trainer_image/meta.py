@@ -28,6 +28,7 @@ class Record:
     sha256: str
     network_file: str | None = None
     world_size: int | None = None  # ranks of the gang that wrote this step; None in older records
+    attempt: int | None = None  # the controller's attempt (one gang) that wrote it; None outside respawn
 
     @property
     def key(self) -> StepKey:
@@ -100,6 +101,7 @@ def _from_dict(raw: Any) -> Meta:
     for r in raw.get("checkpoints") or []:
         network = r.get("network_file")
         world = r.get("world_size")
+        attempt = r.get("attempt")
         records.append(
             Record(
                 file=_str(r["file"]),
@@ -110,6 +112,7 @@ def _from_dict(raw: Any) -> Meta:
                 sha256=_str(r["sha256"]),
                 network_file=None if network is None else _str(network),
                 world_size=None if world is None else _int(world),
+                attempt=None if attempt is None else _int(attempt),
             )
         )
     gs = raw.get("last_global_step")

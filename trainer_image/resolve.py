@@ -8,8 +8,9 @@ Rules, in MindFormers' terms:
 - `load_checkpoint` names a file: full weights, the same file for every rank.
 - `load_checkpoint` names a directory of `rank_N/` folders:
   - `resume_training: True` (or False, which loads weights only): the newest step that is committed
-    (at or before the minimum over ranks of meta.json's last step) and valid on every rank. Without
-    any meta.json, the newest step present and valid on every rank.
+    (at or before the minimum over ranks of meta.json's last step) and valid on every rank, its files
+    written by one attempt where meta.json says. Without any meta.json, the newest step present and
+    valid on every rank.
   - `resume_training: <file name>`: that step, with the rank substituted per rank; an error if any rank
     lacks it or holds a damaged copy.
   - Nothing there (empty, or only empty `rank_N/` folders): random initialisation.
@@ -223,7 +224,11 @@ def _resolve_latest(
     keys = set().union(*(v.candidates for v in views))
     gangs = {k: _gang_size(dict(enumerate(views)), k, legacy) for k in keys}
     complete = {
-        k for k in keys if gangs[k] <= len(views) and all(k in views[r].candidates for r in range(gangs[k]))
+        k
+        for k in keys
+        if gangs[k] <= len(views)
+        and all(k in views[r].candidates for r in range(gangs[k]))
+        and _one_attempt([views[r].candidates[k] for r in range(gangs[k])])
     }
     if at_most is not None:
         complete = {k for k in complete if k <= at_most}
@@ -266,6 +271,14 @@ def _resolve_latest(
         f"{root}: checkpoint files exist but no step is complete and intact on every rank; random init"
     )
     return Resolution("none", warnings=tuple(warnings))
+
+
+def _one_attempt(chosen: list[_Candidate]) -> bool:
+    """The ranks' files of a step come from one gang. Steps are rewritten after a resume, so a rank
+    can still list a step from an earlier attempt that another rank has just written anew; after a
+    resize the two can even hold different training states under the same step number."""
+    attempts = {c.record.attempt for c in chosen if c.record is not None and c.record.attempt is not None}
+    return len(attempts) <= 1
 
 
 def _gang_size(views: dict[int, _RankView], key: StepKey, legacy: int) -> int:

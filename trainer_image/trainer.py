@@ -69,6 +69,21 @@ def rank_and_world(environ: Mapping[str, str]) -> tuple[int, int]:
     return rank, world
 
 
+def attempt_of(environ: Mapping[str, str]) -> int | None:
+    from trainer_image.config import ConfigError
+
+    value = environ.get(contract.ATTEMPT)
+    if value is None or value == "":
+        return None
+    try:
+        attempt = int(value)
+    except ValueError as e:
+        raise ConfigError(f"{contract.ATTEMPT}: {e}") from e
+    if attempt < 0:
+        raise ConfigError(f"{contract.ATTEMPT}={attempt} is negative")
+    return attempt
+
+
 def build_config(
     config: str | os.PathLike[str] | Mapping[str, Any] | TrainerConfig | None,
     *layers: Mapping[str, Any],
@@ -105,6 +120,7 @@ class Trainer:
         env = env_overrides(environ) if apply_env else {}
         self.config = build_config(config, env, (args or TrainingArguments()).overrides(), extra)
         self.rank, self.world_size = rank_and_world(environ)
+        self.attempt = attempt_of(environ)
 
     def train(
         self, train_checkpoint: str | None = None, resume_training: bool | str | None = None
@@ -118,6 +134,6 @@ class Trainer:
         stop = StopRequest()
         stop.install()
         try:
-            return run(config, rank=self.rank, world_size=self.world_size, stop=stop)
+            return run(config, rank=self.rank, world_size=self.world_size, stop=stop, attempt=self.attempt)
         finally:
             stop.uninstall()

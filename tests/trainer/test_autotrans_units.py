@@ -33,8 +33,8 @@ from trainer_image.resolve import ResolveError, last_complete, resolve
 class Gang:
     """Commits checkpoints into rank_N/ as a gang of `world` ranks would (meta.json records the gang)."""
 
-    def __init__(self, root: Path, world: int, suffix: str = "") -> None:
-        self.root, self.world, self.suffix = root, world, suffix
+    def __init__(self, root: Path, world: int, suffix: str = "", attempt: int | None = None) -> None:
+        self.root, self.world, self.suffix, self.attempt = root, world, suffix, attempt
 
     def commit(self, step: int, *, ranks: list[int] | None = None) -> None:
         for r in range(self.world) if ranks is None else ranks:
@@ -46,7 +46,15 @@ class Gang:
             old = read_meta(d)
             history = [h for h in (old.checkpoints if old else []) if h.step < step]
             record = Record(
-                path.name, 1, step, step, len(data), hashlib.sha256(data).hexdigest(), None, self.world
+                path.name,
+                1,
+                step,
+                step,
+                len(data),
+                hashlib.sha256(data).hexdigest(),
+                None,
+                self.world,
+                self.attempt,
             )
             meta = Meta(1, step, path.name, step, [*history, record])
             meta_path(d).write_bytes(meta.to_json())
@@ -65,6 +73,25 @@ def test_a_step_needs_only_the_ranks_of_the_gang_that_wrote_it(tmp_path: Path) -
     with pytest.raises(ResolveError, match="written by 1 ranks but the world size is 2"):
         resolve(tmp_path, True, world_size=2)
     assert resolve(tmp_path, True, world_size=2, resize=True).world_size == 1
+
+
+def test_a_step_pairs_only_files_of_one_attempt(tmp_path: Path) -> None:
+    """2 -> 1 -> 2 ranks: the first 2-rank gang's rank_1/ still lists step 21 when the second 2-rank
+    gang's rank 0 commits its own step 21, a different training state (the 1-rank era took other
+    optimizer steps). Pairing them would resume the ranks from different weights."""
+    first = Gang(tmp_path, 2, attempt=0)
+    first.commit(20)
+    first.commit(21)
+    Gang(tmp_path, 2, "_2", attempt=2).commit(21, ranks=[0])
+    res = resolve(tmp_path, True, world_size=2)
+    assert res.key == StepKey(1, 20), res
+    assert last_complete(tmp_path).key == StepKey(1, 20)
+    Gang(tmp_path, 2, "_2", attempt=2).commit(21, ranks=[1])
+    assert resolve(tmp_path, True, world_size=2).key == StepKey(1, 21)
+    # Outside respawn (no attempt recorded) files pair as before.
+    Gang(tmp_path / "plain", 2).commit(5, ranks=[0])
+    Gang(tmp_path / "plain", 2, "_1", attempt=None).commit(5, ranks=[1])
+    assert resolve(tmp_path / "plain", True, world_size=2).key == StepKey(1, 5)
 
 
 def test_a_resized_gang_finds_the_old_gangs_newest_complete_step(tmp_path: Path) -> None:

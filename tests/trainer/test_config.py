@@ -90,6 +90,10 @@ def test_precedence_is_arguments_over_environment_over_yaml(tmp_path: Path) -> N
     assert t.config.load_checkpoint == str(tmp_path / "env-ckpt")
     assert t.config.resume_training is False
     assert (t.rank, t.world_size) == (1, 2)
+    assert t.attempt is None
+    assert Trainer(config, environ={**env, contract.ATTEMPT: "4"}).attempt == 4
+    with pytest.raises(ConfigError, match="RESPAWN_ATTEMPT=-1 is negative"):
+        Trainer(config, environ={**env, contract.ATTEMPT: "-1"})
 
 
 def test_environment_resume_training_values() -> None:

@@ -60,6 +60,7 @@ def checkpointer(
         rank=rank,
         world_size=world,
         resumed_key=kw.pop("resumed_key", None),  # type: ignore[arg-type]
+        attempt=kw.pop("attempt", None),  # type: ignore[arg-type]
         faults=kw.pop("faults", None),  # type: ignore[arg-type]
     )
 
@@ -103,6 +104,15 @@ def test_commit_writes_file_network_copy_and_meta(tmp_path: Path) -> None:
     assert meta is not None and (meta.last_epoch, meta.last_step, meta.last_global_step) == (1, 1, 1)
     assert meta.checkpoints[0].size == (rank0 / "job_rank_0-1_1.ckpt").stat().st_size
     assert oct((rank0 / "job_rank_0-1_1.ckpt").stat().st_mode & 0o777) == "0o644"
+
+
+def test_records_name_the_attempt_that_wrote_them(tmp_path: Path) -> None:
+    checkpointer(tmp_path, attempt=3).save(at(1))
+    checkpointer(tmp_path / "manual").save(at(1))
+    meta = read_meta(tmp_path / "checkpoint" / "rank_0")
+    manual = read_meta(tmp_path / "manual" / "checkpoint" / "rank_0")
+    assert meta is not None and [r.attempt for r in meta.checkpoints] == [3]
+    assert manual is not None and [r.attempt for r in manual.checkpoints] == [None]
 
 
 @pytest.mark.parametrize("point", ["before_publish", "after_publish", "after_meta", "after_prune"])
