@@ -2,14 +2,14 @@
 
 Stands up its own local cluster (etcd + kube-apiserver + node agent with node-0 and node-1, via
 devcluster.local.LocalCluster) and runs the scenario of tests/e2e/test_chaos.py for `--duration`
-seconds: it keeps `--jobs` 2-replica jobs of the trainer's tiny model training (a new one starts
-when one finishes; every other job does not avoid faulty nodes, so node faults keep finding
-targets), next to one uninterrupted reference job per config, under two `python -m controller`
-replicas with leader election, while a seeded injector picks a fault every `--gap` seconds
-(uniform) from: rank SIGKILL, eviction, node NotReady, device-fault ConfigMap, SIGKILL of the
-leader replica, kube-apiserver restart (SIGTERM or SIGKILL). Then it waits for every job to
-finish, checks the rules of tests/e2e/test_chaos.py and prints the figures. Exit code 1 on any
-violation.
+seconds: it keeps `--jobs` 2-replica jobs of the trainer's tiny model training (ranks alone, or
+one data-parallel gang with `--parallel`; a new one starts when one finishes; every other job does
+not avoid faulty nodes, so node faults keep finding targets), next to one uninterrupted reference
+job per config, under two `python -m controller` replicas with leader election, while a seeded
+injector picks a fault every `--gap` seconds (uniform) from: rank SIGKILL, eviction, node
+NotReady, device-fault ConfigMap, SIGKILL of the leader replica, kube-apiserver restart (SIGTERM or
+SIGKILL). Then it waits for every job to finish, checks the rules of tests/e2e/test_chaos.py and
+prints the figures. Exit code 1 on any violation.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each job (49 steps each)")
     parser.add_argument("--gap", type=float, nargs=2, default=(4.0, 12.0), help="seconds between faults")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--parallel", action="store_true", help="data-parallel jobs (use_parallel: MindSpore collectives)"
+    )
     parser.add_argument("--workdir", type=Path, default=REPO / ".devcluster" / "chaos")
     args = parser.parse_args()
     # Stopped by a signal, still tear the cluster down (a background job starts with SIGINT ignored).
@@ -80,7 +83,7 @@ def main() -> int:
             soak.start()
             configs = {"c0": 11, "c1": 12}
             for name, seed in configs.items():
-                soak.add_config(name, run_config(seed=seed, epochs=args.epochs))
+                soak.add_config(name, run_config(seed=seed, epochs=args.epochs, parallel=args.parallel))
             numbers = itertools.count()
             cycle = itertools.cycle(configs)
 

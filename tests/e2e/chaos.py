@@ -55,14 +55,14 @@ DEVICE_INFO = {
 }
 
 
-def run_config(seed: int, epochs: int) -> dict[str, Any]:
+def run_config(seed: int, epochs: int, *, parallel: bool = False) -> dict[str, Any]:
     """The e2e test's run.yaml with another seed and length; a checkpoint every step.
 
     The shipped corpus makes 49 steps per epoch at 2 ranks; the LR schedule spans the whole run.
-    The ranks train alone (no `use_parallel`), so on a loaded machine one runs ahead of the other
-    by ten steps and more: keeping 20 checkpoints lets them share a complete step early on (the
-    trainer never prunes the newest complete one afterwards), so a restart does not go back to
-    step 0.
+    By default the ranks train alone (no `use_parallel`), so on a loaded machine one runs ahead of
+    the other by ten steps and more: keeping 20 checkpoints lets them share a complete step early on
+    (the trainer never prunes the newest complete one afterwards), so a restart does not go back to
+    step 0. `parallel` makes them one data-parallel gang (MindSpore collectives).
     """
     (monitor,) = RUN_YAML["callbacks"]
     return {
@@ -72,6 +72,7 @@ def run_config(seed: int, epochs: int) -> dict[str, Any]:
         "callbacks": [{**monitor, "keep_checkpoint_max": 20}],
         "lr_schedule": {**RUN_YAML["lr_schedule"], "total_steps": -1},
         "train_dataset": {"data_loader": {"type": "TextDataset"}},
+        "use_parallel": parallel,
     }
 
 
