@@ -30,6 +30,7 @@ log = logging.getLogger("trainer_image")
 
 STEP_LIMIT_FLOOR = 5.0  # seconds a step may still take after SIGTERM, before any slack for slow steps
 STEP_LIMIT_FACTOR = 2.0  # ... plus this many times the slowest step seen (not the first: it compiles)
+_QUIT = b"\xff"  # not a signal number: tells the watcher to end
 
 
 class StopRequest:
@@ -49,6 +50,7 @@ class StopRequest:
         self._started_at = 0.0
         self._previous: tuple[Any, int] | None = None
         self._sockets: tuple[socket.socket, socket.socket] | None = None
+        self._watcher: threading.Thread | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self._request(signum)
@@ -88,7 +90,8 @@ class StopRequest:
             signal.signal(signal.SIGTERM, self),
             signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False),
         )
-        threading.Thread(target=self._watch, name="stop-watcher", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, name="stop-watcher", daemon=True)
+        self._watcher.start()
 
     def uninstall(self) -> None:
         if self._previous is None or self._sockets is None:
@@ -97,8 +100,12 @@ class StopRequest:
         signal.set_wakeup_fd(wakeup_fd)
         signal.signal(signal.SIGTERM, handler)
         self._previous = None
+        # End the watcher before closing: a recv on a closed, reused fd would read someone else's.
+        self._sockets[1].send(_QUIT)
+        if self._watcher is not None:
+            self._watcher.join()
         for sock in self._sockets:
-            sock.close()  # ends the watcher's recv
+            sock.close()
 
     def _watch(self) -> None:
         assert self._sockets is not None
@@ -108,7 +115,7 @@ class StopRequest:
                 data = reader.recv(64)
             except OSError:
                 return
-            if not data:
+            if not data or _QUIT in data:
                 return
             if signal.SIGTERM in data:
                 break

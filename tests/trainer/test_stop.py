@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 from trainer_image.contract import ExitCode
 from trainer_image.stop import STEP_LIMIT_FACTOR, STEP_LIMIT_FLOOR, StopRequest
@@ -66,3 +67,15 @@ def test_the_limit_grows_with_the_slowest_step_but_not_the_compiling_first() -> 
         now[0] += took
         stop.end_step()
     assert stop.step_limit() == STEP_LIMIT_FLOOR + STEP_LIMIT_FACTOR * 2.0
+
+
+def test_uninstall_restores_the_handler_and_ends_the_watcher() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    for _ in range(2):  # the Python API may train twice in one process
+        stop = StopRequest()
+        stop.install()
+        installed = signal.getsignal(signal.SIGTERM)
+        stop.uninstall()
+        assert installed is stop
+        assert signal.getsignal(signal.SIGTERM) is before
+    assert not [t for t in threading.enumerate() if t.name == "stop-watcher"]
