@@ -105,7 +105,7 @@ class Reconciler:
         self._metrics.seen_namespace(job.namespace)
         if self._checkpoints is not None:
             self._checkpoints.track(key, job.spec.output_dir, job.spec.replicas)
-            if not job.status.phase.terminal and any(_exited(p) for p in pods):
+            if not job.status.phase.terminal and _attempt_ending(pods):
                 # A trainer commits before it exits, but its last events may still be in the
                 # observer's queue: read the disk so the terminal status and the failure's
                 # steps lost see that commit.
@@ -200,5 +200,8 @@ def node_state(node: dict[str, Any]) -> NodeState:
     return NodeState(False, None)
 
 
-def _exited(pod: dict[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+def _attempt_ending(pods: list[dict[str, Any]]) -> bool:
+    """A pod failed or every pod succeeded. Not one rank done ahead of the others: that can last
+    the whole run, and the observer's events serve it."""
+    phases = [(p.get("status") or {}).get("phase") for p in pods]
+    return "Failed" in phases or (bool(phases) and all(ph == "Succeeded" for ph in phases))
