@@ -487,6 +487,14 @@ class ChaosSoak:
 
     # -- faults ---------------------------------------------------------------------------------
 
+    def _unhit_first(self, pods: list[str]) -> list[str]:
+        """The pods of attempts no landed fault has hit yet, if there are any. A second fault on an
+        attempt that is already failing changes nothing: the first decides whether the restart
+        counts, so both kinds of restart are exercised only when faults spread over attempts."""
+        hit = {(job, attempt) for f in self.faults if f.landed for job, attempt, _ in f.hits}
+        fresh = [p for p in pods if (pod_job(p), pod_attempt(p)) not in hit]
+        return fresh or pods
+
     def inject(self, kind: str) -> Fault:
         now = time.monotonic()
         if kind == "kill":
@@ -497,7 +505,8 @@ class ChaosSoak:
             ]
             if not records:
                 return Fault(kind, now, "", False, note="no live rank")
-            r = self.rng.choice(sorted(records, key=lambda r: r.pod))
+            fresh = self._unhit_first([r.pod for r in records])
+            r = self.rng.choice(sorted((r for r in records if r.pod in fresh), key=lambda r: r.pod))
             try:
                 faults.kill(self.state, self.namespace, r.pod)
             except (faults.FaultError, ProcessLookupError) as exc:
@@ -507,7 +516,7 @@ class ChaosSoak:
             live = sorted(p["metadata"]["name"] for p in self.live_chaos_pods())
             if not live:
                 return Fault(kind, now, "", False, note="no live pod")
-            pod = self.rng.choice(live)
+            pod = self.rng.choice(self._unhit_first(live))
             try:
                 faults.evict(self.namespace, pod, kubeconfig=str(self.kubeconfig))
             except faults.FaultError as exc:
