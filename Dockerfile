@@ -49,8 +49,8 @@ FROM runtime AS controller
 LABEL org.opencontainers.image.title="respawn controller" \
       org.opencontainers.image.description="Restarts TrainingJobs from their last complete checkpoint"
 COPY --from=controller-venv /opt/venv /opt/venv
-# The controller shares the trainer's contract and checkpoint resolver (trainer_image/).
-COPY trainer_image/ trainer_image/
+# The protocol package is all the controller shares with the trainer: no trainer, no MindSpore.
+COPY respawn_protocol/ respawn_protocol/
 COPY controller/ controller/
 USER 65532:65532
 EXPOSE 8081
@@ -66,6 +66,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=trainer-venv /opt/venv /opt/venv
+COPY respawn_protocol/ respawn_protocol/
 COPY trainer_image/ trainer_image/
 USER 65532:65532
 # MindSpore writes logs and compile caches under the working directory: the user's own.

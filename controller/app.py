@@ -14,17 +14,17 @@ from typing import Any
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
-from controller.api.constants import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
+from controller.adapters.checkpoint_observer import CheckpointObserver
+from controller.adapters.kubewriter import Conflict, KubeWriter
+from controller.adapters.metrics import JobSample, Metrics
+from controller.adapters.reconcile_pass import POD_BY_JOB, POD_BY_NODE, Caches, Reconciler, node_state
 from controller.api.types import parse_status
-from controller.checkpoints import CheckpointObserver
-from controller.devicefaults import CONFIGMAP_NAMESPACE
-from controller.kube import Conflict, KubeWriter
-from controller.metrics import JobSample, Metrics
-from controller.reconciler import POD_BY_JOB, POD_BY_NODE, Caches, Reconciler, node_state
+from controller.core.devicefaults import CONFIGMAP_NAMESPACE
 from controller.runtime.health import HealthServer, informer_checks
 from controller.runtime.informer import Informer, index_by_field, index_by_label, object_key
 from controller.runtime.leader import LeaderElector
 from controller.runtime.workqueue import WorkQueue
+from respawn_protocol.crd import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_image.steplog import read_steps
+from respawn_protocol.steplog import read_steps
 
 
 @dataclass

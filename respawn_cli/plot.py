@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from respawn_cli import history
-from trainer_image.steplog import effective_steps, read_steps
+from respawn_protocol.steplog import effective_steps, read_steps
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from typing import Any
 
 from kubernetes import client
 
-from controller.api.constants import GROUP, PLURAL, VERSION
 from respawn_cli import history
-from trainer_image.meta import MetaError, read_meta
-from trainer_image.resolve import last_complete
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
+from respawn_protocol.meta import MetaError, read_meta
+from respawn_protocol.resolve import last_complete
 
-# Messages written by controller/reconcile/decide.py.
+# Messages written by controller/core/decide.py.
 _RESTARTING = re.compile(
     r"^(?P<reason>\S+) on (?P<pod>\S+): (?P<message>.*); restart (?P<kind>counted|not counted), "
     r"attempt (?P<next>\d+) in "

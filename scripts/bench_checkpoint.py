@@ -89,10 +89,10 @@ def disk_bandwidth(directory: Path, size: int) -> tuple[float, float]:
 
 class Bench:
     def __init__(self, workdir: Path) -> None:
-        from trainer_image.backend import Backend
+        from trainer_image.checkpoint.progress import Progress
         from trainer_image.config import parse_config
-        from trainer_image.data import build_stream
-        from trainer_image.progress import Progress
+        from trainer_image.training.backend import Backend
+        from trainer_image.training.data import build_stream
 
         self.workdir = workdir
         self.config = parse_config({**CONFIG, "output_dir": str(workdir / "unused")})
@@ -120,7 +120,7 @@ class Bench:
         return time.perf_counter() - t0
 
     def checkpointer(self, name: str, fmt: str, async_save: bool) -> Any:
-        from trainer_image.checkpointer import Checkpointer
+        from trainer_image.checkpoint.checkpointer import Checkpointer
         from trainer_image.config import CheckpointMonitor
 
         monitor = CheckpointMonitor(

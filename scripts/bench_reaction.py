@@ -24,10 +24,10 @@ from kubernetes import client, config, watch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.api.constants import GROUP, LABEL_JOB, PLURAL, VERSION  # noqa: E402
 from controller.app import Controller, Settings  # noqa: E402
 from devcluster.controlplane import ControlPlane  # noqa: E402
 from devcluster.crds import apply_crds  # noqa: E402
+from respawn_protocol.crd import GROUP, LABEL_JOB, PLURAL, VERSION  # noqa: E402
 
 NS = "bench"
 

@@ -31,9 +31,9 @@ from kubernetes import client, config, watch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.api.constants import GROUP, LABEL_MANAGED_BY, PLURAL, VERSION  # noqa: E402
 from devcluster.controlplane import ControlPlane, free_port  # noqa: E402
 from devcluster.crds import apply_crds  # noqa: E402
+from respawn_protocol.crd import GROUP, LABEL_MANAGED_BY, PLURAL, VERSION  # noqa: E402
 
 NS = "scale"
 SCHEDULER = "played-by-the-benchmark"

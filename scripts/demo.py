@@ -24,10 +24,10 @@ from kubernetes import client
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from controller.api.constants import GROUP, PLURAL, VERSION  # noqa: E402
 from devcluster.controlplane import free_port  # noqa: E402
 from devcluster.local import LocalCluster  # noqa: E402
-from trainer_image.steplog import read_steps  # noqa: E402
+from respawn_protocol.crd import GROUP, PLURAL, VERSION  # noqa: E402
+from respawn_protocol.steplog import read_steps  # noqa: E402
 
 NAMESPACE = "demo"
 JOB = "tiny-llama"

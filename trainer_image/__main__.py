@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from trainer_image.contract import ExitCode, parse_resume_training
+from respawn_protocol.contract import ExitCode, parse_resume_training
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

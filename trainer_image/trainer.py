@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer_image import contract
+from respawn_protocol import contract
 from trainer_image.config import TrainerConfig, load_yaml, parse_config, set_dotted, to_dict
-from trainer_image.loop import Outcome, run
-from trainer_image.stop import StopRequest
+from trainer_image.training.loop import Outcome, run
+from trainer_image.training.stop import StopRequest
 
 
 @dataclass

@@ -1,20 +1,9 @@
-"""Names shared by the CRD, the controller and its tests."""
+"""The controller's own names: phases, actions, failure reasons, conditions, volume defaults.
+The API's group, version and labels are in `respawn_protocol.crd`."""
 
 from __future__ import annotations
 
 import enum
-
-GROUP = "training.respawn.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "TrainingJob"
-PLURAL = "trainingjobs"
-
-LABEL_JOB = f"{GROUP}/job-name"
-LABEL_ATTEMPT = f"{GROUP}/attempt"
-LABEL_RANK = f"{GROUP}/rank"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "respawn"
 
 SHARED_VOLUME_NAME = "respawn-shared"
 DEFAULT_MOUNT_PATH = "/mnt/shared"

@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from trainer_image.meta import Meta, Record, meta_path
+from respawn_protocol.meta import Meta, Record, meta_path
 
 
 def loss_at(step: int) -> float:

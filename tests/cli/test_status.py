@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from controller.api.constants import GROUP, PLURAL, VERSION
-from controller.kube import KubeWriter
+from controller.adapters.kubewriter import KubeWriter
 from respawn_cli.__main__ import main
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
 
 from .conftest import commit, write_steps
 
@@ -35,7 +35,7 @@ STATUS: dict[str, Any] = {
     "lastCompleteCheckpoint": {"step": 30, "epoch": 1, "file": "e2e_rank_0-1_30.ckpt"},
 }
 
-# The controller's messages (controller/reconcile/decide.py), in the order it writes them.
+# The controller's messages (controller/core/decide.py), in the order it writes them.
 EVENTS = [
     ("Normal", "AttemptCreated", "attempt 0: 2 workers"),
     (

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from controller.api.constants import GROUP, LABEL_ATTEMPT, LABEL_JOB, PLURAL, VERSION
+from controller.adapters.kubewriter import KubeWriter
 from controller.app import Controller, Settings
-from controller.kube import KubeWriter
+from respawn_protocol.crd import GROUP, LABEL_ATTEMPT, LABEL_JOB, PLURAL, VERSION
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:

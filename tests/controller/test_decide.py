@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from controller.api.constants import LABEL_ATTEMPT, LABEL_RANK, Action, Phase, Reason
+from controller.api.constants import Action, Phase, Reason
 from controller.api.types import CheckpointRef, InvalidSpec, parse_job, status_to_dict
-from controller.reconcile.decide import backoff_seconds, decide
-from controller.reconcile.observations import NodeState, Observations, format_time
-from trainer_image.contract import ExitCode
+from controller.core.decide import backoff_seconds, decide
+from controller.core.observations import NodeState, Observations, format_time
+from respawn_protocol.contract import ExitCode
+from respawn_protocol.crd import LABEL_ATTEMPT, LABEL_RANK
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 

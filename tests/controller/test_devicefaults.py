@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from controller.devicefaults import faults_by_node, node_faults
+from controller.core.devicefaults import faults_by_node, node_faults
 
 
 def configmap(name: str, data: dict[str, str]) -> dict:

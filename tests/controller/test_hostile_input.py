@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from controller.api.constants import GROUP, PLURAL, VERSION
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
 
 VALID: dict[str, Any] = {
     "apiVersion": f"{GROUP}/{VERSION}",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.api.types import parse_job
-from controller.reconcile.podspec import worker_pod
+from controller.core.podspec import worker_pod
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE: dict[str, Any] = {

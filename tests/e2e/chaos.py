@@ -33,10 +33,10 @@ from typing import Any
 import yaml
 from kubernetes import client, config, watch
 
-from controller.api.constants import GROUP, LABEL_JOB, PLURAL, VERSION
 from devcluster import faults
 from devcluster.controlplane import ControlPlane, free_port
 from devcluster.statedir import StateDir
+from respawn_protocol.crd import GROUP, LABEL_JOB, PLURAL, VERSION
 from tests.e2e.test_trainingjob_e2e import RUN_YAML, losses, training_job
 
 LABEL_ATTEMPT = "training.respawn.dev/attempt"

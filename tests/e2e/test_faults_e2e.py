@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from controller.api.constants import GROUP, LABEL_JOB, PLURAL, VERSION
 from controller.app import Controller, Settings
+from respawn_protocol.crd import GROUP, LABEL_JOB, PLURAL, VERSION
 from tests.e2e.test_trainingjob_e2e import job_status, wait_for
 from tests.fixtures.nodeagent import NodeAgentHandle
 

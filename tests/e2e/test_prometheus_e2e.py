@@ -28,10 +28,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from controller.api.constants import GROUP, PLURAL, VERSION
 from controller.app import Controller
 from devcluster.controlplane import free_port
 from respawn_cli.__main__ import main as respawn
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from tests.e2e import test_trainingjob_e2e as base
 from tests.e2e.test_trainingjob_e2e import job_status
 from tests.fixtures.nodeagent import NodeAgentHandle
@@ -53,7 +53,7 @@ GRAFANA_VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "5
 WORKER = r"""
 import hashlib, json, os, sys, time
 from pathlib import Path
-from trainer_image.meta import Meta, Record, meta_path, read_meta
+from respawn_protocol.meta import Meta, Record, meta_path, read_meta
 
 out = Path(os.environ["RESPAWN_OUTPUT_DIR"])
 rank, attempt = int(os.environ["RESPAWN_RANK"]), int(os.environ["RESPAWN_ATTEMPT"])

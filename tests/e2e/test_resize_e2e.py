@@ -17,8 +17,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from controller.api.constants import GROUP, PLURAL, VERSION
 from controller.app import Controller
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from tests.e2e import test_trainingjob_e2e as base
 from tests.e2e.test_trainingjob_e2e import RUN_YAML, job_status, losses, training_job, wait_for
 from tests.fixtures.nodeagent import NodeAgentHandle

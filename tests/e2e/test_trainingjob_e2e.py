@@ -18,11 +18,11 @@ import pytest
 import yaml
 from kubernetes import client
 
-from controller.api.constants import GROUP, PLURAL, VERSION
 from controller.app import Controller, Settings
 from devcluster.faults import FaultError
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
+from respawn_protocol.steplog import read_steps
 from tests.fixtures.nodeagent import NodeAgentHandle
-from trainer_image.steplog import read_steps
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

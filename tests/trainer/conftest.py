@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainer_image.steplog import effective_steps, read_steps
+from respawn_protocol.steplog import effective_steps, read_steps
 
 REPO = Path(__file__).resolve().parents[2]
 PROCESS_TIMEOUT = 120.0

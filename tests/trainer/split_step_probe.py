@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from mindspore import Tensor
 
-from trainer_image.backend import Backend
 from trainer_image.config import parse_config
-from trainer_image.data import build_stream
+from trainer_image.training.backend import Backend
+from trainer_image.training.data import build_stream
 
 
 def fused_step(backend: Backend, batch: np.ndarray) -> list[Any]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from respawn_protocol.layout import StepKey
+from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import parse_config
-from trainer_image.layout import StepKey
-from trainer_image.loop import load_start
-from trainer_image.parallel import split_owners
-from trainer_image.progress import Progress
+from trainer_image.training.loop import load_start
+from trainer_image.training.parallel import split_owners
 
 
 class FakeBackend:

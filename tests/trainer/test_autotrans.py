@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from trainer_image.contract import ExitCode
-from trainer_image.steplog import effective_steps
+from respawn_protocol.contract import ExitCode
+from respawn_protocol.steplog import effective_steps
 
 from .conftest import TrainerProcess, step_lines, tiny_config, tree, write_config
 from .test_parallel import WAIT, _Launcher, start_gang
@@ -166,7 +166,7 @@ def test_one_rank_resumes_on_two(
 
 def test_ranks_get_interleaved_shares_of_the_one_rank_stream(tmp_path: Path) -> None:
     from trainer_image.config import parse_config
-    from trainer_image.data import build_stream
+    from trainer_image.training.data import build_stream
 
     def first_batches(world: int, batch: int, rank: int) -> Any:
         c = parse_config(config(tmp_path, batch))

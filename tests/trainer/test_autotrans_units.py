@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
-from trainer_image.layout import StepKey
-from trainer_image.merge import (
+from respawn_protocol.layout import StepKey
+from respawn_protocol.meta import Meta, Record, meta_path, read_meta
+from respawn_protocol.resolve import ResolveError, last_complete, resolve
+from trainer_image.checkpoint.merge import (
     UNIFIED_DIR,
     MergeError,
     read_unified_meta,
@@ -21,11 +23,9 @@ from trainer_image.merge import (
     strategy_path,
     unify,
 )
-from trainer_image.meta import Meta, Record, meta_path, read_meta
-from trainer_image.parallel import scheduler_ip
-from trainer_image.progress import Progress
-from trainer_image.rescale import rescale_progress, rescale_steps
-from trainer_image.resolve import ResolveError, last_complete, resolve
+from trainer_image.checkpoint.progress import Progress
+from trainer_image.checkpoint.rescale import rescale_progress, rescale_steps
+from trainer_image.training.parallel import scheduler_ip
 
 # ------------------------------------------------------------------------------------------- resolver
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer_image import contract
+from respawn_protocol import contract
+from respawn_protocol.contract import ExitClass, ExitCode, classify_exit
 from trainer_image.config import CheckpointMonitor, ConfigError, LossMonitor, parse_config
-from trainer_image.contract import ExitClass, ExitCode, classify_exit
 from trainer_image.trainer import Trainer, TrainingArguments, build_config, env_overrides
 
 from .conftest import REPO, tiny_config
@@ -114,9 +114,12 @@ def test_exit_code_contract() -> None:
         assert classify_exit(code) is ExitClass.RETRYABLE
 
 
-def test_controller_imports_stay_light() -> None:
+def test_controller_and_cli_load_neither_the_trainer_nor_mindspore() -> None:
     code = (
-        "import sys, trainer_image, trainer_image.contract, trainer_image.resolve, trainer_image.steplog; "
-        "assert 'mindspore' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)"
+        "import sys, trainer_image, controller.app, respawn_cli.status, respawn_protocol.resolve, "
+        "respawn_protocol.steplog; "
+        "loaded = {m.split('.')[0] for m in sys.modules}; "
+        "assert not loaded & {'mindspore', 'numpy'}, sorted(loaded); "
+        "assert [m for m in sys.modules if m.startswith('trainer_image.')] == [], sorted(sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

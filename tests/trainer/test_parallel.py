@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from devcluster.controlplane import free_port
-from trainer_image.contract import ExitCode
-from trainer_image.steplog import effective_steps
+from respawn_protocol.contract import ExitCode
+from respawn_protocol.steplog import effective_steps
 
 from .conftest import TrainerProcess, step_lines, tiny_config, wait_until, write_config
 

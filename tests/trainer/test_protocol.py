@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer_image.checkpointer import Checkpointer
+from respawn_protocol.layout import StepKey, in_family, next_run_prefix, parse_name, substitute_rank
+from respawn_protocol.meta import read_meta
+from respawn_protocol.resolve import resolve
+from respawn_protocol.steplog import StepLog, effective_steps, read_steps
+from trainer_image.checkpoint.checkpointer import Checkpointer
+from trainer_image.checkpoint.faults import FaultPlan
+from trainer_image.checkpoint.progress import Progress
+from trainer_image.checkpoint.snapshot import Snapshot
 from trainer_image.config import CheckpointFormat, CheckpointMonitor
-from trainer_image.faults import FaultPlan
-from trainer_image.layout import StepKey, in_family, next_run_prefix, parse_name, substitute_rank
-from trainer_image.meta import read_meta
-from trainer_image.progress import Progress
-from trainer_image.resolve import resolve
-from trainer_image.snapshot import Snapshot
-from trainer_image.steplog import StepLog, effective_steps, read_steps
 
 
 class FakeBackend:

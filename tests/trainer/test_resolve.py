@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer_image.layout import StepKey
-from trainer_image.meta import Meta, Record, meta_path
-from trainer_image.resolve import Check, ResolveError, last_complete, resolve
+from respawn_protocol.layout import StepKey
+from respawn_protocol.meta import Meta, Record, meta_path
+from respawn_protocol.resolve import Check, ResolveError, last_complete, resolve
 
 from .conftest import tree
 

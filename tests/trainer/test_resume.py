@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from trainer_image.contract import ExitCode
-from trainer_image.meta import read_meta
+from respawn_protocol.contract import ExitCode
+from respawn_protocol.meta import read_meta
 
 from .conftest import (
     REPO,

@@ -9,15 +9,15 @@ import sys
 import textwrap
 import threading
 
-from trainer_image.contract import ExitCode
-from trainer_image.stop import STEP_LIMIT_FACTOR, STEP_LIMIT_FLOOR, StopRequest
+from respawn_protocol.contract import ExitCode
+from trainer_image.training.stop import STEP_LIMIT_FACTOR, STEP_LIMIT_FLOOR, StopRequest
 
 from .conftest import REPO
 
 # The child reports "ready" once inside its step, then the test sends SIGTERM.
 CHILD = """
 import os, sys, time
-from trainer_image.stop import StopRequest
+from trainer_image.training.stop import StopRequest
 stop = StopRequest()
 stop.install()
 assert stop.begin_step()

@@ -12,13 +12,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from respawn_protocol.layout import StepKey, checkpoint_root, step_log_path
+from respawn_protocol.resolve import Check, Resolution, ResolveError, resolve
+from respawn_protocol.steplog import StepLog
+from trainer_image.checkpoint.progress import Progress
+from trainer_image.checkpoint.rescale import rescale_progress
 from trainer_image.config import ConfigError, TrainerConfig
-from trainer_image.layout import StepKey, checkpoint_root, step_log_path
-from trainer_image.progress import Progress
-from trainer_image.rescale import rescale_progress
-from trainer_image.resolve import Check, Resolution, ResolveError, resolve
-from trainer_image.steplog import StepLog
-from trainer_image.stop import StopRequest
+from trainer_image.training.stop import StopRequest
 
 log = logging.getLogger("trainer_image")
 
@@ -52,7 +52,7 @@ def run(
         )
     cluster = None
     if config.use_parallel and world_size > 1:
-        from trainer_image.parallel import Cluster
+        from trainer_image.training.parallel import Cluster
 
         cluster = Cluster.join(config, rank=rank, world_size=world_size, environ=os.environ)
     try:
@@ -80,9 +80,9 @@ def _train(
     started: float,
     attempt: int | None,
 ) -> Outcome:
-    from trainer_image.backend import Backend
-    from trainer_image.checkpointer import Checkpointer
-    from trainer_image.data import build_stream
+    from trainer_image.checkpoint.checkpointer import Checkpointer
+    from trainer_image.training.backend import Backend
+    from trainer_image.training.data import build_stream
 
     output_dir = Path(config.output_dir)
     imported = time.perf_counter()
@@ -221,7 +221,7 @@ def load_start(
     With `agree` (collectives across the gang), the ranks settle on the oldest of their answers
     before anyone loads, so every rank resumes from the same step. A step written by a gang of
     another size (auto_trans_ckpt) is merged first, by rank 0 while the others wait at `barrier`."""
-    from trainer_image.backend import CheckpointDamaged
+    from trainer_image.training.backend import CheckpointDamaged
 
     weights_only = config.resume_training is False
     exclude: set[Path] = set()
@@ -285,8 +285,8 @@ def _unified(
 ) -> Path:
     """The merged checkpoint of the resolved step (auto_trans_ckpt). Rank 0 merges; with a gang, the
     others wait for it and then take the merge it recorded, or fail with it."""
-    from trainer_image.backend import _read
-    from trainer_image.merge import UNIFIED_DIR, MergeError, reusable, unify, write_with_mindspore
+    from trainer_image.checkpoint.merge import UNIFIED_DIR, MergeError, reusable, unify, write_with_mindspore
+    from trainer_image.training.backend import _read
 
     assert resolution.key is not None
     output_dir = Path(config.output_dir)
@@ -327,7 +327,7 @@ def _keep_mask(
     """Dropout keep-mask for this rank's rows. Data-parallel ranks cut theirs from the mask of the
     whole global batch (rank r holds rows r, r + N, ... as the sharded sampler interleaves them), so
     the masks, like the samples, do not depend on how many ranks share a global batch."""
-    from trainer_image.model import dropout_keep
+    from trainer_image.training.model import dropout_keep
 
     if cluster is None:
         return dropout_keep(config.model, rows, config.seed, global_step)
@@ -374,8 +374,8 @@ def write_strategy(
     output_dir: Path, *, rank: int, world_size: int, saved: set[str], config: TrainerConfig
 ) -> None:
     """`output_dir/strategy/ckpt_strategy_rank_N.json`: what this rank's checkpoints hold."""
-    from trainer_image.commit import atomic_write_bytes
-    from trainer_image.merge import STRATEGY_DIR, strategy_body, strategy_path
+    from trainer_image.checkpoint.commit import atomic_write_bytes
+    from trainer_image.checkpoint.merge import STRATEGY_DIR, strategy_body, strategy_path
 
     directory = output_dir / STRATEGY_DIR
     directory.mkdir(parents=True, exist_ok=True)

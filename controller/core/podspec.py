@@ -10,7 +10,10 @@ import copy
 import posixpath
 from typing import Any
 
-from controller.api.constants import (
+from controller.api.constants import SHARED_VOLUME_NAME
+from controller.api.types import TrainingJob
+from respawn_protocol import contract
+from respawn_protocol.crd import (
     API_VERSION,
     KIND,
     LABEL_ATTEMPT,
@@ -18,10 +21,7 @@ from controller.api.constants import (
     LABEL_MANAGED_BY,
     LABEL_RANK,
     MANAGED_BY,
-    SHARED_VOLUME_NAME,
 )
-from controller.api.types import TrainingJob
-from trainer_image import contract
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 

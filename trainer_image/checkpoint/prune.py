@@ -10,8 +10,8 @@ import os
 from collections.abc import Collection
 from pathlib import Path
 
-from trainer_image.layout import in_family, parse_name
-from trainer_image.meta import Record
+from respawn_protocol.layout import in_family, parse_name
+from respawn_protocol.meta import Record
 
 
 def retained(

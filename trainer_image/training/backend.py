@@ -15,12 +15,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from trainer_image.checkpoint.progress import EXTRA_PREFIX, CheckpointMismatch, Progress
+from trainer_image.checkpoint.rescale import rescale_steps
+from trainer_image.checkpoint.snapshot import Snapshot
 from trainer_image.config import CheckpointFormat, LrSchedule, TrainerConfig
-from trainer_image.model import CausalLMLoss, build_model
-from trainer_image.parallel import split_owners
-from trainer_image.progress import EXTRA_PREFIX, CheckpointMismatch, Progress
-from trainer_image.rescale import rescale_steps
-from trainer_image.snapshot import Snapshot
+from trainer_image.training.model import CausalLMLoss, build_model
+from trainer_image.training.parallel import split_owners
 
 
 class CheckpointDamaged(RuntimeError):

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_image.contract import META_FILE
-from trainer_image.layout import StepKey
+from respawn_protocol.contract import META_FILE
+from respawn_protocol.layout import StepKey
 
 FORMAT_VERSION = 1
 

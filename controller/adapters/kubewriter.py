@@ -14,7 +14,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controller.api.constants import GROUP, PLURAL, VERSION
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from controller.api.constants import Action, Reason
 from controller.api.types import FailurePolicy, Rule
-from controller.reconcile.observations import Observations, parse_time
-from trainer_image.contract import ExitCode
+from controller.core.observations import Observations, parse_time
+from respawn_protocol.contract import ExitCode
 
 # Reasons that say nothing about the job itself: they restart it without using the budget.
 INFRASTRUCTURE = frozenset(

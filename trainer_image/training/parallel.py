@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from trainer_image import contract
+from respawn_protocol import contract
+from respawn_protocol.layout import StepKey
 from trainer_image.config import ConfigError, TrainerConfig
-from trainer_image.layout import StepKey
 
-log = logging.getLogger("trainer_image.parallel")
+log = logging.getLogger("trainer_image.training.parallel")
 
 _SCHEDULER = "from mindspore.communication import init; init()"
 _NO_STEP = (-1, -1)

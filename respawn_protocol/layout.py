@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer_image import contract
+from respawn_protocol import contract
 
 EXTENSIONS = ("ckpt", "safetensors")
 TEMP_PREFIX = ".tmp-"

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from controller.adapters.checkpoint_observer import CheckpointObserver
+from controller.adapters.kubewriter import KubeWriter
+from controller.adapters.metrics import Metrics
 from controller.api.constants import Condition, Phase, Reason
 from controller.api.types import InvalidSpec, TrainingJob, parse_job, parse_status, status_to_dict
-from controller.checkpoints import CheckpointObserver
-from controller.devicefaults import faults_by_node
-from controller.kube import KubeWriter
-from controller.metrics import Metrics
-from controller.reconcile.decide import decide, set_condition
-from controller.reconcile.observations import NodeState, Observations, parse_time
-from controller.reconcile.plan import Plan
+from controller.core.decide import decide, set_condition
+from controller.core.devicefaults import faults_by_node
+from controller.core.observations import NodeState, Observations, parse_time
+from controller.core.plan import Plan
 from controller.runtime.informer import Informer
 
 log = logging.getLogger(__name__)

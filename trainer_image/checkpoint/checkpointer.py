@@ -17,17 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from trainer_image.commit import (
-    atomic_write_bytes,
-    fsync_dir,
-    publish,
-    publish_and_digest,
-    remove_stale_temps,
-    temp_path,
-)
-from trainer_image.config import CheckpointFormat, CheckpointMonitor
-from trainer_image.faults import FaultPlan
-from trainer_image.layout import (
+from respawn_protocol.layout import (
     CheckpointName,
     StepKey,
     checkpoint_root,
@@ -36,11 +26,21 @@ from trainer_image.layout import (
     rank_dir,
     rank_prefix,
 )
-from trainer_image.meta import Meta, MetaError, Record, meta_path, read_meta
-from trainer_image.progress import Progress
-from trainer_image.prune import doomed, retained
-from trainer_image.resolve import Check, ResolveError, resolve
-from trainer_image.snapshot import Snapshot
+from respawn_protocol.meta import Meta, MetaError, Record, meta_path, read_meta
+from respawn_protocol.resolve import Check, ResolveError, resolve
+from trainer_image.checkpoint.commit import (
+    atomic_write_bytes,
+    fsync_dir,
+    publish,
+    publish_and_digest,
+    remove_stale_temps,
+    temp_path,
+)
+from trainer_image.checkpoint.faults import FaultPlan
+from trainer_image.checkpoint.progress import Progress
+from trainer_image.checkpoint.prune import doomed, retained
+from trainer_image.checkpoint.snapshot import Snapshot
+from trainer_image.config import CheckpointFormat, CheckpointMonitor
 
 log = logging.getLogger("trainer_image.checkpoint")
 

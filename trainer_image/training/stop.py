@@ -24,7 +24,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from trainer_image.contract import ExitCode
+from respawn_protocol.contract import ExitCode
 
 log = logging.getLogger("trainer_image")
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from trainer_image.commit import sha256_file
-from trainer_image.layout import (
+from respawn_protocol.digest import sha256_file
+from respawn_protocol.layout import (
     EXTENSIONS,
     StepKey,
     UnsafePath,
@@ -42,7 +42,7 @@ from trainer_image.layout import (
     safe_child,
     substitute_rank,
 )
-from trainer_image.meta import Meta, MetaError, Record, read_meta
+from respawn_protocol.meta import Meta, MetaError, Record, read_meta
 
 _MAX_SAFETENSORS_HEADER = 100 << 20
 

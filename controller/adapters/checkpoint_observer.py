@@ -34,9 +34,9 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from controller.api.types import CheckpointRef
-from controller.reconcile.observations import format_time
-from trainer_image import contract
-from trainer_image.resolve import ResolveError, last_complete
+from controller.core.observations import format_time
+from respawn_protocol import contract
+from respawn_protocol.resolve import ResolveError, last_complete
 
 log = logging.getLogger(__name__)
 _TAIL_BYTES = 8192

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from controller.api.constants import LABEL_ATTEMPT, LABEL_RANK, Action, Condition, Phase, Reason
+from controller.api.constants import Action, Condition, Phase, Reason
 from controller.api.types import FailureRecord, JobStatus, TrainingJob
-from controller.reconcile import failures, podspec
-from controller.reconcile.observations import Observations, format_time, parse_time
-from controller.reconcile.plan import Event, Plan, PodDeletion, Restart
+from controller.core import podspec
+from controller.core.observations import Observations, format_time, parse_time
+from controller.core.plan import Event, Plan, PodDeletion, Restart
+from controller.core.policy import failures
+from respawn_protocol.crd import LABEL_ATTEMPT, LABEL_RANK
 
 MAX_FAULTY_NODES = 16
 

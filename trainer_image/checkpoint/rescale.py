@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from trainer_image.progress import Progress
+from trainer_image.checkpoint.progress import Progress
 
 
 def rescale_steps(steps: int, *, old: int, new: int) -> int:

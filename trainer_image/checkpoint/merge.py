@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer_image.commit import atomic_write_bytes, fsync_dir, publish_and_digest, sha256_file, temp_path
+from respawn_protocol.digest import sha256_file
+from respawn_protocol.layout import TEMP_PREFIX, CheckpointName, StepKey
+from trainer_image.checkpoint.commit import atomic_write_bytes, fsync_dir, publish_and_digest, temp_path
+from trainer_image.checkpoint.progress import EXTRA_PREFIX
 from trainer_image.config import ConfigError
-from trainer_image.layout import TEMP_PREFIX, CheckpointName, StepKey
-from trainer_image.progress import EXTRA_PREFIX
 
-log = logging.getLogger("trainer_image.merge")
+log = logging.getLogger("trainer_image.checkpoint.merge")
 
 UNIFIED_DIR = "unified_checkpoint"
 STRATEGY_DIR = "strategy"

@@ -6,16 +6,13 @@ A file under its final name is therefore always complete and durable. A crash le
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from trainer_image.layout import TEMP_PREFIX
-
-_CHUNK = 8 << 20
+from respawn_protocol.digest import sha256_stream
+from respawn_protocol.layout import TEMP_PREFIX
 
 
 def temp_path(final: Path) -> Path:
@@ -58,20 +55,6 @@ def atomic_write_bytes(final: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, final)
     fsync_dir(final.parent)
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb", buffering=0) as f:
-        return sha256_stream(f)
-
-
-def sha256_stream(f: io.RawIOBase) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    while n := f.readinto(buf):
-        h.update(view[:n])
-    return h.hexdigest()
 
 
 def publish_and_digest(tmp: Path, final: Path) -> str:

@@ -1,0 +1,16 @@
+"""The TrainingJob API's identity and the labels the controller puts on a job's pods; the CRD in
+deploy/crds/ spells the same names."""
+
+from __future__ import annotations
+
+GROUP = "training.respawn.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+
+LABEL_JOB = f"{GROUP}/job-name"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_RANK = f"{GROUP}/rank"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "respawn"
