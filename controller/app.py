@@ -17,9 +17,10 @@ from prometheus_client import CollectorRegistry
 from controller.adapters.checkpoint_observer import CheckpointObserver
 from controller.adapters.kubewriter import Conflict, KubeWriter
 from controller.adapters.metrics import JobSample, Metrics
-from controller.adapters.reconcile_pass import POD_BY_JOB, POD_BY_NODE, Caches, Reconciler, node_state
+from controller.adapters.reconcile_pass import POD_BY_JOB, POD_BY_NODE, Caches, ReconcilePass
 from controller.api.types import parse_status
-from controller.core.devicefaults import CONFIGMAP_NAMESPACE
+from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX
+from controller.core.observations import node_state
 from controller.runtime.health import HealthServer, informer_checks
 from controller.runtime.informer import Informer, index_by_field, index_by_label, object_key
 from controller.runtime.leader import LeaderElector
@@ -68,7 +69,7 @@ class Controller:
             else None
         )
         self.writer = KubeWriter(api)
-        self.reconciler = Reconciler(
+        self.reconciler = ReconcilePass(
             caches=self.caches,
             writer=self.writer,
             metrics=self.metrics,
@@ -78,21 +79,7 @@ class Controller:
         self.health = HealthServer(
             host=settings.health_host, port=settings.health_port, registry=self.registry
         )
-        self.elector = (
-            LeaderElector(
-                api,
-                namespace=settings.lease_namespace,
-                name=settings.lease_name,
-                identity=settings.identity,
-                lease_duration=settings.lease_duration,
-                renew_deadline=settings.renew_deadline,
-                retry_period=settings.retry_period,
-                on_started_leading=self._start_workers,
-                on_stopped_leading=self._on_stopped_leading,
-            )
-            if settings.leader_election
-            else None
-        )
+        self.elector = self._elector(api, settings) if settings.leader_election else None
         self.metrics.watch_state(
             self._job_samples,
             lambda: len(self.queue),
@@ -102,6 +89,19 @@ class Controller:
         self._workers: list[threading.Thread] = []
 
     # -- wiring ------------------------------------------------------------------------------
+
+    def _elector(self, api: client.ApiClient, settings: Settings) -> LeaderElector:
+        return LeaderElector(
+            api,
+            namespace=settings.lease_namespace,
+            name=settings.lease_name,
+            identity=settings.identity,
+            lease_duration=settings.lease_duration,
+            renew_deadline=settings.renew_deadline,
+            retry_period=settings.retry_period,
+            on_started_leading=self._start_workers,
+            on_stopped_leading=self._on_stopped_leading,
+        )
 
     def _informers(self, api: client.ApiClient, settings: Settings) -> Caches:
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
@@ -163,8 +163,8 @@ class Controller:
 
     def _on_configmap(self, _type: str, cm: dict[str, Any], _old: dict[str, Any] | None) -> None:
         name = cm["metadata"]["name"]
-        if name.startswith("mindx-dl-deviceinfo-"):
-            for key in self._jobs_on_node(name[len("mindx-dl-deviceinfo-") :]):
+        if name.startswith(CONFIGMAP_PREFIX):
+            for key in self._jobs_on_node(name[len(CONFIGMAP_PREFIX) :]):
                 self.queue.add(key)
 
     def _requests(self) -> dict[str, int]:

@@ -34,7 +34,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from controller.api.types import CheckpointRef
-from controller.core.observations import format_time
+from controller.core.timefmt import format_time
 from respawn_protocol import contract
 from respawn_protocol.resolve import ResolveError, last_complete
 

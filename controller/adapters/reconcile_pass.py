@@ -1,10 +1,11 @@
-"""One reconcile pass for one job key: read caches, decide, apply, write status once, emit events.
+"""One reconcile pass for one job key: read caches, ask the core, carry out its plan in order.
 
 The pass is level-triggered: it never looks at which event woke it. Two guards make cached reads
 safe: expectations (after creating pods, wait until the pod cache shows them before deciding
 again, as client-go's ReplicaSet controller does) and a status overlay (after a status write,
 use the returned object until the job cache catches up). Both only avoid wasted passes; the
 resourceVersion on the status write is what prevents a stale decision from being applied.
+Nothing here decides: the plan's steps are applied as they come.
 """
 
 from __future__ import annotations
@@ -19,12 +20,21 @@ from typing import Any
 from controller.adapters.checkpoint_observer import CheckpointObserver
 from controller.adapters.kubewriter import KubeWriter
 from controller.adapters.metrics import Metrics
-from controller.api.constants import Condition, Phase, Reason
-from controller.api.types import InvalidSpec, TrainingJob, parse_job, parse_status, status_to_dict
-from controller.core.decide import decide, set_condition
+from controller.api.types import InvalidSpec, TrainingJob, parse_job, status_to_dict
+from controller.core.decide import decide, decide_invalid
 from controller.core.devicefaults import faults_by_node
-from controller.core.observations import NodeState, Observations, parse_time
-from controller.core.plan import Plan
+from controller.core.observations import NodeState, Observations, node_state
+from controller.core.plan import (
+    CreatePods,
+    DeletePod,
+    EmitEvent,
+    EnsureService,
+    Plan,
+    RecordRecovery,
+    RecordRestart,
+    WriteStatus,
+)
+from controller.core.policy.success import attempt_ending
 from controller.runtime.informer import Informer
 
 log = logging.getLogger(__name__)
@@ -47,7 +57,26 @@ class Caches:
     device_configmaps: Informer | None = None
 
 
-class Reconciler:
+@dataclass(frozen=True)
+class _Target:
+    """The job a plan is applied to, as the API knows it (a parsed job or, for an invalid spec, the body)."""
+
+    body: dict[str, Any]
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"].get("namespace", ""))
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class ReconcilePass:
     def __init__(
         self,
         *,
@@ -97,7 +126,7 @@ class Reconciler:
         try:
             job = parse_job(body)
         except InvalidSpec as exc:
-            self._mark_invalid(body, str(exc))
+            self._apply(_Target(body), decide_invalid(body.get("status") or {}, str(exc), self._now()))
             return None
         pods = self._caches.pods.by_index(POD_BY_JOB, key)
         if not self._expectations_met(key, pods):
@@ -105,13 +134,13 @@ class Reconciler:
         self._metrics.seen_namespace(job.namespace)
         if self._checkpoints is not None:
             self._checkpoints.track(key, job.spec.output_dir, job.spec.replicas)
-            if not job.status.phase.terminal and _attempt_ending(pods):
+            if not job.status.phase.terminal and attempt_ending(pods):
                 # A trainer commits before it exits, but its last events may still be in the
                 # observer's queue: read the disk so the terminal status and the failure's
                 # steps lost see that commit.
                 self._checkpoints.refresh(key)
         plan = decide(job, pods, self._observe(job, pods), self._now())
-        self._apply(job, plan)
+        self._apply(_Target(job.raw), plan)
         return plan.requeue_after
 
     def _expectations_met(self, key: str, pods: list[dict[str, Any]]) -> bool:
@@ -147,61 +176,28 @@ class Reconciler:
             last_step=snap.last_step,
         )
 
-    def _apply(self, job: TrainingJob, plan: Plan) -> None:
-        if plan.status is not None and plan.status_first:
-            self._write_status(job, status_to_dict(plan.status))
-        for deletion in plan.delete_pods:
-            self._writer.delete_pod(job.namespace, deletion.name, force=deletion.force)
-        if plan.ensure_service is not None:
-            self._writer.ensure_service(job.namespace, plan.ensure_service)
-        if plan.create_pods:
-            self._expectations[job.key] = _Expectation(
-                frozenset(p["metadata"]["name"] for p in plan.create_pods),
-                self._monotonic() + EXPECTATION_TIMEOUT,
-            )
-            for pod in plan.create_pods:
-                self._writer.create_pod(job.namespace, pod)
-        if plan.status is not None and not plan.status_first:
-            self._write_status(job, status_to_dict(plan.status))
-        for event in plan.events:
-            self._writer.emit_event(job.raw, type_=event.type, reason=event.reason, message=event.message)
-            log.info(event.message, extra={"job": job.key, "reason": event.reason})
-        if plan.restart is not None:
-            kind = "counted" if plan.restart.counted else "uncounted"
-            self._metrics.restarts.labels(job.namespace, job.name, plan.restart.reason, kind).inc()
-            if plan.restart.steps_lost is not None:
-                self._metrics.steps_lost.labels(job.namespace).observe(max(0, plan.restart.steps_lost))
-        if plan.recovered_after is not None:
-            self._metrics.time_to_recover.labels(job.namespace).observe(plan.recovered_after)
-
-    def _write_status(self, job: TrainingJob, status: dict[str, Any]) -> None:
-        new = self._writer.write_status(job.raw, status)
-        self._overlay[job.key] = (job.resource_version, new)
-
-    def _mark_invalid(self, body: dict[str, Any], message: str) -> None:
-        """An unusable spec fails the job once with a clear condition; it is not retried."""
-        status = parse_status(body.get("status") or {})
-        if status.phase is Phase.FAILED:
-            return
-        now = self._now()
-        conditions = set_condition(
-            status.conditions, Condition.FAILED, True, Reason.INVALID_SPEC, message, now
-        )
-        new = {**(body.get("status") or {}), "phase": Phase.FAILED.value, "conditions": list(conditions)}
-        self._writer.write_status(body, new)
-        self._writer.emit_event(body, type_="Warning", reason=Reason.INVALID_SPEC, message=message)
-
-
-def node_state(node: dict[str, Any]) -> NodeState:
-    for condition in (node.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            ready = condition.get("status") == "True"
-            return NodeState(ready, None if ready else parse_time(condition.get("lastTransitionTime")))
-    return NodeState(False, None)
-
-
-def _attempt_ending(pods: list[dict[str, Any]]) -> bool:
-    """A pod failed or every pod succeeded. Not one rank done ahead of the others: that can last
-    the whole run, and the observer's events serve it."""
-    phases = [(p.get("status") or {}).get("phase") for p in pods]
-    return "Failed" in phases or (bool(phases) and all(ph == "Succeeded" for ph in phases))
+    def _apply(self, job: _Target, plan: Plan) -> None:
+        for step in plan.steps:
+            match step:
+                case WriteStatus(status):
+                    new = self._writer.write_status(job.body, status_to_dict(status))
+                    self._overlay[job.key] = (job.body["metadata"].get("resourceVersion", ""), new)
+                case DeletePod(name, force):
+                    self._writer.delete_pod(job.namespace, name, force=force)
+                case EnsureService(body):
+                    self._writer.ensure_service(job.namespace, body)
+                case CreatePods(bodies):
+                    names = frozenset(p["metadata"]["name"] for p in bodies)
+                    self._expectations[job.key] = _Expectation(names, self._monotonic() + EXPECTATION_TIMEOUT)
+                    for pod in bodies:
+                        self._writer.create_pod(job.namespace, pod)
+                case EmitEvent(type_, reason, message):
+                    self._writer.emit_event(job.body, type_=type_, reason=reason, message=message)
+                    log.info(message, extra={"job": job.key, "reason": reason})
+                case RecordRestart(reason, counted, steps_lost):
+                    kind = "counted" if counted else "uncounted"
+                    self._metrics.restarts.labels(job.namespace, job.name, reason, kind).inc()
+                    if steps_lost is not None:
+                        self._metrics.steps_lost.labels(job.namespace).observe(max(0, steps_lost))
+                case RecordRecovery(seconds):
+                    self._metrics.time_to_recover.labels(job.namespace).observe(seconds)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import Any
 
 from controller.api.types import CheckpointRef
+from controller.core.timefmt import parse_time
 
 
 @dataclass(frozen=True)
@@ -27,16 +29,10 @@ class Observations:
     last_step: int | None = None
 
 
-def parse_time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def format_time(value: datetime) -> str:
-    # Sub-second precision: backoffs of zero or a few seconds must not round to the wrong side.
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def node_state(node: Mapping[str, Any]) -> NodeState:
+    """Readiness of a raw Node body; a node without a Ready condition is not ready."""
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            ready = condition.get("status") == "True"
+            return NodeState(ready, None if ready else parse_time(condition.get("lastTransitionTime")))
+    return NodeState(False, None)

@@ -1,29 +1,47 @@
-"""What one reconcile pass wants done: the output of `decide`, the input of `apply`."""
+"""What one reconcile pass wants done: an ordered list of steps, the output of the core and the
+input of the applier, which carries them out in order and decides nothing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from controller.api.types import JobStatus
 
 
 @dataclass(frozen=True)
-class PodDeletion:
+class DeletePod:
     name: str
     # Pods on a lost node never finish terminating: no kubelet is left to confirm.
     force: bool = False
 
 
 @dataclass(frozen=True)
-class Event:
+class EnsureService:
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CreatePods:
+    """One step for the gang, so the pass can expect all of its pods before deciding again."""
+
+    bodies: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class WriteStatus:
+    status: JobStatus
+
+
+@dataclass(frozen=True)
+class EmitEvent:
     type: str  # "Normal" | "Warning"
     reason: str
     message: str
 
 
 @dataclass(frozen=True)
-class Restart:
+class RecordRestart:
     """A restart decided in this pass, for metrics."""
 
     reason: str
@@ -31,20 +49,51 @@ class Restart:
     steps_lost: int | None
 
 
-@dataclass
+@dataclass(frozen=True)
+class RecordRecovery:
+    seconds: float  # from the failure seen to all workers of the next attempt running
+
+
+Step = DeletePod | EnsureService | CreatePods | WriteStatus | EmitEvent | RecordRestart | RecordRecovery
+S = TypeVar("S", DeletePod, EnsureService, CreatePods, WriteStatus, EmitEvent, RecordRestart, RecordRecovery)
+
+
+@dataclass(frozen=True)
 class Plan:
-    ensure_service: dict[str, Any] | None = None
-    create_pods: list[dict[str, Any]] = field(default_factory=list)
-    delete_pods: list[PodDeletion] = field(default_factory=list)
-    status: JobStatus | None = None
-    # A restart is recorded in status before the old attempt is deleted, so a controller that
-    # dies in between resumes the same restart instead of losing or double-counting it.
-    status_first: bool = False
-    events: list[Event] = field(default_factory=list)
-    requeue_after: float | None = None
-    restart: Restart | None = None
-    recovered_after: float | None = None  # seconds from failure seen to all workers running
+    steps: tuple[Step, ...] = ()
+    requeue_after: float | None = None  # look again after this many seconds without an event
 
     @property
     def empty(self) -> bool:
-        return not (self.ensure_service or self.create_pods or self.delete_pods or self.status or self.events)
+        return not self.steps
+
+    def of(self, kind: type[S]) -> list[S]:
+        return [s for s in self.steps if isinstance(s, kind)]
+
+    # Read-only views, for tests and logs.
+    @property
+    def status(self) -> JobStatus | None:
+        writes = self.of(WriteStatus)
+        return writes[-1].status if writes else None
+
+    @property
+    def create_pods(self) -> list[dict[str, Any]]:
+        return [body for step in self.of(CreatePods) for body in step.bodies]
+
+    @property
+    def delete_pods(self) -> list[DeletePod]:
+        return self.of(DeletePod)
+
+    @property
+    def ensure_service(self) -> dict[str, Any] | None:
+        services = self.of(EnsureService)
+        return services[-1].body if services else None
+
+    @property
+    def events(self) -> list[EmitEvent]:
+        return self.of(EmitEvent)
+
+    @property
+    def restart(self) -> RecordRestart | None:
+        restarts = self.of(RecordRestart)
+        return restarts[-1] if restarts else None

@@ -4,19 +4,24 @@ Detection finds every worker of the current attempt that is failing and why; the
 root cause (the other ranks usually die after it because the collective broke). Classification
 applies the user's rules first, then the defaults: infrastructure faults restart without using
 the budget, the trainer's permanent-error code fails the job, everything else uses the budget.
+What a trainer's exit code means comes from the protocol's `classify_exit`, the one source the
+trainer documents its codes in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from controller.api.constants import Action, Reason
-from controller.api.types import FailurePolicy, Rule
-from controller.core.observations import Observations, parse_time
-from respawn_protocol.contract import ExitCode
+from controller.api.types import FailurePolicy, JobStatus, Rule
+from controller.core import podspec
+from controller.core.context import Context
+from controller.core.pods import Pod, container_status, node_of, rank_of
+from controller.core.timefmt import parse_time
+from respawn_protocol.contract import ExitClass, classify_exit
 
 # Reasons that say nothing about the job itself: they restart it without using the budget.
 INFRASTRUCTURE = frozenset(
@@ -47,73 +52,125 @@ class Failure:
 class Verdict:
     failure: Failure
     action: Action
+    exhausted_budget: int | None = None  # a counted restart was due, but this budget was used up
 
     @property
     def counted(self) -> bool:
         return self.action is Action.RESTART_JOB
 
     @property
+    def reason(self) -> str:
+        return (
+            Reason.BUDGET_EXCEEDED.value if self.exhausted_budget is not None else self.failure.reason.value
+        )
+
+    @property
+    def message(self) -> str:
+        if self.exhausted_budget is not None:
+            return f"{self.failure.message}; restart budget of {self.exhausted_budget} exhausted"
+        return self.failure.message
+
+    @property
     def faulty_node(self) -> str | None:
         return self.failure.node if self.failure.reason in NODE_FAULTS else None
 
 
-def container_status(pod: Mapping[str, Any], container: str) -> Mapping[str, Any]:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == container:
-            return status
-    return {}
+def node_lost_in(pod: Pod, ctx: Context) -> tuple[float, datetime] | None:
+    """(seconds until the pod's NotReady node counts as lost, NotReady since); None if its node is
+    ready or unknown. At zero or below the node is lost: detection and the requeue deadline both
+    read this one answer."""
+    state = ctx.obs.nodes.get(node_of(pod))
+    if state is None or state.ready:
+        return None
+    since = state.not_ready_since or ctx.now
+    return ctx.policy.node_lost_timeout - (ctx.now - since).total_seconds(), since
 
 
-def _conditions(pod: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    return {c.get("type", ""): c for c in (pod.get("status") or {}).get("conditions") or []}
+def _exit_failure(exit_code: Any, trainer: str) -> tuple[Reason, str]:
+    meaning = classify_exit(exit_code) if isinstance(exit_code, int) else ExitClass.RETRYABLE
+    if meaning is ExitClass.PERMANENT:
+        return Reason.PERMANENT_ERROR, f"trainer exited {exit_code}: configuration or data error"
+    if meaning is ExitClass.STOPPED:
+        return Reason.STOPPED, "trainer checkpointed and stopped on request"
+    return Reason.ERROR, f"container {trainer} exited with code {exit_code}"
 
 
-def detect(
-    pod: Mapping[str, Any], *, trainer: str, obs: Observations, policy: FailurePolicy, now: datetime
-) -> Failure | None:
+def detect(pod: Pod, ctx: Context) -> Failure | None:
     """Why this worker pod of the current attempt is failing, or None if it is not."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    name, node = meta.get("name"), (pod.get("spec") or {}).get("nodeName")
-    conditions = _conditions(pod)
-    pairs = frozenset((t, c.get("status", "")) for t, c in conditions.items())
+    trainer = ctx.job.spec.trainer_container
+    conditions = {c.get("type", ""): c for c in status.get("conditions") or []}
     terminated = (container_status(pod, trainer).get("state") or {}).get("terminated") or {}
     exit_code = terminated.get("exitCode")
-    at = parse_time(terminated.get("finishedAt")) or now
-
-    def failure(reason: Reason, message: str, when: datetime = at) -> Failure:
-        return Failure(reason, message, when, name, node, exit_code, pairs)
+    base = Failure(
+        Reason.ERROR,
+        "",
+        parse_time(terminated.get("finishedAt")) or ctx.now,
+        meta.get("name"),
+        (pod.get("spec") or {}).get("nodeName"),
+        exit_code,
+        frozenset((t, c.get("status", "")) for t, c in conditions.items()),
+    )
 
     disruption = conditions.get("DisruptionTarget")
     if disruption and disruption.get("status") == "True":
         reason = _DISRUPTION_REASONS.get(disruption.get("reason", ""), Reason.EVICTED)
-        when = parse_time(disruption.get("lastTransitionTime")) or now
-        return failure(reason, disruption.get("message") or disruption.get("reason", "disrupted"), when)
+        message = disruption.get("message") or disruption.get("reason", "disrupted")
+        return replace(base, reason=reason, message=message, at=_when(disruption, ctx))
     phase = status.get("phase")
     if phase == "Failed":
         if status.get("reason") == "Evicted":
-            return failure(Reason.EVICTED, status.get("message", "evicted by the kubelet"))
+            return replace(
+                base, reason=Reason.EVICTED, message=status.get("message", "evicted by the kubelet")
+            )
         if terminated.get("reason") == "OOMKilled":
-            return failure(Reason.OOM_KILLED, f"container {trainer} was OOM-killed")
-        if exit_code == ExitCode.CONFIG_ERROR:
-            return failure(Reason.PERMANENT_ERROR, f"trainer exited {exit_code}: configuration or data error")
-        if exit_code == ExitCode.STOPPED:
-            return failure(Reason.STOPPED, "trainer checkpointed and stopped on request")
-        return failure(Reason.ERROR, f"container {trainer} exited with code {exit_code}")
+            return replace(base, reason=Reason.OOM_KILLED, message=f"container {trainer} was OOM-killed")
+        reason, message = _exit_failure(exit_code, trainer)
+        return replace(base, reason=reason, message=message)
     if phase == "Succeeded":
         return None
     if meta.get("deletionTimestamp"):
-        return failure(
-            Reason.POD_DELETED, "worker pod was deleted", parse_time(meta["deletionTimestamp"]) or now
+        at = parse_time(meta["deletionTimestamp"]) or ctx.now
+        return replace(base, reason=Reason.POD_DELETED, message="worker pod was deleted", at=at)
+    return _node_failure(pod, base, ctx)
+
+
+def _when(condition: dict[str, Any], ctx: Context) -> datetime:
+    return parse_time(condition.get("lastTransitionTime")) or ctx.now
+
+
+def _node_failure(pod: Pod, base: Failure, ctx: Context) -> Failure | None:
+    node = node_of(pod)
+    if not node:
+        return None
+    lost = node_lost_in(pod, ctx)
+    if lost is not None and lost[0] <= 0:
+        since = lost[1]
+        return replace(
+            base,
+            reason=Reason.NODE_LOST,
+            message=f"node {node} not ready since {since.isoformat()}",
+            at=since,
         )
-    if node:
-        state = obs.nodes.get(node)
-        if state is not None and not state.ready:
-            since = state.not_ready_since or now
-            if (now - since).total_seconds() >= policy.node_lost_timeout:
-                return failure(Reason.NODE_LOST, f"node {node} not ready since {since.isoformat()}", since)
-        if node in obs.device_faults:
-            return failure(Reason.DEVICE_FAULT, f"device fault on {node}: {obs.device_faults[node]}", now)
+    if node in ctx.obs.device_faults:
+        message = f"device fault on {node}: {ctx.obs.device_faults[node]}"
+        return replace(base, reason=Reason.DEVICE_FAULT, message=message, at=ctx.now)
     return None
+
+
+def missing_ranks(ctx: Context, status: JobStatus) -> list[Failure]:
+    """A rank of the current attempt whose pod is gone: deleted and already removed."""
+    replicas = status.replicas or ctx.job.spec.replicas
+    missing = sorted(set(range(replicas)) - {rank_of(p) for p in ctx.current})
+    if not missing:
+        return []
+    name = podspec.pod_name(ctx.job.name, status.attempt, missing[0])
+    return [Failure(Reason.POD_DELETED, f"worker rank {missing[0]} disappeared", ctx.now, name)]
+
+
+def find(ctx: Context, status: JobStatus) -> list[Failure]:
+    """Every failure of the current attempt: failing workers, then missing ranks."""
+    return [f for p in ctx.current if (f := detect(p, ctx))] + missing_ranks(ctx, status)
 
 
 def root_cause(failures: Sequence[Failure]) -> Failure | None:

@@ -3,90 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from controller.api.constants import Action, Phase, Reason
 from controller.api.types import CheckpointRef, InvalidSpec, parse_job, status_to_dict
-from controller.core.decide import backoff_seconds, decide
-from controller.core.observations import NodeState, Observations, format_time
+from controller.core.observations import NodeState, Observations
+from controller.core.plan import DeletePod, WriteStatus
+from controller.core.policy.restart import backoff_seconds
+from controller.core.timefmt import format_time
 from respawn_protocol.contract import ExitCode
-from respawn_protocol.crd import LABEL_ATTEMPT, LABEL_RANK
-
-NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
-
-
-def job(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
-    body_spec = {
-        "replicas": 2,
-        "template": {"spec": {"containers": [{"name": "trainer", "command": ["python"]}]}},
-        "sharedVolume": {
-            "volume": {"persistentVolumeClaim": {"claimName": "shared"}},
-            "mountPath": "/mnt/shared",
-        },
-        "failurePolicy": {"maxRestarts": 2, "backoff": {"initialSeconds": 10, "maxSeconds": 40}},
-        **spec,
-    }
-    return {
-        "metadata": {
-            "name": "llm",
-            "namespace": "team",
-            "uid": "u-1",
-            "generation": 1,
-            "resourceVersion": "7",
-        },
-        "spec": body_spec,
-        "status": status or {},
-    }
-
-
-def pod(
-    rank: int,
-    *,
-    attempt: int = 0,
-    phase: str = "Running",
-    exit_code: int | None = None,
-    reason: str | None = None,
-    node: str = "node-0",
-    conditions: list[dict[str, Any]] | None = None,
-    deleting: bool = False,
-    finished: datetime = NOW,
-) -> dict[str, Any]:
-    state: dict[str, Any] = {"running": {}}
-    if exit_code is not None:
-        state = {
-            "terminated": {
-                "exitCode": exit_code,
-                "reason": reason or "Error",
-                "finishedAt": format_time(finished),
-            }
-        }
-    meta: dict[str, Any] = {
-        "name": f"llm-a{attempt}-{rank}",
-        "labels": {LABEL_ATTEMPT: str(attempt), LABEL_RANK: str(rank)},
-    }
-    if deleting:
-        meta["deletionTimestamp"] = format_time(NOW)
-    return {
-        "metadata": meta,
-        "spec": {"nodeName": node},
-        "status": {
-            "phase": phase,
-            "conditions": conditions or [],
-            "containerStatuses": [{"name": "trainer", "state": state}],
-        },
-    }
-
-
-RUNNING = {"phase": "Running", "attempt": 0, "replicas": 2}
-
-
-def run(
-    body: dict[str, Any], pods: list[dict[str, Any]], obs: Observations | None = None, now: datetime = NOW
-):
-    return decide(parse_job(body), pods, obs or Observations(), now)
+from tests.support.core_inputs import NOW, RUNNING, job, pod, run
 
 
 def test_new_job_creates_service_and_every_rank() -> None:
@@ -151,7 +80,9 @@ def test_failures_restart_the_whole_gang(failed: dict[str, Any], reason: Reason,
     assert st is not None and st.phase is Phase.RESTARTING and st.attempt == 1
     assert st.last_failure is not None and st.last_failure.reason == reason.value
     assert (st.restarts, st.uncounted_restarts) == ((1, 0) if counted else (0, 1))
-    assert plan.status_first
+    # Recorded before the teardown: a controller that dies in between resumes the same restart.
+    assert isinstance(plan.steps[0], WriteStatus)
+    assert plan.steps.index(plan.of(WriteStatus)[0]) < min(plan.steps.index(d) for d in plan.of(DeletePod))
     assert {d.name for d in plan.delete_pods} >= {"llm-a0-0"}
     assert plan.requeue_after == 10
 

@@ -1,0 +1,68 @@
+"""Reading raw pod bodies: which attempt and rank a pod belongs to, its phase, its trainer's state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from controller.core.observations import Observations
+from controller.core.plan import DeletePod
+from respawn_protocol.crd import LABEL_ATTEMPT, LABEL_RANK
+
+Pod = Mapping[str, Any]
+
+
+def _label_int(pod: Pod, label: str) -> int | None:
+    value = ((pod.get("metadata") or {}).get("labels") or {}).get(label)
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def attempt_of(pod: Pod) -> int | None:
+    return _label_int(pod, LABEL_ATTEMPT)
+
+
+def rank_of(pod: Pod) -> int | None:
+    return _label_int(pod, LABEL_RANK)
+
+
+def name_of(pod: Pod) -> str:
+    return str(pod["metadata"]["name"])
+
+
+def node_of(pod: Pod) -> str:
+    return (pod.get("spec") or {}).get("nodeName") or ""
+
+
+def phase_of(pod: Pod) -> str | None:
+    return (pod.get("status") or {}).get("phase")
+
+
+def terminating(pod: Pod) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def container_status(pod: Pod, container: str) -> Mapping[str, Any]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == container:
+            return status
+    return {}
+
+
+def split_attempts(pods: Iterable[Pod], attempt: int) -> tuple[list[Pod], list[Pod]]:
+    """(pods of `attempt`, pods of any other attempt)."""
+    current: list[Pod] = []
+    older: list[Pod] = []
+    for pod in pods:
+        (current if attempt_of(pod) == attempt else older).append(pod)
+    return current, older
+
+
+def deletions(pods: Sequence[Pod], obs: Observations) -> list[DeletePod]:
+    """Delete what is not terminating yet; force what sits on a lost node, where it never would."""
+    out = []
+    for pod in pods:
+        node = node_of(pod)
+        lost = node in obs.nodes and not obs.nodes[node].ready
+        if not terminating(pod) or lost:
+            out.append(DeletePod(name_of(pod), force=lost))
+    return out

@@ -1,0 +1,61 @@
+"""Status conditions: which ones each transition sets, and when lastTransitionTime moves."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from controller.api.constants import Condition, Reason
+from controller.core.timefmt import format_time
+
+Conditions = tuple[dict[str, Any], ...]
+
+
+def set_condition(
+    conditions: Conditions, type_: Condition, status: bool, reason: str, message: str, now: datetime
+) -> Conditions:
+    """Upsert one condition; lastTransitionTime changes only when the status does."""
+    value = "True" if status else "False"
+    others = [c for c in conditions if c.get("type") != type_]
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    if previous is None or previous.get("status") != value:
+        transition = format_time(now)
+    else:
+        transition = previous.get("lastTransitionTime", format_time(now))
+    new = {
+        "type": type_.value,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition,
+    }
+    return (*others, new)
+
+
+def running(conditions: Conditions, attempt: int, now: datetime) -> Conditions:
+    conditions = set_condition(
+        conditions, Condition.RUNNING, True, "AllWorkersRunning", f"attempt {attempt}", now
+    )
+    return set_condition(conditions, Condition.RESTARTING, False, "AllWorkersRunning", "", now)
+
+
+def restarting(conditions: Conditions, reason: str, message: str, now: datetime) -> Conditions:
+    conditions = set_condition(conditions, Condition.RUNNING, False, reason, message, now)
+    return set_condition(conditions, Condition.RESTARTING, True, reason, message, now)
+
+
+def succeeded(conditions: Conditions, workers: int, now: datetime) -> Conditions:
+    conditions = set_condition(conditions, Condition.RUNNING, False, "Succeeded", "", now)
+    return set_condition(
+        conditions, Condition.SUCCEEDED, True, "AllWorkersSucceeded", f"all {workers} workers exited 0", now
+    )
+
+
+def failed(conditions: Conditions, reason: str, message: str, now: datetime) -> Conditions:
+    conditions = set_condition(conditions, Condition.RUNNING, False, reason, message, now)
+    return set_condition(conditions, Condition.FAILED, True, reason, message, now)
+
+
+def invalid(conditions: Conditions, message: str, now: datetime) -> Conditions:
+    """An unusable spec: Failed, with the parser's message for the user."""
+    return set_condition(conditions, Condition.FAILED, True, Reason.INVALID_SPEC, message, now)

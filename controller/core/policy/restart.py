@@ -1,0 +1,123 @@
+"""Restarting the whole gang: the budget, the backoff, the refund, and when the job fails instead.
+
+A restart is state, not an action: it bumps `status.attempt` and clears `status.replicas`; the
+startup policy creates the next attempt once the old one is gone and the backoff has passed.
+Counted restarts use the budget; progress of the new attempt (a checkpoint newer than the one it
+resumed from) gives one back and resets the backoff.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from controller.api.constants import Action, Phase
+from controller.api.types import FailurePolicy, FailureRecord, JobStatus
+from controller.core import pods
+from controller.core.context import Context, Transition
+from controller.core.observations import Observations
+from controller.core.plan import EmitEvent, RecordRestart, Step
+from controller.core.policy import conditions
+from controller.core.policy.failures import Verdict
+from controller.core.timefmt import format_time
+
+MAX_FAULTY_NODES = 16
+
+
+def backoff_seconds(consecutive_failures: int, *, initial: float, maximum: float) -> float:
+    if consecutive_failures <= 0 or initial <= 0:
+        return 0.0
+    return min(initial * 2 ** (consecutive_failures - 1), maximum)
+
+
+def refund(status: JobStatus, obs: Observations) -> JobStatus:
+    """Progress after a restart gives back one restart of the budget and resets the backoff."""
+    if obs.checkpoint is None:
+        return status
+    baseline = status.checkpoint_step_at_restart
+    # Only the new attempt's own progress counts; the old one may still be committing while it dies.
+    running = status.phase in (Phase.PENDING, Phase.RUNNING)
+    if running and status.consecutive_failures and (baseline is None or obs.checkpoint.step > baseline):
+        return dataclasses.replace(
+            status,
+            budget_used=max(0, status.budget_used - 1),
+            consecutive_failures=0,
+            checkpoint_step_at_restart=None,
+        )
+    return status
+
+
+def within_budget(verdict: Verdict, status: JobStatus, policy: FailurePolicy) -> Verdict:
+    """A counted restart beyond the budget fails the job instead."""
+    if verdict.action is Action.RESTART_JOB and status.budget_used >= policy.max_restarts:
+        return dataclasses.replace(verdict, action=Action.FAIL_JOB, exhausted_budget=policy.max_restarts)
+    return verdict
+
+
+def fail_attempt(ctx: Context, status: JobStatus, verdict: Verdict) -> Transition:
+    """End the current attempt: restart the job, or fail it. Recorded before anything is deleted."""
+    verdict = within_budget(verdict, status, ctx.policy)
+    f = verdict.failure
+    record = FailureRecord(
+        time=format_time(f.at),
+        reason=f.reason.value,
+        action=verdict.action.value,
+        message=verdict.message,
+        pod=f.pod,
+        node=f.node,
+        exit_code=f.exit_code,
+        counted=verdict.counted,
+    )
+    teardown = tuple(pods.deletions(ctx.current, ctx.obs))
+    if verdict.action is Action.FAIL_JOB:
+        failed = dataclasses.replace(
+            status,
+            phase=Phase.FAILED,
+            last_failure=record,
+            completion_time=format_time(ctx.now),
+            conditions=conditions.failed(status.conditions, verdict.reason, verdict.message, ctx.now),
+        )
+        event = EmitEvent("Warning", "JobFailed", verdict.message)
+        return Transition(failed, changes=teardown, notices=(event,), record_first=True)
+    return _restart(ctx, dataclasses.replace(status, last_failure=record), verdict, teardown)
+
+
+def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[Step, ...]) -> Transition:
+    f, policy, counted = verdict.failure, ctx.policy, verdict.counted
+    consecutive = status.consecutive_failures + 1
+    delay = backoff_seconds(consecutive, initial=policy.backoff_initial, maximum=policy.backoff_max)
+    faulty = status.faulty_nodes
+    if verdict.faulty_node and policy.avoid_faulty_nodes and verdict.faulty_node not in faulty:
+        faulty = (*faulty, verdict.faulty_node)[-MAX_FAULTY_NODES:]
+    step = ctx.obs.checkpoint.step if ctx.obs.checkpoint else None
+    last = ctx.obs.last_step
+    steps_lost = last - step if last is not None and step is not None else None
+    kind = "counted" if counted else "not counted"
+    event = EmitEvent(
+        "Warning",
+        "Restarting",
+        f"{f.reason.value} on {f.pod or 'job'}: {verdict.message}; restart {kind}, "
+        f"attempt {status.attempt + 1} in {delay:.0f}s",
+    )
+    restarting = dataclasses.replace(
+        status,
+        phase=Phase.RESTARTING,
+        attempt=status.attempt + 1,
+        restarts=status.restarts + counted,
+        uncounted_restarts=status.uncounted_restarts + (not counted),
+        budget_used=status.budget_used + counted,
+        consecutive_failures=consecutive,
+        next_attempt_after=format_time(ctx.now + timedelta(seconds=delay)),
+        failure_seen_at=status.failure_seen_at or format_time(ctx.now),
+        checkpoint_step_at_restart=step,
+        faulty_nodes=faulty,
+        replicas=None,
+        conditions=conditions.restarting(status.conditions, f.reason.value, verdict.message, ctx.now),
+    )
+    return Transition(
+        restarting,
+        changes=teardown,
+        notices=(event, RecordRestart(f.reason.value, counted, steps_lost)),
+        record_first=True,
+        requeue_after=delay,
+    )

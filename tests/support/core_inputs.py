@@ -1,0 +1,87 @@
+"""Inputs of the controller's pure core, as raw API bodies: a TrainingJob, its worker pods, and a
+fixed clock. The table tests of controller/core build their cases from these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.api.types import parse_job
+from controller.core.decide import decide
+from controller.core.observations import Observations
+from controller.core.plan import Plan
+from controller.core.timefmt import format_time
+from respawn_protocol.crd import LABEL_ATTEMPT, LABEL_RANK
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+
+
+def job(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    body_spec = {
+        "replicas": 2,
+        "template": {"spec": {"containers": [{"name": "trainer", "command": ["python"]}]}},
+        "sharedVolume": {
+            "volume": {"persistentVolumeClaim": {"claimName": "shared"}},
+            "mountPath": "/mnt/shared",
+        },
+        "failurePolicy": {"maxRestarts": 2, "backoff": {"initialSeconds": 10, "maxSeconds": 40}},
+        **spec,
+    }
+    return {
+        "metadata": {
+            "name": "llm",
+            "namespace": "team",
+            "uid": "u-1",
+            "generation": 1,
+            "resourceVersion": "7",
+        },
+        "spec": body_spec,
+        "status": status or {},
+    }
+
+
+def pod(
+    rank: int,
+    *,
+    attempt: int = 0,
+    phase: str = "Running",
+    exit_code: int | None = None,
+    reason: str | None = None,
+    node: str = "node-0",
+    conditions: list[dict[str, Any]] | None = None,
+    deleting: bool = False,
+    finished: datetime = NOW,
+) -> dict[str, Any]:
+    state: dict[str, Any] = {"running": {}}
+    if exit_code is not None:
+        state = {
+            "terminated": {
+                "exitCode": exit_code,
+                "reason": reason or "Error",
+                "finishedAt": format_time(finished),
+            }
+        }
+    meta: dict[str, Any] = {
+        "name": f"llm-a{attempt}-{rank}",
+        "labels": {LABEL_ATTEMPT: str(attempt), LABEL_RANK: str(rank)},
+    }
+    if deleting:
+        meta["deletionTimestamp"] = format_time(NOW)
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node},
+        "status": {
+            "phase": phase,
+            "conditions": conditions or [],
+            "containerStatuses": [{"name": "trainer", "state": state}],
+        },
+    }
+
+
+RUNNING = {"phase": "Running", "attempt": 0, "replicas": 2}
+
+
+def run(
+    body: dict[str, Any], pods: list[dict[str, Any]], obs: Observations | None = None, now: datetime = NOW
+) -> Plan:
+    return decide(parse_job(body), pods, obs or Observations(), now)
