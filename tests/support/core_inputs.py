@@ -3,13 +3,16 @@ fixed clock. The table tests of controller/core build their cases from these."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.api.types import parse_job
+from controller.api.types import JobStatus, parse_job
+from controller.core.context import Context
 from controller.core.decide import decide
 from controller.core.observations import Observations
 from controller.core.plan import Plan
+from controller.core.pods import split_attempts
 from controller.core.timefmt import format_time
 from respawn_protocol.crd import LABEL_ATTEMPT, LABEL_RANK
 
@@ -85,3 +88,15 @@ def run(
     body: dict[str, Any], pods: list[dict[str, Any]], obs: Observations | None = None, now: datetime = NOW
 ) -> Plan:
     return decide(parse_job(body), pods, obs or Observations(), now)
+
+
+def context(
+    body: dict[str, Any],
+    pods: Sequence[dict[str, Any]] = (),
+    obs: Observations | None = None,
+    now: datetime = NOW,
+) -> tuple[Context, JobStatus]:
+    """What `decide` hands a policy: the context of the pass and the job's status."""
+    parsed = parse_job(body)
+    current, older = split_attempts(pods, parsed.status.attempt)
+    return Context(parsed, obs or Observations(), now, current, older), parsed.status

@@ -12,7 +12,6 @@ from controller.api.constants import Action, Phase, Reason
 from controller.api.types import CheckpointRef, InvalidSpec, parse_job, status_to_dict
 from controller.core.observations import NodeState, Observations
 from controller.core.plan import DeletePod, WriteStatus
-from controller.core.policy.restart import backoff_seconds
 from controller.core.timefmt import format_time
 from respawn_protocol.contract import ExitCode
 from tests.support.core_inputs import NOW, RUNNING, job, pod, run
@@ -252,11 +251,6 @@ def test_edited_replicas_apply_to_the_next_attempt() -> None:
     assert [p["metadata"]["name"] for p in plan.create_pods] == ["llm-a1-0"]
     env = {e["name"]: e["value"] for e in plan.create_pods[0]["spec"]["containers"][0]["env"]}
     assert env["RESPAWN_WORLD_SIZE"] == "1"
-
-
-@pytest.mark.parametrize(("n", "expected"), [(0, 0), (1, 10), (2, 20), (3, 40), (9, 40)])
-def test_backoff_doubles_up_to_the_cap(n: int, expected: float) -> None:
-    assert backoff_seconds(n, initial=10, maximum=40) == expected
 
 
 @pytest.mark.parametrize(
