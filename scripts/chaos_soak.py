@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from devcluster.local import LocalCluster  # noqa: E402
-from tests.e2e.chaos import ChaosSoak, run_config, summary  # noqa: E402
+from tests.support.chaos import ChaosSoak, run_config, summary  # noqa: E402
 
 WEIGHTS = {
     "kill": 4,

@@ -19,10 +19,9 @@ from kubernetes import client, config
 
 from devcluster.controlplane import ControlPlane
 from devcluster.crds import apply_crds
+from tests.support import REPO
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-pytest_plugins = ["tests.fixtures.nodeagent"]
+pytest_plugins = ["tests.support.nodeagent", "tests.support.fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +29,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     with ControlPlane(workdir=tmp_path_factory.mktemp("controlplane")) as cp:
         api = config.new_client_from_config(config_file=str(cp.kubeconfig_path))
         try:
-            apply_crds(api, REPO_ROOT / "deploy")
+            apply_crds(api, REPO / "deploy")
         finally:
             api.close()
         yield cp

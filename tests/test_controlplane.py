@@ -15,27 +15,15 @@ from kubernetes.client.rest import ApiException
 
 from devcluster import assets
 from devcluster.controlplane import ControlPlane
-
-GROUP, VERSION, PLURAL = "training.respawn.dev", "v1alpha1", "trainingjobs"
-
-
-def training_job(name: str, **spec_overrides: object) -> dict:
-    spec = {
-        "replicas": 1,
-        "template": {"spec": {"containers": [{"name": "trainer", "image": "respawn/trainer"}]}},
-        **spec_overrides,
-    }
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
+from tests.support.manifests import training_job
 
 
 def test_crd_is_installed_and_defaults_apply(api_client: client.ApiClient, namespace: str) -> None:
     custom = client.CustomObjectsApi(api_client)
-    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, training_job("ok"))
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, training_job("ok", replicas=1)
+    )
     policy = created["spec"]["failurePolicy"]
     assert policy["maxRestarts"] == 3
     assert policy["backoff"] == {"initialSeconds": 10, "maxSeconds": 300}
@@ -58,7 +46,9 @@ def test_schema_violations_are_rejected_with_the_servers_message(
 ) -> None:
     custom = client.CustomObjectsApi(api_client)
     with pytest.raises(ApiException) as raised:
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, training_job("bad", **spec))
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, training_job("bad", replicas=1, spec=spec)
+        )
     assert raised.value.status == 422
     assert message in json.loads(raised.value.body)["message"]
 

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,25 +24,14 @@ from devcluster.podsetup import expand
 from devcluster.podstatus import ContainerState, Terminated, get_phase
 from devcluster.scheduler import schedule
 from devcluster.statedir import process_start_time
-from tests.fixtures.nodeagent import NodeAgentHandle
+from tests.support.nodeagent import NodeAgentHandle
+from tests.support.poll import DEADLINE, wait_for
 
 Obj = dict[str, Any]
-DEADLINE = 60.0
 MERGE = "application/merge-patch+json"
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float = DEADLINE, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}; last: {last!r}")
 
 
 def pod_manifest(name: str, command: list[str], *, restart: str = "Never", **spec: Any) -> Obj:
@@ -97,7 +85,7 @@ class Pods:
             pod = self.get(name)
             return pod if pod is not None and predicate(pod) else None
 
-        return wait_for(check, timeout=timeout, what=f"{name}: {what}")
+        return wait_for(f"{name}: {what}", check, timeout)
 
     def watch(self, name: str, resource_version: str, *, until: str, timeout: int = 60) -> list[Obj]:
         """Events for one pod from `resource_version` up to the first of type `until`."""
@@ -129,7 +117,7 @@ class Pods:
         return self.wait(name, lambda p: condition(p, "Ready") == "True", what="Ready")
 
     def wait_gone(self, name: str, timeout: float = DEADLINE) -> None:
-        wait_for(lambda: self.get(name) is None, timeout=timeout, what=f"{name} deleted")
+        wait_for(f"{name} deleted", lambda: self.get(name) is None, timeout)
 
     def delete(self, name: str, grace: int | None = None) -> None:
         self.core.delete_namespaced_pod(
@@ -236,7 +224,7 @@ def test_sigkill_reports_137(pods: Pods, node_agent: NodeAgentHandle) -> None:
         9,
     )
     # The container's children die with it: nothing is left in its process group.
-    wait_for(lambda: not record.group_members(), what="process group of the killed container to be empty")
+    wait_for("process group of the killed container to be empty", lambda: not record.group_members())
 
 
 def test_kill_with_term_through_the_cli(pods: Pods, node_agent: NodeAgentHandle) -> None:
@@ -333,7 +321,7 @@ def test_children_do_not_outlive_their_container(
     )
     pods.wait_phase("forker", "Succeeded", "Failed")
     child = int((tmp_path / "child").read_text())
-    wait_for(lambda: pid_dead(child), what=f"background child {child} to be killed")
+    wait_for(f"background child {child} to be killed", lambda: pid_dead(child))
 
 
 # -- deletion and eviction ------------------------------------------------------------------------
@@ -352,11 +340,11 @@ def test_delete_sends_sigterm_then_removes_the_pod(pods: Pods, tmp_path: Path) -
         )
     )
     pods.wait_running("victim")
-    wait_for(lambda: (tmp_path / "up").exists(), what="the trap to be installed")
+    wait_for("the trap to be installed", lambda: (tmp_path / "up").exists())
     rv = pods.fetch("victim")["metadata"]["resourceVersion"]
     pods.delete("victim")
 
-    wait_for(lambda: (tmp_path / "got-term").exists(), what="SIGTERM to reach the container")
+    wait_for("SIGTERM to reach the container", lambda: (tmp_path / "got-term").exists())
     assert (tmp_path / "got-term").read_text() == "term\n"
     # Watched from before the delete: a terminal status is written before the object goes.
     events = pods.watch("victim", rv, until="DELETED")
@@ -677,7 +665,7 @@ def test_node_not_ready_crash_and_partition(
             status, reason, taints = _ready(api_client, node)
             assert (status, reason) == ("Unknown", "NodeStatusUnknown")
             assert "node.kubernetes.io/unreachable" in taints
-        wait_for(lambda: pid_dead(crashed_pid), what="the crashed node's process to die")
+        wait_for("the crashed node's process to die", lambda: pid_dead(crashed_pid))
         assert not pid_dead(partitioned_pid), "a partitioned node's processes keep running"
         # Nobody reports for a down node: the API still shows the pod Running.
         assert pods.fetch("on-crashed")["status"]["phase"] == "Running"
@@ -693,7 +681,7 @@ def test_node_not_ready_crash_and_partition(
         assert terminated(pod)["reason"] == "ContainerStatusUnknown"
         assert pods.fetch("on-partitioned")["status"]["phase"] == "Running"
         assert not pid_dead(partitioned_pid)
-        wait_for(lambda: pid_dead(orphan_pid), what="the force-deleted pod's process to be killed")
+        wait_for("the force-deleted pod's process to be killed", lambda: pid_dead(orphan_pid))
     finally:
         pods.cleanup()
 
@@ -739,7 +727,7 @@ def test_leftovers_of_a_sigkilled_agent_are_killed(
     pods.create(pod_manifest("orphan", ["sh", "-c", "sleep 300 & wait"], nodeName=agent.nodes[0]))
     pods.wait_running("orphan")
     record = agent.pod_process(namespace, "orphan")
-    wait_for(lambda: len(record.group_members()) == 2, what="the shell and its child")
+    wait_for("the shell and its child", lambda: len(record.group_members()) == 2)
 
     os.kill(agent.process.pid, signal.SIGKILL)
     agent.process.wait(10)

@@ -3,56 +3,37 @@ Also: the probes and /metrics of a running controller."""
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 from kubernetes import client
 
-from controller.app import Controller, Settings
-from tests.controller.test_controller_api import (
-    create_job,
-    get_job,
-    job_pods,
-    run_attempt,
-    set_phase,
-    training_job,
-    wait_for,
-)
+from controller.app import Controller
+from tests.support.deploy import http_get
+from tests.support.kube import create_job, get_job, job_pods, run_attempt, running_controller, set_phase
+from tests.support.manifests import played_job
+from tests.support.poll import wait_for
 
 
 @pytest.fixture
 def replicas(api_client: client.ApiClient, namespace: str) -> Iterator[list[Controller]]:
-    controllers = [
-        Controller(
-            api_client,
-            Settings(
-                namespace=namespace,
-                health_port=0,
-                health_host="127.0.0.1",
-                lease_namespace=namespace,
-                identity=f"replica-{i}",
-                lease_duration=3.0,
-                renew_deadline=2.0,
-                retry_period=0.5,
-            ),
-        )
-        for i in range(2)
-    ]
-    for c in controllers:
-        c.start()
-    yield controllers
-    for c in controllers:
-        c.stop()
-        c.shutdown()
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+    with ExitStack() as running:
+        yield [
+            running.enter_context(
+                running_controller(
+                    api_client,
+                    namespace,
+                    leader_election=True,
+                    lease_namespace=namespace,
+                    identity=f"replica-{i}",
+                    lease_duration=3.0,
+                    renew_deadline=2.0,
+                    retry_period=0.5,
+                )
+            )
+            for i in range(2)
+        ]
 
 
 def test_one_replica_leads_and_the_other_takes_over(
@@ -64,7 +45,7 @@ def test_one_replica_leads_and_the_other_takes_over(
     follower = next(c for c in replicas if c is not leader)
     assert follower.elector is not None and not follower.elector.is_leader()
 
-    create_job(api_client, namespace, training_job("ha"))
+    create_job(api_client, namespace, played_job("ha"))
     run_attempt(api_client, namespace, "ha", 0)
     assert follower.writer.requests == 0, "the follower must not write"
 

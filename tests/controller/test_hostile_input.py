@@ -12,16 +12,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from respawn_protocol.crd import GROUP, PLURAL, VERSION
+from tests.support.manifests import training_job
 
-VALID: dict[str, Any] = {
-    "apiVersion": f"{GROUP}/{VERSION}",
-    "kind": "TrainingJob",
-    "metadata": {"name": "job"},
-    "spec": {
-        "replicas": 2,
-        "template": {"spec": {"containers": [{"name": "trainer", "image": "t", "command": ["python"]}]}},
-    },
-}
+VALID = training_job("job", image="t", command=["python"])
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:

@@ -10,20 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from devcluster import assets
-
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-CHART = REPO_ROOT / "helm" / "respawn"
-ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
-
-Helm = Callable[..., subprocess.CompletedProcess[str]]
+from tests.support.deploy import CHART, Helm, Rendered, documents
 
 
 @pytest.fixture(scope="session")
@@ -44,26 +36,6 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
         )
 
     return run
-
-
-def documents(text: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(text) if doc]
-
-
-@dataclass
-class Rendered:
-    objects: list[dict[str, Any]]
-
-    def of_kind(self, kind: str) -> list[dict[str, Any]]:
-        return [o for o in self.objects if o["kind"] == kind]
-
-    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
-        found = [o for o in self.of_kind(kind) if name is None or o["metadata"]["name"] == name]
-        assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-        return found[0]
-
-    def kinds(self) -> set[str]:
-        return {o["kind"] for o in self.objects}
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import ALL_OPTIONS, CHART, Helm, Rendered
+from tests.support.deploy import ALL_OPTIONS, CHART, Helm, Rendered
 
 pytestmark = pytest.mark.timeout(300)
 

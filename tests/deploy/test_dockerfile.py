@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.deploy.conftest import REPO_ROOT
+from tests.support import REPO
 
-DOCKERFILE = REPO_ROOT / "Dockerfile"
+DOCKERFILE = REPO / "Dockerfile"
 
 
 def hadolint() -> str:

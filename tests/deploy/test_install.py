@@ -16,12 +16,13 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.deploy.conftest import ALL_OPTIONS, CHART, REPO_ROOT
+from tests.support import REPO
+from tests.support.deploy import ALL_OPTIONS, CHART
 
 pytestmark = pytest.mark.timeout(300)
 
 Install = Callable[..., Any]
-KUBECTL = REPO_ROOT / ".venv" / "bin" / "kubectl"
+KUBECTL = REPO / ".venv" / "bin" / "kubectl"
 
 
 def fullname(release: str) -> str:

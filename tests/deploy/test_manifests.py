@@ -10,20 +10,21 @@ from collections.abc import Callable
 import pytest
 import yaml
 
-from tests.deploy.conftest import CHART, REPO_ROOT, Rendered, documents
+from tests.support import REPO
+from tests.support.deploy import CHART, Rendered, documents
 
 pytestmark = pytest.mark.timeout(300)
 
-CRD_SOURCES = sorted((REPO_ROOT / "deploy" / "crds").glob("*.yaml"))
+CRD_SOURCES = sorted((REPO / "deploy" / "crds").glob("*.yaml"))
 
 
 def test_deploy_matches_the_chart() -> None:
     """Fails with a diff when deploy/respawn.yaml or the chart's CRD copy is out of date."""
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "hack" / "helm" / "manifests.py"), "--check"],
+        [sys.executable, str(REPO / "hack" / "helm" / "manifests.py"), "--check"],
         capture_output=True,
         text=True,
-        cwd=REPO_ROOT,
+        cwd=REPO,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -49,7 +50,7 @@ def test_rendered_crd_is_the_source_plus_labels_and_keep_policy(render: Callable
 
 
 def test_plain_manifests_hold_no_crd_and_live_in_respawn_system() -> None:
-    objects = documents((REPO_ROOT / "deploy" / "respawn.yaml").read_text())
+    objects = documents((REPO / "deploy" / "respawn.yaml").read_text())
     kinds = [o["kind"] for o in objects]
     assert kinds[0] == "Namespace" and objects[0]["metadata"]["name"] == "respawn-system"
     assert objects[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"

@@ -21,21 +21,10 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from devcluster.controlplane import ControlPlane, free_port
-from tests.controller.test_controller_api import (
-    create_job,
-    get_job,
-    job_pods,
-    run_attempt,
-    set_phase,
-    training_job,
-    wait_for,
-)
-from tests.deploy.as_controller import (
-    http_status,
-    lease_holder,
-    service_account_kubeconfig,
-    spawn_controller,
-)
+from tests.support.deploy import http_status, lease_holder, service_account_kubeconfig, spawn_controller
+from tests.support.kube import create_job, get_job, job_pods, run_attempt, set_phase
+from tests.support.manifests import played_job
+from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -261,7 +250,7 @@ def test_controller_drives_a_restart_with_exactly_the_chart_rbac(
     )
     assert lease == "respawn-test-0"
 
-    create_job(api_client, ns, training_job("rbac"))
+    create_job(api_client, ns, played_job("rbac"))
     run_attempt(api_client, ns, "rbac", 0)
     assert client.CoreV1Api(api_client).read_namespaced_service("rbac", ns).spec.cluster_ip == "None"
     set_phase(api_client, ns, "rbac-a0-1", "Failed", exit_code=1)

@@ -21,7 +21,6 @@ import json
 import re
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,14 +33,22 @@ from kubernetes import client, config
 
 from devcluster.controlplane import ControlPlane, free_port
 from devcluster.crds import apply_crds
-from tests.controller.test_controller_api import create_job, get_job, job_pods, set_phase, training_job
-from tests.deploy.as_controller import http_get, lease_holder, service_account_kubeconfig, spawn_controller
-from tests.deploy.conftest import CHART, REPO_ROOT, Helm
+from tests.support import REPO
+from tests.support.deploy import (
+    CHART,
+    Helm,
+    http_get,
+    lease_holder,
+    service_account_kubeconfig,
+    spawn_controller,
+)
+from tests.support.kube import create_job, get_job, job_pods, set_phase
+from tests.support.manifests import played_job
+from tests.support.poll import DEADLINE, poll, wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
 RELEASE_NAMESPACE = "respawn-system"
-DEADLINE = 60.0  # for what must happen
 PATIENCE = 5.0  # for what must not happen; a full-rules controller reacts within a second
 # Short Lease timings (lease > renew deadline > 1.2 x retry), so a failing renewal shows in seconds.
 LEASE_TIMINGS = ["--lease-duration=4", "--renew-deadline=3", "--retry-period=1"]
@@ -114,7 +121,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 @pytest.fixture(scope="module")
 def admin(plane: ControlPlane) -> Iterator[client.ApiClient]:
     api = config.new_client_from_config(config_file=str(plane.kubeconfig_path))
-    apply_crds(api, REPO_ROOT / "deploy")
+    apply_crds(api, REPO / "deploy")
     yield api
     api.close()
 
@@ -180,7 +187,7 @@ def grant(admin: client.ApiClient, namespace: str, rules: Rules) -> str:
         )
     user = f"system:serviceaccount:{namespace}:respawn"
     checks = access_checks(rules, user, namespace)
-    wait("the authorizer to apply the rules", lambda: all(allowed(admin, *c) for c in checks.values()))
+    wait_for("the authorizer to apply the rules", lambda: all(allowed(admin, *c) for c in checks.values()))
     return user
 
 
@@ -215,15 +222,6 @@ def allowed(
     return bool(client.AuthorizationV1Api(admin).create_subject_access_review(review).status.allowed)
 
 
-def wait(what: str, probe: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-    return value
-
-
 @dataclass
 class Run:
     """A running controller, and what the test can see of it."""
@@ -239,15 +237,15 @@ class Run:
 
     def step(self, what: str, done: Callable[[], Any], refused: Callable[[], Any] = lambda: False) -> bool:
         """Wait for `done`; give up early once `refused` (a refusal in the log) or the process ended."""
-        deadline = time.monotonic() + (PATIENCE if what == self.expected else DEADLINE)
-        while True:
-            if done():
-                return True
-            if refused() or self.process.poll() is not None:
-                return bool(done())  # what happened before the refusal was logged counts
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+        # What happened before the refusal was logged counts: `poll` asks `done` once more.
+        return bool(
+            poll(
+                done,
+                PATIENCE if what == self.expected else DEADLINE,
+                interval=0.05,
+                give_up=lambda: refused() or self.process.poll() is not None,
+            )
+        )
 
     # -- the log: one JSON object per line; quotes and escapes dropped so refusals read plainly
 
@@ -375,7 +373,7 @@ def runs_a_job(run: Run, name: str = "job", node: str | None = None, **policy: A
         return broken
     admin, ns = run.admin, run.namespace
     mark = run.log_size()
-    create_job(admin, ns, training_job(name, **policy))
+    create_job(admin, ns, played_job(name, **policy))
     if not run.step(
         NO_PODS, lambda: len(job_pods(admin, ns, name, 0)) == 2, lambda: run.reconcile_refused(mark)
     ):

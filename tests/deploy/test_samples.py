@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.conftest import REPO_ROOT, documents
+from tests.support import REPO
+from tests.support.deploy import documents
 from trainer_image.config import parse_config
 
 pytestmark = pytest.mark.timeout(300)
 
-SAMPLES = sorted((REPO_ROOT / "deploy" / "samples").glob("*.yaml"))
-KUBECTL = REPO_ROOT / ".venv" / "bin" / "kubectl"
+SAMPLES = sorted((REPO / "deploy" / "samples").glob("*.yaml"))
+KUBECTL = REPO / ".venv" / "bin" / "kubectl"
 
 
 def by_kind(path: Path) -> dict[str, dict[str, Any]]:
@@ -84,12 +85,12 @@ def test_sample_run_yaml_is_a_valid_trainer_config(sample: Path) -> None:
 
 
 def test_ascend_sample_takes_a_whole_npu_node() -> None:
-    job = by_kind(REPO_ROOT / "deploy" / "samples" / "ascend-8npu.yaml")["TrainingJob"]
+    job = by_kind(REPO / "deploy" / "samples" / "ascend-8npu.yaml")["TrainingJob"]
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["huawei.com/Ascend910"] == 8
     assert pod["nodeSelector"] == {"accelerator": "huawei-Ascend910"}
     run = yaml.safe_load(
-        by_kind(REPO_ROOT / "deploy" / "samples" / "ascend-8npu.yaml")["ConfigMap"]["data"]["run.yaml"]
+        by_kind(REPO / "deploy" / "samples" / "ascend-8npu.yaml")["ConfigMap"]["data"]["run.yaml"]
     )
     assert run["context"]["device_target"] == "Ascend"
 

@@ -11,7 +11,7 @@ watches resume or relist after 410). NotReady kills node-0's processes (`nodeLos
 2) and the device-fault ConfigMap names an unhealthy Ascend910; either stays on until every job it
 hit has moved past the attempt hit. A job fault that finds nothing to hit is not injected but
 tried again later (up to 60 s). The references are pinned to node-1 and node faults only hit
-node-0 (see tests/e2e/chaos.py); job2 does not avoid faulty nodes, so it keeps coming back to
+node-0 (see tests/support/chaos/); job2 does not avoid faulty nodes, so it keeps coming back to
 node-0 and the second node fault usually finds a target.
 
 Each fault records what it hit: a list of (job, attempt, pod) — the pod whose process was
@@ -48,8 +48,9 @@ from pathlib import Path
 import pytest
 
 from devcluster.controlplane import ControlPlane
-from tests.e2e.chaos import ChaosSoak, run_config, summary
-from tests.fixtures.nodeagent import NodeAgentHandle
+from tests.support.chaos import ChaosSoak, run_config, summary
+from tests.support.nodeagent import NodeAgentHandle
+from tests.support.poll import poll
 
 pytestmark = pytest.mark.slow
 EPOCHS = 1  # 49 steps: jobs hit by the first fault outlive the plan
@@ -86,12 +87,13 @@ def test_chaos_soak(
             # job2 keeps coming back to node-0 after a node fault, so the second one finds a target.
             soak.add_job(f"job{i}", cfg, avoid_faulty_nodes=i != 2)
         chaos_jobs = [j for j, spec in soak.jobs.items() if not spec.reference]
-        deadline = time.monotonic() + 240
-        while not all(
-            soak.status(j).get("lastCompleteCheckpoint", {}).get("step", 0) >= 2 for j in chaos_jobs
-        ):
-            assert time.monotonic() < deadline, {j: soak.status(j) for j in chaos_jobs}
-            time.sleep(0.5)
+        assert poll(
+            lambda: all(
+                soak.status(j).get("lastCompleteCheckpoint", {}).get("step", 0) >= 2 for j in chaos_jobs
+            ),
+            240,
+            interval=0.5,
+        ), {j: soak.status(j) for j in chaos_jobs}
         print(f"{time.monotonic() - soak.t0:.0f}s: every chaos job has a checkpoint; injecting", flush=True)
         # A node fault first (later ones find the jobs it hit avoiding node-0), then the other job
         # faults, then the control-plane faults while the jobs hit are still restarting.

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from controller.app import Controller, Settings
-from respawn_protocol.crd import GROUP, LABEL_JOB, PLURAL, VERSION
-from tests.e2e.test_trainingjob_e2e import job_status, wait_for
-from tests.fixtures.nodeagent import NodeAgentHandle
+from controller.app import Controller
+from tests.support.kube import create_job, job_pods, job_status, running_controller
+from tests.support.manifests import training_job
+from tests.support.nodeagent import NodeAgentHandle
+from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,53 +25,28 @@ pytestmark = pytest.mark.slow
 def sleeper_job(
     name: str, replicas: int = 1, command: list[str] | None = None, **policy: Any
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "template": {
-                "spec": {
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {"name": "trainer", "image": "busybox", "command": command or ["sleep", "3600"]}
-                    ],
-                }
-            },
-            "failurePolicy": {"backoff": {"initialSeconds": 0, "maxSeconds": 0}, **policy},
-        },
-    }
+    return training_job(
+        name,
+        replicas=replicas,
+        image="busybox",
+        command=command or ["sleep", "3600"],
+        pod={"terminationGracePeriodSeconds": 5},
+        backoff=(0, 0),
+        **policy,
+    )
 
 
 @pytest.fixture
 def controller(api_client: client.ApiClient, namespace: str) -> Iterator[Controller]:
-    c = Controller(
-        api_client,
-        Settings(namespace=namespace, leader_election=False, health_port=0, health_host="127.0.0.1"),
-    )
-    c.start()
-    yield c
-    c.stop()
-    c.shutdown()
-
-
-def create(api: client.ApiClient, namespace: str, body: dict[str, Any]) -> None:
-    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    with running_controller(api_client, namespace) as c:
+        yield c
 
 
 def running_pods(
     api: client.ApiClient, namespace: str, job: str, attempt: int, replicas: int = 1
 ) -> list[Any]:
     def probe() -> list[Any] | None:
-        pods = (
-            client.CoreV1Api(api)
-            .list_namespaced_pod(
-                namespace, label_selector=f"{LABEL_JOB}={job},training.respawn.dev/attempt={attempt}"
-            )
-            .items
-        )
-        running = [p for p in pods if p.status.phase == "Running"]
+        running = [p for p in job_pods(api, namespace, job, attempt) if p.status.phase == "Running"]
         return running if len(running) == replicas else None
 
     return wait_for(f"{job} attempt {attempt} running", probe, 60)
@@ -79,7 +55,7 @@ def running_pods(
 def test_eviction_restarts_without_using_the_budget(
     api_client: client.ApiClient, namespace: str, controller: Controller, node_agent: NodeAgentHandle
 ) -> None:
-    create(api_client, namespace, sleeper_job("evict", replicas=2))
+    create_job(api_client, namespace, sleeper_job("evict", replicas=2))
     running_pods(api_client, namespace, "evict", 0, replicas=2)
     node_agent.evict(namespace, "evict-a0-0")
     running_pods(api_client, namespace, "evict", 1, replicas=2)
@@ -91,7 +67,7 @@ def test_eviction_restarts_without_using_the_budget(
 def test_lost_node_restarts_elsewhere_without_using_the_budget(
     api_client: client.ApiClient, namespace: str, controller: Controller, node_agent: NodeAgentHandle
 ) -> None:
-    create(api_client, namespace, sleeper_job("lost", nodeLostTimeoutSeconds=1))
+    create_job(api_client, namespace, sleeper_job("lost", nodeLostTimeoutSeconds=1))
     node = running_pods(api_client, namespace, "lost", 0)[0].spec.node_name
     node_agent.node_not_ready(node)
     try:
@@ -107,7 +83,7 @@ def test_lost_node_restarts_elsewhere_without_using_the_budget(
 def test_device_fault_moves_the_next_attempt_off_the_node(
     api_client: client.ApiClient, namespace: str, controller: Controller, node_agent: NodeAgentHandle
 ) -> None:
-    create(api_client, namespace, sleeper_job("npu"))
+    create_job(api_client, namespace, sleeper_job("npu"))
     node = running_pods(api_client, namespace, "npu", 0)[0].spec.node_name
     core = client.CoreV1Api(api_client)
     name = f"mindx-dl-deviceinfo-{node}"
@@ -143,7 +119,7 @@ def test_device_fault_moves_the_next_attempt_off_the_node(
 def test_budget_is_enforced(
     api_client: client.ApiClient, namespace: str, controller: Controller, node_agent: NodeAgentHandle
 ) -> None:
-    create(api_client, namespace, sleeper_job("crashy", command=["sh", "-c", "exit 1"], maxRestarts=1))
+    create_job(api_client, namespace, sleeper_job("crashy", command=["sh", "-c", "exit 1"], maxRestarts=1))
     status = wait_for(
         "Failed",
         lambda: (s := job_status(api_client, namespace, "crashy")).get("phase") == "Failed" and s,

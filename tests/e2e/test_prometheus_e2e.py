@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,13 @@ from kubernetes import client
 from controller.app import Controller
 from devcluster.controlplane import free_port
 from respawn_cli.__main__ import main as respawn
-from respawn_protocol.crd import GROUP, PLURAL, VERSION
-from tests.e2e import test_trainingjob_e2e as base
-from tests.e2e.test_trainingjob_e2e import job_status
-from tests.fixtures.nodeagent import NodeAgentHandle
-
-controller = base.controller  # the same fixture: a controller that mounts the shared root
+from tests.support import REPO
+from tests.support.kube import create_job, job_status
+from tests.support.manifests import training_job
+from tests.support.nodeagent import NodeAgentHandle
+from tests.support.poll import poll, wait_for
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "helm" / "respawn" / "dashboards" / "respawn-training-jobs.json"
 SCRAPE_INTERVAL = "1s"
 # Grafana's interval variables, as concrete durations: with a 1 s scrape, a minute holds every sample
@@ -86,17 +84,6 @@ while not (out / "release").exists():
 """
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
 class Prometheus:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -120,7 +107,7 @@ class Prometheus:
 
 
 @pytest.fixture
-def prometheus(controller: Controller, tmp_path: Path) -> Iterator[Prometheus]:
+def prometheus(shared_controller: Controller, tmp_path: Path) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("the prometheus binary is not on PATH: apt-get install prometheus (.ci/run does)")
@@ -137,7 +124,7 @@ def prometheus(controller: Controller, tmp_path: Path) -> Iterator[Prometheus]:
                         # As the chart's ServiceMonitor: the metrics' own `job` label (the
                         # TrainingJob) wins over the scrape job's.
                         "honor_labels": True,
-                        "static_configs": [{"targets": [f"127.0.0.1:{controller.health.port}"]}],
+                        "static_configs": [{"targets": [f"127.0.0.1:{shared_controller.health.port}"]}],
                     }
                 ],
             }
@@ -218,49 +205,23 @@ def concrete(expr: str, namespace: str) -> str:
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", replace, expr)
 
 
-def training_job(name: str, shared: Path) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 2,
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "trainer",
-                            "image": "respawn/trainer",
-                            "command": [sys.executable, "-c", WORKER],
-                        }
-                    ]
-                }
-            },
-            "sharedVolume": {
-                "mountPath": "/mnt/shared",
-                "volume": {"hostPath": {"path": str(shared), "type": "DirectoryOrCreate"}},
-            },
-            "failurePolicy": {"maxRestarts": 2, "backoff": {"initialSeconds": 0, "maxSeconds": 1}},
-        },
-    }
-
-
 def test_every_dashboard_panel_has_data_after_a_failure(
     api_client: client.ApiClient,
     namespace: str,
-    controller: Controller,
+    shared_controller: Controller,
     prometheus: Prometheus,
     node_agent: NodeAgentHandle,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     started = time.monotonic()
-    shared = controller.settings.shared_root
+    shared = shared_controller.settings.shared_root
     assert shared is not None
     output = shared / namespace / "pm"
-    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, training_job("pm", shared)
+    job = training_job(
+        "pm", command=[sys.executable, "-c", WORKER], shared=shared, backoff=(0, 1), maxRestarts=2
     )
+    create_job(api_client, namespace, job)
 
     def status() -> dict[str, Any]:
         return job_status(api_client, namespace, "pm")
@@ -306,19 +267,17 @@ def test_every_dashboard_panel_has_data_after_a_failure(
     expressions = dashboard_expressions()
     assert len(expressions) >= 8, expressions
     results: dict[str, list[dict[str, Any]]] = {}
-    deadline = time.monotonic() + 60
     pending = list(expressions)
-    while pending and time.monotonic() < deadline:
-        still = []
-        for title, expr in pending:
+
+    def every_panel_has_data() -> bool:
+        for title, expr in list(pending):
             series = prometheus.query(concrete(expr, namespace))
             if series:
                 results[expr] = series
-            else:
-                still.append((title, expr))
-        pending = still
-        if pending:
-            time.sleep(0.5)
+                pending.remove((title, expr))
+        return not pending
+
+    poll(every_panel_has_data, 60, interval=0.5)
     assert not pending, "panels without data:\n" + "\n".join(f"  {t}: {e}" for t, e in pending)
     with capsys.disabled():
         print(f"\n{len(expressions)} dashboard expressions with data, {time.monotonic() - started:.1f}s in:")

@@ -14,16 +14,15 @@ import json
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from controller.app import Controller
 from respawn_protocol.crd import GROUP, PLURAL, VERSION
-from tests.e2e import test_trainingjob_e2e as base
-from tests.e2e.test_trainingjob_e2e import RUN_YAML, job_status, losses, training_job, wait_for
-from tests.fixtures.nodeagent import NodeAgentHandle
-
-controller = base.controller  # the same fixture: a controller that mounts the shared root
+from tests.support.e2e import RUN_YAML, losses, trainer_job
+from tests.support.kube import create_job, job_status
+from tests.support.manifests import run_config_map
+from tests.support.nodeagent import NodeAgentHandle
+from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,19 +39,14 @@ RESIZE_YAML: dict[str, Any] = {
 def test_replicas_edited_after_a_failure_resumes_through_the_merge(
     api_client: client.ApiClient,
     namespace: str,
-    controller: Controller,
+    shared_controller: Controller,
     node_agent: NodeAgentHandle,
 ) -> None:
-    assert controller.settings.shared_root is not None
-    shared = controller.settings.shared_root
-    client.CoreV1Api(api_client).create_namespaced_config_map(
-        namespace, {"metadata": {"name": "run"}, "data": {"run.yaml": yaml.safe_dump(RESIZE_YAML)}}
-    )
-    custom = client.CustomObjectsApi(api_client)
-    body = training_job("llm", shared)
+    assert shared_controller.settings.shared_root is not None
+    shared = shared_controller.settings.shared_root
+    client.CoreV1Api(api_client).create_namespaced_config_map(namespace, run_config_map(RESIZE_YAML))
     # Long enough a backoff to edit the job while it waits; the test does not sleep through it.
-    body["spec"]["failurePolicy"]["backoff"] = {"initialSeconds": 15, "maxSeconds": 15}
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    create_job(api_client, namespace, trainer_job("llm", shared, backoff=(15, 15)))
 
     def status() -> dict[str, Any]:
         return job_status(api_client, namespace, "llm")
@@ -64,7 +58,9 @@ def test_replicas_edited_after_a_failure_resumes_through_the_merge(
     )
     node_agent.kill(namespace, "llm-a0-1")
     wait_for("the restart backoff", lambda: status().get("phase") == "Restarting", 60)
-    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llm", {"spec": {"replicas": 1}})
+    client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "llm", {"spec": {"replicas": 1}}
+    )
 
     final = wait_for("the end", lambda: (s := status()).get("phase") in ("Succeeded", "Failed") and s, 600)
     assert final["phase"] == "Succeeded", final

@@ -9,163 +9,35 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
-from controller.app import Controller, Settings
+from controller.app import Controller
 from devcluster.faults import FaultError
-from respawn_protocol.crd import GROUP, PLURAL, VERSION
-from respawn_protocol.steplog import read_steps
-from tests.fixtures.nodeagent import NodeAgentHandle
+from tests.support.e2e import long_run, losses, trainer_job
+from tests.support.kube import create_job, job_status
+from tests.support.manifests import run_config_map
+from tests.support.nodeagent import NodeAgentHandle
+from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
-
-# Saving every step makes a step slow enough (tens of ms) to be killed mid-run, and makes kills
-# land inside saves too.
-RUN_YAML: dict[str, Any] = {
-    "seed": 11,
-    "context": {"mode": 0},
-    "runner_config": {"epochs": 1, "batch_size": 8},
-    "callbacks": [
-        {
-            "type": "CheckpointMonitor",
-            "prefix": "e2e",
-            "save_checkpoint_steps": 1,
-            "keep_checkpoint_max": 2,
-            "checkpoint_format": "ckpt",
-            "async_save": False,
-        }
-    ],
-    "lr_schedule": {
-        "type": "CosineWithWarmUpLR",
-        "learning_rate": 0.003,
-        "warmup_steps": 3,
-        "total_steps": 60,
-    },
-    "model": {
-        "type": "llama",
-        "seq_length": 32,
-        "hidden_size": 32,
-        "num_layers": 2,
-        "num_heads": 4,
-        "intermediate_size": 88,
-    },
-    "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": 960}},
-}
-
-
-def long_run(epochs: int) -> dict[str, Any]:
-    """RUN_YAML over `epochs` epochs (the corpus gives 49 steps per epoch at 2 ranks; on an idle
-    machine one epoch is over before the controller has seen a checkpoint). The ranks train alone
-    and one may run ahead: 20 kept checkpoints let them share a complete step early on."""
-    (monitor,) = RUN_YAML["callbacks"]
-    return {
-        **RUN_YAML,
-        "runner_config": {**RUN_YAML["runner_config"], "epochs": epochs},
-        "callbacks": [{**monitor, "keep_checkpoint_max": 20}],
-        "lr_schedule": {**RUN_YAML["lr_schedule"], "total_steps": -1},
-    }
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def training_job(name: str, shared: Path) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 2,
-            "template": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "trainer",
-                            "image": "respawn/trainer",
-                            "command": [
-                                sys.executable,
-                                "-m",
-                                "trainer_image",
-                                "--config",
-                                "/etc/respawn/run.yaml",
-                            ],
-                            "volumeMounts": [{"name": "config", "mountPath": "/etc/respawn"}],
-                        }
-                    ],
-                    "volumes": [{"name": "config", "configMap": {"name": "run"}}],
-                }
-            },
-            "sharedVolume": {
-                "mountPath": "/mnt/shared",
-                "volume": {"hostPath": {"path": str(shared), "type": "DirectoryOrCreate"}},
-            },
-            "failurePolicy": {"maxRestarts": 2, "backoff": {"initialSeconds": 0, "maxSeconds": 1}},
-        },
-    }
-
-
-@pytest.fixture
-def controller(api_client: client.ApiClient, namespace: str, tmp_path: Path) -> Iterator[Controller]:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    c = Controller(
-        api_client,
-        Settings(
-            namespace=namespace,
-            leader_election=False,
-            health_port=0,
-            health_host="127.0.0.1",
-            shared_root=shared,
-            device_faults=False,
-        ),
-    )
-    c.start()
-    yield c
-    c.stop()
-    c.shutdown()
-
-
-def job_status(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-    return obj.get("status") or {}
-
-
-def losses(shared: Path, namespace: str, job: str, rank: int) -> list[dict[str, Any]]:
-    return read_steps(shared / namespace / job / "log" / f"rank_{rank}" / "steps.jsonl")
 
 
 def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     api_client: client.ApiClient,
     namespace: str,
-    controller: Controller,
+    shared_controller: Controller,
     node_agent: NodeAgentHandle,
     kubeconfig: Path,
 ) -> None:
-    assert controller.settings.shared_root is not None
-    shared = controller.settings.shared_root
-    core = client.CoreV1Api(api_client)
-    core.create_namespaced_config_map(
-        namespace, {"metadata": {"name": "run"}, "data": {"run.yaml": yaml.safe_dump(long_run(3))}}
-    )
-    custom = client.CustomObjectsApi(api_client)
+    assert shared_controller.settings.shared_root is not None
+    shared = shared_controller.settings.shared_root
+    client.CoreV1Api(api_client).create_namespaced_config_map(namespace, run_config_map(long_run(3)))
     for name in ("ref", "llm"):
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, training_job(name, shared))
+        create_job(api_client, namespace, trainer_job(name, shared))
 
     # Kill a rank once both have committed checkpoints and training is well under way. The ranks
     # train alone and one may be far ahead, even done: kill the one behind, mid-run.
@@ -241,20 +113,14 @@ def kill_a_live_rank(
 
 
 def test_progress_between_failures_refunds_the_budget(
-    api_client: client.ApiClient, namespace: str, controller: Controller, node_agent: NodeAgentHandle
+    api_client: client.ApiClient, namespace: str, shared_controller: Controller, node_agent: NodeAgentHandle
 ) -> None:
     """maxRestarts 1 and two kills: the job survives because it committed newer checkpoints between them."""
-    assert controller.settings.shared_root is not None
-    shared = controller.settings.shared_root
+    assert shared_controller.settings.shared_root is not None
+    shared = shared_controller.settings.shared_root
     longer = long_run(4)  # both ranks alive through two kills
-    client.CoreV1Api(api_client).create_namespaced_config_map(
-        namespace, {"metadata": {"name": "run"}, "data": {"run.yaml": yaml.safe_dump(longer)}}
-    )
-    body = training_job("refund", shared)
-    body["spec"]["failurePolicy"]["maxRestarts"] = 1
-    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body
-    )
+    client.CoreV1Api(api_client).create_namespaced_config_map(namespace, run_config_map(longer))
+    create_job(api_client, namespace, trainer_job("refund", shared, maxRestarts=1))
 
     def checkpoint() -> int:
         return int(

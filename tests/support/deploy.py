@@ -1,8 +1,7 @@
-"""Run `python -m controller` as a ServiceAccount against a test API server, as the chart would.
-
-Shared by the RBAC tests: a token from the TokenRequest API, the controller process with a
-given command line, and what can be read from outside it (health endpoints, its Lease, its log).
-"""
+"""The chart and manifests' paths, rendered objects, and the controller run as a ServiceAccount
+against a test API server, as the chart would run it: a token from the TokenRequest API, the
+controller process with a given command line, and what can be read from outside it (health
+endpoints, its Lease, its log)."""
 
 from __future__ import annotations
 
@@ -11,13 +10,42 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from devcluster.controlplane import ControlPlane
-from tests.deploy.conftest import REPO_ROOT
+from tests.support import REPO
+
+CHART = REPO / "helm" / "respawn"
+ALL_OPTIONS = CHART / "ci" / "all-options-values.yaml"
+
+Helm = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@dataclass
+class Rendered:
+    objects: list[dict[str, Any]]
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [o for o in self.objects if o["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        found = [o for o in self.of_kind(kind) if name is None or o["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+        return found[0]
+
+    def kinds(self) -> set[str]:
+        return {o["kind"] for o in self.objects}
 
 
 def service_account_kubeconfig(
@@ -45,17 +73,17 @@ def spawn_controller(
     with log.open("wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "controller", f"--kubeconfig={kubeconfig}", *args],
-            cwd=REPO_ROOT,
+            cwd=REPO,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
-    """(status, body); status 0 while nothing listens."""
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET on a local port; status 0 while nothing listens."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
             return int(response.status), response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
