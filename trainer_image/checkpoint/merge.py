@@ -76,6 +76,22 @@ def strategy_body(
     return (json.dumps(body, indent=1) + "\n").encode()
 
 
+def write_strategy(
+    output_dir: Path, *, rank: int, world_size: int, saved: set[str], batch_size: int, remove_redundancy: bool
+) -> None:
+    """`output_dir/strategy/ckpt_strategy_rank_N.json`: what this rank's checkpoints hold."""
+    directory = output_dir / STRATEGY_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    body = strategy_body(
+        rank=rank,
+        world_size=world_size,
+        saved=saved,
+        batch_size=batch_size,
+        remove_redundancy=remove_redundancy,
+    )
+    atomic_write_bytes(strategy_path(directory, rank), body)
+
+
 def read_strategies(strategy_dir: Path, world_size: int) -> dict[int, Strategy]:
     """The strategy files of a `world_size`-rank gang; MergeError if one is missing or of another gang."""
     out = {}

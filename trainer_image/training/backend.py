@@ -241,14 +241,14 @@ class Backend:
         """Load `path`; parameters it lacks (saved with remove_redundancy) come from `siblings`, the
         other ranks' files of the same step. With `global_batch_size`, a checkpoint saved with another
         one gets its optimizer step (which drives the LR) rescaled as MindFormers does."""
-        params = _read(path)
+        params = read_checkpoint(path)
         extras = {k: int(params.pop(k).asnumpy()) for k in list(params) if k.startswith(EXTRA_PREFIX)}
         target = self.model if weights_only else self.cell
         wanted = {p.name for p in target.get_parameters()}
         for sibling in siblings:
             if wanted <= params.keys():
                 break
-            for name, value in _read(sibling).items():
+            for name, value in read_checkpoint(sibling).items():
                 if name in wanted and name not in params:
                     params[name] = value
         self._check_fit(path, params, target)
@@ -276,7 +276,9 @@ class Backend:
                 )
 
 
-def _read(path: Path) -> dict:
+def read_checkpoint(path: Path) -> dict:
+    """Every entry of a checkpoint file (parameters and `respawn.*` extras); CheckpointDamaged if it
+    does not parse."""
     fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
     try:
         return ms.load_checkpoint(str(path), format=fmt)
