@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -41,12 +42,31 @@ def plot(output_dir: Path, out: Path, *, rank: int = 0, reference: Path | None =
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if ref_records:
-        ref = effective_steps(ref_records)
-        xs = sorted(ref)
-        ax.plot(xs, [ref[x]["loss"] for x in xs], color="0.7", linewidth=4, label="reference", zorder=1)
+        _draw_reference(ax, ref_records)
+    _draw_starts(ax, starts)
+    _draw_resumes(ax, starts, resumes)
 
+    summary = _summary(starts, resumes, records, ref_records)
+    ax.set_title(_title(path, summary, with_reference=bool(ref_records)), fontsize=11)
+    ax.set_xlabel("global step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return summary
+
+
+def _draw_reference(ax: Axes, ref_records: list[dict[str, Any]]) -> None:
+    ref = effective_steps(ref_records)
+    xs = sorted(ref)
+    ax.plot(xs, [ref[x]["loss"] for x in xs], color="0.7", linewidth=4, label="reference", zorder=1)
+
+
+def _draw_starts(ax: Axes, starts: list[history.Start]) -> None:
+    """One line per start, labelled with where it began."""
     colors = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
-    failure_labelled = resume_labelled = False
     for start in starts:
         color = colors[start.index % len(colors)]
         xs = [r["global_step"] for r in start.records]
@@ -67,41 +87,25 @@ def plot(output_dir: Path, out: Path, *, rank: int = 0, reference: Path | None =
             label=origin,
             zorder=3,
         )
-    for res in resumes:
+
+
+def _draw_resumes(ax: Axes, starts: list[history.Start], resumes: list[history.Resume]) -> None:
+    """Each resume: the failure before it (with the steps it redoes) and the checkpoint step loaded."""
+    failure_labelled = False
+    for i, res in enumerate(resumes):
         prev = starts[res.start - 1]
         base = res.from_step if res.from_step is not None else 0
         if res.failed_at is not None and prev.records:
-            ax.scatter(
-                [res.failed_at],
-                [prev.records[-1]["loss"]],
-                marker="X",
-                s=110,
-                color="crimson",
-                edgecolors="black",
-                linewidths=0.6,
-                zorder=5,
-                label=None if failure_labelled else "failure (last step before restart)",
-            )
+            _draw_failure(ax, res, base, prev.records[-1]["loss"], labelled=failure_labelled)
             failure_labelled = True
-            if res.steps_redone:
-                ax.axvspan(base, res.failed_at, color="crimson", alpha=0.08, zorder=0)
-                ax.annotate(
-                    f"{res.steps_redone} redone",
-                    xy=(res.failed_at, prev.records[-1]["loss"]),
-                    xytext=(6, 10),
-                    textcoords="offset points",
-                    fontsize=8,
-                    color="crimson",
-                )
         ax.axvline(
             base,
             color="black",
             linestyle=":",
             linewidth=1.1,
             zorder=2,
-            label=None if resume_labelled else "resume (checkpoint step loaded)",
+            label=None if i else "resume (checkpoint step loaded)",
         )
-        resume_labelled = True
         ax.annotate(
             f"resume @ {base}",
             xy=(base, 1.0),
@@ -112,28 +116,47 @@ def plot(output_dir: Path, out: Path, *, rank: int = 0, reference: Path | None =
             rotation=0,
         )
 
-    summary = _summary(starts, resumes, records, ref_records)
+
+def _draw_failure(ax: Axes, res: history.Resume, base: int, loss: float, *, labelled: bool) -> None:
+    """The last step before the restart, and the span of steps the resume redoes."""
+    assert res.failed_at is not None
+    ax.scatter(
+        [res.failed_at],
+        [loss],
+        marker="X",
+        s=110,
+        color="crimson",
+        edgecolors="black",
+        linewidths=0.6,
+        zorder=5,
+        label=None if labelled else "failure (last step before restart)",
+    )
+    if res.steps_redone:
+        ax.axvspan(base, res.failed_at, color="crimson", alpha=0.08, zorder=0)
+        ax.annotate(
+            f"{res.steps_redone} redone",
+            xy=(res.failed_at, loss),
+            xytext=(6, 10),
+            textcoords="offset points",
+            fontsize=8,
+            color="crimson",
+        )
+
+
+def _title(path: Path, summary: PlotSummary, *, with_reference: bool) -> str:
     title = (
         f"{path.parent.name if path.parent.name.startswith('rank_') else path.name}: "
         f"{summary.starts} start{'s' if summary.starts != 1 else ''}, "
         f"{summary.failures} failure{'s' if summary.failures != 1 else ''}, "
         f"{summary.steps_redone} steps redone"
     )
-    if ref_records:
+    if with_reference:
         title += (
             f" — matches reference bitwise on all {summary.compared} steps"
             if not summary.mismatched
             else f" — {summary.mismatched}/{summary.compared} steps differ from reference"
         )
-    ax.set_title(title, fontsize=11)
-    ax.set_xlabel("global step")
-    ax.set_ylabel("loss")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return summary
+    return title
 
 
 def _summary(

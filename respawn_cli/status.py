@@ -107,51 +107,12 @@ def build(job: dict[str, Any], events: list[Any]) -> Report:
     phase = status.get("phase", "Pending")
     current = int(status.get("attempt", 0))
     attempts = {n: Attempt(n) for n in range(current + 1)}
-
-    def attempt(n: int) -> Attempt:
-        return attempts.setdefault(n, Attempt(n))
-
     for event in sorted(events, key=_event_time):
-        message = event.message or ""
-        when = _event_time(event)
-        if event.reason == "AttemptCreated" and (m := _ATTEMPT_CREATED.match(message)):
-            attempt(int(m["attempt"])).started = when or None
-        elif event.reason == "Restarting" and (m := _RESTARTING.match(message)):
-            n = _attempt_of_pod(m["pod"])
-            n = int(m["next"]) - 1 if n is None else n
-            attempt(n).failure = Failure(
-                reason=m["reason"],
-                pod=m["pod"] if m["pod"] != "job" else None,
-                exit_code=_exit_code(m["message"]),
-                counted=m["kind"] == "counted",
-                action="RestartJob" if m["kind"] == "counted" else "RestartJobIgnoreBudget",
-                message=m["message"],
-                time=when or None,
-            )
-        elif event.reason == "JobFailed":
-            a = attempt(current)
-            if a.failure is None:
-                a.failure = Failure(reason="", message=message, exit_code=_exit_code(message), time=when)
-            a.failure.action = "FailJob"
-
+        _apply_event(attempts, event, current)
     last = _failure(status.get("lastFailure"))
     if last is not None:
-        n = _attempt_of_pod(last.pod) if last.pod else None
-        if n is None:
-            n = current if phase == "Failed" else current - 1
-        if n >= 0:
-            known = attempt(n).failure
-            if known is not None and not last.reason:
-                last.reason = known.reason
-            attempts[n].failure = last  # the status record is complete; events may have been lost
-
-    for n, a in attempts.items():
-        if a.failure is not None and (n < current or phase == "Failed"):
-            a.result = "Failed"
-        elif n == current:
-            a.result = phase
-        elif n < current:
-            a.result = "Failed"  # restarted, though its failure's event is gone
+        _apply_last_failure(attempts, last, current, phase)
+    _set_results(attempts, current, phase)
     checkpoint = status.get("lastCompleteCheckpoint")
     return Report(
         namespace=meta["namespace"],
@@ -168,6 +129,57 @@ def build(job: dict[str, Any], events: list[Any]) -> Report:
         attempts=[attempts[n] for n in sorted(attempts)],
         conditions=list(status.get("conditions") or []),
     )
+
+
+def _attempt(attempts: dict[int, Attempt], n: int) -> Attempt:
+    return attempts.setdefault(n, Attempt(n))
+
+
+def _apply_event(attempts: dict[int, Attempt], event: Any, current: int) -> None:
+    """What one of the job's Events says about an attempt: when it started, how it failed."""
+    message = event.message or ""
+    when = _event_time(event)
+    if event.reason == "AttemptCreated" and (m := _ATTEMPT_CREATED.match(message)):
+        _attempt(attempts, int(m["attempt"])).started = when or None
+    elif event.reason == "Restarting" and (m := _RESTARTING.match(message)):
+        n = _attempt_of_pod(m["pod"])
+        n = int(m["next"]) - 1 if n is None else n
+        _attempt(attempts, n).failure = Failure(
+            reason=m["reason"],
+            pod=m["pod"] if m["pod"] != "job" else None,
+            exit_code=_exit_code(m["message"]),
+            counted=m["kind"] == "counted",
+            action="RestartJob" if m["kind"] == "counted" else "RestartJobIgnoreBudget",
+            message=m["message"],
+            time=when or None,
+        )
+    elif event.reason == "JobFailed":
+        a = _attempt(attempts, current)
+        if a.failure is None:
+            a.failure = Failure(reason="", message=message, exit_code=_exit_code(message), time=when)
+        a.failure.action = "FailJob"
+
+
+def _apply_last_failure(attempts: dict[int, Attempt], last: Failure, current: int, phase: str) -> None:
+    """The status's lastFailure replaces its attempt's failure from the events, which may be lost."""
+    n = _attempt_of_pod(last.pod) if last.pod else None
+    if n is None:
+        n = current if phase == "Failed" else current - 1
+    if n >= 0:
+        known = _attempt(attempts, n).failure
+        if known is not None and not last.reason:
+            last.reason = known.reason
+        attempts[n].failure = last  # the status record is complete; events may have been lost
+
+
+def _set_results(attempts: dict[int, Attempt], current: int, phase: str) -> None:
+    for n, a in attempts.items():
+        if a.failure is not None and (n < current or phase == "Failed"):
+            a.result = "Failed"
+        elif n == current:
+            a.result = phase
+        elif n < current:
+            a.result = "Failed"  # restarted, though its failure's event is gone
 
 
 def inspect_output(output_dir: Path) -> OnDisk:
