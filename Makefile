@@ -16,9 +16,11 @@ $(VENV)/.installed: pyproject.toml
 assets: $(VENV)/.installed
 	$(BIN)/python -m devcluster assets
 
+# Style, then the layer contracts in pyproject.toml (docs/architecture.md).
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy

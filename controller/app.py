@@ -22,8 +22,9 @@ from controller.api.types import parse_status
 from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX
 from controller.core.observations import node_state
 from controller.runtime.health import HealthServer, informer_checks
-from controller.runtime.informer import Informer, index_by_field, index_by_label, object_key
+from controller.runtime.informer import Informer
 from controller.runtime.leader import LeaderElector
+from controller.runtime.store import index_by_field, index_by_label, object_key
 from controller.runtime.workqueue import WorkQueue
 from respawn_protocol.crd import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
