@@ -133,9 +133,6 @@ class StateDir:
         found = [p for p in pods.iterdir() if p.name.startswith(f"{namespace}_{name}_")]
         return sorted(found, key=lambda p: p.stat().st_mtime)
 
-    def pvc_dir(self, namespace: str, claim: str) -> Path:
-        return self.root / "volumes" / namespace / claim
-
     # -- agent ----------------------------------------------------------------------------------
 
     def write_agent_info(self, *, pid: int, kubeconfig: str | None, nodes: list[str]) -> None:

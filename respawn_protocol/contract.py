@@ -1,6 +1,7 @@
 """The contract between the respawn controller and the trainer: environment and exit codes.
 
-The controller imports this module, so it must stay free of MindSpore and of anything slow.
+The one place that says what an exit code means: the trainer exits with these codes and the
+controller reads them through `classify_exit`.
 
 Precedence of settings in the trainer: command-line flags > environment variables > YAML config.
 """
@@ -29,15 +30,6 @@ MS_LOCAL_WORKER = "MS_LOCAL_WORKER"
 MS_NODE_RANK = "MS_NODE_RANK"
 MS_NODE_ID = "MS_NODE_ID"
 MS_ROLE = "MS_ROLE"
-MS_CLUSTER_VARS = (
-    MS_SCHED_HOST,
-    MS_SCHED_PORT,
-    MS_WORKER_NUM,
-    MS_LOCAL_WORKER,
-    MS_NODE_RANK,
-    MS_NODE_ID,
-    MS_ROLE,
-)
 
 # Layout under output_dir, shared with docs/trainer.md.
 CHECKPOINT_DIR = "checkpoint"

@@ -63,10 +63,6 @@ class Plan:
     steps: tuple[Step, ...] = ()
     requeue_after: float | None = None  # look again after this many seconds without an event
 
-    @property
-    def empty(self) -> bool:
-        return not self.steps
-
     def of(self, kind: type[S]) -> list[S]:
         return [s for s in self.steps if isinstance(s, kind)]
 
