@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from kubernetes import config
@@ -39,21 +40,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Settings]:
     p.add_argument("--no-device-faults", action="store_true", help="ignore mindx-dl-deviceinfo ConfigMaps")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
+    # Flags are named after Settings fields; the two negative switches are the exceptions.
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
     settings = Settings(
-        namespace=args.namespace,
-        workers=args.workers,
-        health_port=args.health_port,
-        health_host=args.health_host,
-        leader_election=not args.no_leader_election,
-        lease_namespace=args.lease_namespace,
-        lease_name=args.lease_name,
-        identity=args.identity,
-        lease_duration=args.lease_duration,
-        renew_deadline=args.renew_deadline,
-        retry_period=args.retry_period,
-        shared_root=args.shared_root,
-        checkpoint_poll_interval=args.checkpoint_poll_interval,
-        device_faults=not args.no_device_faults,
+        **given, leader_election=not args.no_leader_election, device_faults=not args.no_device_faults
     )
     return args, settings
 
