@@ -19,14 +19,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
+from kubernetes import client, config
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -34,98 +33,21 @@ sys.path.insert(0, str(REPO))
 from devcluster.controlplane import ControlPlane, free_port  # noqa: E402
 from devcluster.crds import apply_crds  # noqa: E402
 from respawn_protocol.crd import GROUP, LABEL_MANAGED_BY, PLURAL, VERSION  # noqa: E402
+from tests.support.kube import PodWatcher  # noqa: E402
+from tests.support.manifests import played_job, pod_status  # noqa: E402
 
 NS = "scale"
-SCHEDULER = "played-by-the-benchmark"
 
 
-def job_body(name: str, replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "template": {
-                "spec": {
-                    "schedulerName": SCHEDULER,
-                    "containers": [{"name": "trainer", "image": "x", "command": ["sleep", "inf"]}],
-                }
-            },
-            "failurePolicy": {"maxRestarts": 1000, "backoff": {"initialSeconds": 0, "maxSeconds": 0}},
-        },
-    }
-
-
-def container_status(phase: str) -> dict[str, Any]:
-    state: dict[str, Any] = {"running": {"startedAt": "2026-11-23T00:00:00Z"}}
-    if phase == "Failed":
-        state = {"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": "2026-11-23T00:00:01Z"}}
-    return {
-        "status": {
-            "phase": phase,
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": "x",
-                    "imageID": "",
-                    "ready": phase == "Running",
-                    "restartCount": 0,
-                    "state": state,
-                }
-            ],
-        }
-    }
-
-
-class Kubelet:
+class Kubelet(PodWatcher):
     """Marks every new pod Running and records when each pod name first appeared."""
 
     def __init__(self, api: client.ApiClient) -> None:
-        self.core = client.CoreV1Api(api)
-        self.first_seen: dict[str, float] = {}
-        self.cond = threading.Condition()
         self.pool = ThreadPoolExecutor(8)
-        self.stop = threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
+        super().__init__(api, NS, f"{LABEL_MANAGED_BY}=respawn")
 
-    def _run(self) -> None:
-        try:
-            self._watch()
-        except Exception:
-            if not self.stop.is_set():
-                raise
-
-    def _watch(self) -> None:
-        rv = self.core.list_namespaced_pod(NS, limit=1).metadata.resource_version
-        while not self.stop.is_set():
-            for event in watch.Watch().stream(
-                self.core.list_namespaced_pod,
-                NS,
-                resource_version=rv,
-                timeout_seconds=60,
-                label_selector=f"{LABEL_MANAGED_BY}=respawn",
-            ):
-                pod = event["object"]
-                rv = pod.metadata.resource_version
-                if event["type"] == "ADDED":
-                    with self.cond:
-                        self.first_seen.setdefault(pod.metadata.name, time.perf_counter())
-                        self.cond.notify_all()
-                    self.pool.submit(
-                        self.core.patch_namespaced_pod_status,
-                        pod.metadata.name,
-                        NS,
-                        container_status("Running"),
-                    )
-
-    def wait(self, names: set[str], timeout: float = 60.0) -> float:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not names <= self.first_seen.keys():
-                if not self.cond.wait(max(0.0, deadline - time.monotonic())):
-                    raise TimeoutError(f"pods never appeared: {sorted(names - self.first_seen.keys())[:5]}")
-            return max(self.first_seen[n] for n in names)
+    def added(self, pod: Any) -> None:
+        self.pool.submit(self.core.patch_namespaced_pod_status, pod.metadata.name, NS, pod_status("Running"))
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -209,7 +131,7 @@ def main() -> int:
                 list(
                     pool.map(
                         lambda n: custom.create_namespaced_custom_object(
-                            GROUP, VERSION, NS, PLURAL, job_body(n, args.replicas)
+                            GROUP, VERSION, NS, PLURAL, played_job(n, args.replicas, maxRestarts=1000)
                         ),
                         names,
                     )
@@ -236,7 +158,7 @@ def main() -> int:
                 nxt = {f"{name}-a1-{r}" for r in range(args.replicas)}
                 t0 = time.perf_counter()
                 core.patch_namespaced_pod_status(
-                    f"{name}-a0-{i % args.replicas}", NS, container_status("Failed")
+                    f"{name}-a0-{i % args.replicas}", NS, pod_status("Failed", 137)
                 )
                 samples.append(kubelet.wait(nxt) - t0)
             time.sleep(2)
@@ -270,7 +192,7 @@ def main() -> int:
                 f"{writes / max(reconciles, 1):.2f} writes per reconcile"
             )
         finally:
-            kubelet.stop.set()
+            kubelet.stop()
             controller.terminate()
             controller.wait(timeout=30)
             log.close()

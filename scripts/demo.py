@@ -13,8 +13,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,10 @@ sys.path.insert(0, str(REPO))
 
 from devcluster.controlplane import free_port  # noqa: E402
 from devcluster.local import LocalCluster  # noqa: E402
-from respawn_protocol.crd import GROUP, PLURAL, VERSION  # noqa: E402
 from respawn_protocol.steplog import read_steps  # noqa: E402
+from tests.support.kube import job_status  # noqa: E402
+from tests.support.manifests import run_config_map, trainer_command, training_job  # noqa: E402
+from tests.support.poll import wait_for  # noqa: E402
 
 NAMESPACE = "demo"
 JOB = "tiny-llama"
@@ -70,58 +70,19 @@ def say(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def manifest(shared: Path) -> list[dict[str, Any]]:
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "tiny-run", "namespace": NAMESPACE},
-        "data": {"run.yaml": yaml.safe_dump(RUN_YAML)},
-    }
-    job = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": JOB, "namespace": NAMESPACE},
-        "spec": {
-            "replicas": 2,
-            "template": {
-                "spec": {
-                    # The node agent runs containers as local processes, so the image is not pulled.
-                    "containers": [
-                        {
-                            "name": "trainer",
-                            "image": "respawn/trainer:0.1.0",
-                            "command": [
-                                sys.executable,
-                                "-m",
-                                "trainer_image",
-                                "--config",
-                                "/etc/respawn/run.yaml",
-                            ],
-                            "volumeMounts": [{"name": "run", "mountPath": "/etc/respawn"}],
-                        }
-                    ],
-                    "volumes": [{"name": "run", "configMap": {"name": "tiny-run"}}],
-                }
-            },
-            "sharedVolume": {
-                "mountPath": "/mnt/shared",
-                "volume": {"hostPath": {"path": str(shared), "type": "DirectoryOrCreate"}},
-            },
-            "failurePolicy": {"maxRestarts": 3, "backoff": {"initialSeconds": 1, "maxSeconds": 10}},
-        },
-    }
-    return [config_map, job]
+    # The node agent runs containers as local processes, so the image is not pulled.
+    job = training_job(
+        JOB,
+        namespace=NAMESPACE,
+        image="respawn/trainer:0.1.0",
+        command=trainer_command(),
+        run_config="tiny-run",
+        shared=shared,
+        backoff=(1, 10),
+        maxRestarts=3,
+    )
+    return [run_config_map(RUN_YAML, "tiny-run", NAMESPACE), job]
 
 
 def main() -> int:
@@ -172,7 +133,7 @@ def main() -> int:
 
 def run_demo(cluster: LocalCluster, kubectl: list[str], shared: Path, workdir: Path, health: int) -> int:
     api = cluster.api_client()
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    core = client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": NAMESPACE}})
     core.create_namespaced_service_account(NAMESPACE, {"metadata": {"name": "default"}})
     job_file = workdir / "trainingjob.yaml"
@@ -181,7 +142,7 @@ def run_demo(cluster: LocalCluster, kubectl: list[str], shared: Path, workdir: P
     subprocess.run([*kubectl, "apply", "-f", str(job_file)], check=True)
 
     def status() -> dict[str, Any]:
-        return custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, JOB).get("status") or {}
+        return job_status(api, NAMESPACE, JOB)
 
     steps_log = shared / NAMESPACE / JOB / "log" / "rank_1" / "steps.jsonl"
     wait_for(

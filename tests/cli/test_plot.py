@@ -11,8 +11,7 @@ import pytest
 from respawn_cli import history
 from respawn_cli.__main__ import main
 from respawn_cli.plot import plot
-
-from .conftest import loss_at, record, write_steps
+from tests.support.outputs import loss_at, record, write_steps
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -13,8 +13,8 @@ from kubernetes import client
 from controller.adapters.kubewriter import KubeWriter
 from respawn_cli.__main__ import main
 from respawn_protocol.crd import GROUP, PLURAL, VERSION
-
-from .conftest import commit, write_steps
+from tests.support.manifests import training_job
+from tests.support.outputs import commit, write_steps
 
 STATUS: dict[str, Any] = {
     "phase": "Running",
@@ -56,16 +56,7 @@ EVENTS = [
 @pytest.fixture
 def job(api_client: client.ApiClient, namespace: str) -> dict[str, Any]:
     custom = client.CustomObjectsApi(api_client)
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": "st"},
-        "spec": {
-            "replicas": 2,
-            "template": {"spec": {"containers": [{"name": "trainer", "image": "respawn/trainer"}]}},
-            "failurePolicy": {"maxRestarts": 4},
-        },
-    }
+    body = training_job("st", maxRestarts=4)
     created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
     created["status"] = STATUS
     updated: dict[str, Any] = custom.replace_namespaced_custom_object_status(

@@ -13,23 +13,12 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controller.runtime.informer import ADDED, DELETED, MODIFIED, Informer, index_by_field, index_by_label
-
-from .test_informer_unit import Recorder, wait_until
-
-GROUP, VERSION, PLURAL = "training.respawn.dev", "v1alpha1", "trainingjobs"
-
-
-def training_job(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "template": {"spec": {"containers": [{"name": "trainer", "image": "trainer"}]}},
-        },
-    }
+from controller.runtime.informer import ADDED, DELETED, MODIFIED, Informer
+from controller.runtime.store import index_by_field, index_by_label
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
+from tests.support.informer import Recorder
+from tests.support.manifests import training_job
+from tests.support.poll import FAST, wait_for
 
 
 def config_map(name: str, **data: str) -> client.V1ConfigMap:
@@ -93,8 +82,10 @@ def test_custom_resources_create_update_delete(
     )
     key = f"{namespace}/train"
 
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, training_job("train"))
-    wait_until(lambda: jobs.get(key) is not None, message="created job cached")
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, training_job("train", replicas=1, image="trainer")
+    )
+    wait_for("created job cached", lambda: jobs.get(key) is not None, interval=FAST)
     cached = jobs.get(key)
     assert cached is not None
     assert (
@@ -105,10 +96,12 @@ def test_custom_resources_create_update_delete(
     custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "train", {"spec": {"replicas": 2}}
     )
-    wait_until(lambda: (jobs.get(key) or {}).get("spec", {}).get("replicas") == 2, message="update cached")
+    wait_for(
+        "update cached", lambda: (jobs.get(key) or {}).get("spec", {}).get("replicas") == 2, interval=FAST
+    )
 
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "train")
-    wait_until(lambda: jobs.get(key) is None, message="delete applied")
+    wait_for("delete applied", lambda: jobs.get(key) is None, interval=FAST)
     assert [event[:2] for event in recorder.events] == [(ADDED, key), (MODIFIED, key), (DELETED, key)]
     assert recorder.events[1][2] == created_rv, "MODIFIED carries the previous cached object"
     assert jobs.stats.lists == 1 and jobs.stats.relists == 0
@@ -137,7 +130,7 @@ def test_pods_by_job_label_and_by_node_are_served_from_the_cache(
     core.create_namespaced_pod(namespace, pod("p2", labels={**mine, "job": "j1"}, node="n2"))
     core.create_namespaced_pod(namespace, pod("p3", labels={**mine, "job": "j2"}, node="n1"))
     core.create_namespaced_pod(namespace, pod("other", labels={"job": "j1"}, node="n1"))  # not selected
-    wait_until(lambda: len(pods.list()) == 3, message="three selected pods cached")
+    wait_for("three selected pods cached", lambda: len(pods.list()) == 3, interval=FAST)
 
     def names(objs: list[dict[str, Any]]) -> list[str]:
         return [o["metadata"]["name"] for o in objs]
@@ -149,8 +142,10 @@ def test_pods_by_job_label_and_by_node_are_served_from_the_cache(
     assert pods.stats.lists == lists_before == 1, "reads must not LIST"
 
     core.delete_namespaced_pod("p1", namespace, grace_period_seconds=0)
-    wait_until(
-        lambda: names(pods.by_index("job", f"{namespace}/j1")) == ["p2"], message="delete left the index"
+    wait_for(
+        "delete left the index",
+        lambda: names(pods.by_index("job", f"{namespace}/j1")) == ["p2"],
+        interval=FAST,
     )
     assert names(pods.by_index("node", "n1")) == ["p3"]
 
@@ -173,16 +168,16 @@ def test_survives_an_api_server_restart_and_catches_changes_made_while_disconnec
         list_config_maps, list_kwargs={"namespace": namespace}, name="cms", backoff_base=0.2, backoff_cap=1.0
     )
     run(informers, informer, recorder)
-    wait_until(lambda: informer.stats.watches >= 1)
+    wait_for("a watch open", lambda: informer.stats.watches >= 1, interval=FAST)
 
     try:
         # SIGKILL, as in a crash: the open watch breaks at once (a graceful stop drains it first).
         control_plane.stop_apiserver(signal.SIGKILL)
         # Reconnecting fails while the server is down, with backoff.
-        wait_until(lambda: informer.stats.errors >= 2, timeout=30, message="reconnect attempts fail")
+        wait_for("reconnect attempts fail", lambda: informer.stats.errors >= 2, 30, interval=FAST)
         assert informer.is_alive()
         gate.close()
-        wait_until(gate.held.is_set, timeout=30, message="next watch attempt held at the gate")
+        wait_for("next watch attempt held at the gate", gate.held.is_set, 30, interval=FAST)
     finally:
         control_plane.start_apiserver()
     try:
@@ -200,12 +195,12 @@ def test_survives_an_api_server_restart_and_catches_changes_made_while_disconnec
             and b["data"]["v"] == "2"
         )
 
-    wait_until(caught_up, timeout=30, message="cache matches the server after reconnecting")
+    wait_for("cache matches the server after reconnecting", caught_up, 30, interval=FAST)
     assert (DELETED, f"{namespace}/a") in [event[:2] for event in recorder.events]
     assert informer.stats.watches >= 3
 
     core.create_namespaced_config_map(namespace, config_map("d"))
-    wait_until(lambda: informer.get(f"{namespace}/d") is not None, message="the new watch delivers")
+    wait_for("the new watch delivers", lambda: informer.get(f"{namespace}/d") is not None, interval=FAST)
 
 
 class ErrorFirst:
@@ -254,18 +249,22 @@ def test_410_gone_relists_and_delivers_the_delete_it_missed(
     informer = run(
         informers, Informer(list_config_maps, list_kwargs={"namespace": namespace}, name="cms"), recorder
     )
-    wait_until(gate.held.is_set)
+    wait_for("the watch held at the gate", gate.held.is_set, interval=FAST)
     core.delete_namespaced_config_map("a", namespace)
     core.create_namespaced_config_map(namespace, config_map("c"))
     gate.open()
 
-    wait_until(lambda: informer.stats.relists == 1 and informer.get(f"{namespace}/c") is not None)
+    wait_for(
+        "one relist, which caches c",
+        lambda: informer.stats.relists == 1 and informer.get(f"{namespace}/c") is not None,
+        interval=FAST,
+    )
     assert informer.get(f"{namespace}/a") is None
     assert [e[:2] for e in recorder.events[2:]] == [(ADDED, f"{namespace}/c"), (DELETED, f"{namespace}/a")]
     assert informer.stats.lists == 2
     # After the relist the informer watches again, from the relist's version, and sees new changes.
     core.create_namespaced_config_map(namespace, config_map("d"))
-    wait_until(lambda: informer.get(f"{namespace}/d") is not None)
+    wait_for("the new watch delivers d", lambda: informer.get(f"{namespace}/d") is not None, interval=FAST)
 
 
 def test_stop_ends_an_open_watch_promptly(
@@ -279,8 +278,10 @@ def test_stop_ends_an_open_watch_promptly(
     try:
         assert informer.wait_for_sync(30)
         core.create_namespaced_config_map(namespace, config_map("x"))
-        wait_until(
-            lambda: informer.get(f"{namespace}/x") is not None, message="the watch is open and delivering"
+        wait_for(
+            "the watch is open and delivering",
+            lambda: informer.get(f"{namespace}/x") is not None,
+            interval=FAST,
         )
     finally:
         started = time.monotonic()

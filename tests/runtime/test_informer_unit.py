@@ -18,15 +18,10 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError
 
-from controller.runtime.informer import (
-    ADDED,
-    DELETED,
-    MODIFIED,
-    Informer,
-    index_by_field,
-    index_by_label,
-    object_key,
-)
+from controller.runtime.informer import ADDED, DELETED, MODIFIED, Informer
+from controller.runtime.store import index_by_field, index_by_label, object_key
+from tests.support.informer import Recorder
+from tests.support.poll import FAST, wait_for
 
 Event = tuple[str, str, str | None]
 WatchStep = Callable[[dict[str, Any]], "FakeResponse"]
@@ -125,23 +120,6 @@ class FakeApi:
         return FakeResponse(data=json.dumps(body).encode())
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, message: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {message}")
-        time.sleep(0.005)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def __call__(self, event_type: str, obj: dict, old: dict | None) -> None:
-        old_rv = old["metadata"]["resourceVersion"] if old else None
-        self.events.append((event_type, object_key(obj), old_rv))
-
-
 @pytest.fixture
 def api() -> FakeApi:
     fake = FakeApi()
@@ -197,7 +175,7 @@ def test_watch_starts_from_the_list_and_applies_events(
     )
     api.script.append(lambda kwargs: FakeResponse(events=events, hold=True))
     informer = make_informer(watch_timeout_seconds=77)
-    wait_until(lambda: informer.resource_version == "150", message="bookmark applied")
+    wait_for("bookmark applied", lambda: informer.resource_version == "150", interval=FAST)
     assert recorder.events[2:] == [(ADDED, "ns/c", None), (MODIFIED, "ns/a", "101"), (DELETED, "ns/b", "102")]
     assert sorted(informer.keys()) == ["ns/a", "ns/c"]
     cached = informer.get("ns/a")
@@ -214,7 +192,7 @@ def test_watch_ending_normally_resumes_from_the_last_version_without_listing(
 ) -> None:
     api.script.append(lambda kwargs: FakeResponse(events=({"type": "ADDED", "object": cm("c", 110)},)))
     informer = make_informer()
-    wait_until(lambda: len(api.watches()) >= 2)
+    wait_for("a second watch", lambda: len(api.watches()) >= 2, interval=FAST)
     assert api.watches()[1]["resource_version"] == "110"
     assert informer.stats.lists == 1 and informer.stats.relists == 0
 
@@ -250,7 +228,9 @@ def test_410_relists_and_reports_what_changed_in_the_gap(
 
     api.script.append(gap_then_gone)
     informer = make_informer()
-    wait_until(lambda: informer.stats.lists == 2 and len(recorder.events) == 5, message="relist delivered")
+    wait_for(
+        "relist delivered", lambda: informer.stats.lists == 2 and len(recorder.events) == 5, interval=FAST
+    )
     assert sorted(recorder.events[2:]) == [
         (ADDED, "ns/c", None),
         (DELETED, "ns/a", "101"),
@@ -258,7 +238,7 @@ def test_410_relists_and_reports_what_changed_in_the_gap(
     ]
     assert sorted(informer.keys()) == ["ns/b", "ns/c"]
     assert informer.stats.relists == 1
-    wait_until(lambda: len(api.watches()) == 2)
+    wait_for("the second watch", lambda: len(api.watches()) == 2, interval=FAST)
     assert api.watches()[1]["resource_version"] == str(api.rv), "watch resumes from the relist's version"
 
 
@@ -270,7 +250,7 @@ def test_connection_errors_back_off_and_resume_the_watch(
 
     api.script.extend([refused] * 4)
     informer = make_informer(backoff_base=0.05, backoff_cap=0.15)
-    wait_until(lambda: len(api.watches()) == 5, message="fifth watch after four failures")
+    wait_for("fifth watch after four failures", lambda: len(api.watches()) == 5, interval=FAST)
     times = [t for t, kw in api.requests if kw.get("watch")]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert gaps[0] >= 0.05 and gaps[1] >= 0.1 and gaps[2] >= 0.15 and gaps[3] >= 0.15, gaps
@@ -286,7 +266,7 @@ def test_watch_that_ends_at_once_is_retried_with_backoff_not_spun(
 ) -> None:
     api.script.extend([lambda kwargs: FakeResponse()] * 3)
     make_informer(backoff_base=0.1, backoff_cap=1.0)
-    wait_until(lambda: len(api.watches()) == 4)
+    wait_for("the fourth watch", lambda: len(api.watches()) == 4, interval=FAST)
     times = [t for t, kw in api.requests if kw.get("watch")]
     assert times[-1] - times[0] >= 0.1 + 0.2 + 0.4
 
@@ -294,7 +274,11 @@ def test_watch_that_ends_at_once_is_retried_with_backoff_not_spun(
 def test_repeated_410_after_relist_backs_off(make_informer: Callable[..., Informer], api: FakeApi) -> None:
     api.script.extend([gone_on_open(api)] * 3)
     informer = make_informer(backoff_base=0.1)
-    wait_until(lambda: informer.stats.relists == 3 and len(api.watches()) == 4)
+    wait_for(
+        "three relists and four watches",
+        lambda: informer.stats.relists == 3 and len(api.watches()) == 4,
+        interval=FAST,
+    )
     lists = [t for t, kw in api.requests if not kw.get("watch")]
     assert lists[1] - lists[0] < 0.1, "the first 410 relists at once"
     assert lists[3] - lists[1] >= 0.1 + 0.2, "repeated 410s wait"
@@ -315,7 +299,7 @@ def test_indexes_follow_updates_and_deletes(make_informer: Callable[..., Informe
     informer.add_index("job", index_by_label("job"))
     informer.start()
     try:
-        wait_until(lambda: informer.by_index("job", "ns/j2"), message="pod moved to job j2")
+        wait_for("pod moved to job j2", lambda: informer.by_index("job", "ns/j2"), interval=FAST)
         informer.add_index("node", index_by_field("spec", "nodeName"))  # added late: built from the cache
         assert informer.by_index("job", "ns/j1") == []
         assert [p["metadata"]["name"] for p in informer.by_index("node", "n2")] == ["p"]
@@ -340,7 +324,7 @@ def test_failing_handler_does_not_stop_the_informer(api: FakeApi) -> None:
     informer.on_event(handler)
     informer.start()
     try:
-        wait_until(lambda: informer.get("ns/c") is not None)
+        wait_for("c cached", lambda: informer.get("ns/c") is not None, interval=FAST)
         assert seen == ["ns/a", "ns/b", "ns/c"] and informer.is_alive()
     finally:
         informer.stop()
@@ -361,7 +345,7 @@ def test_list_is_paged(api: FakeApi, recorder: Recorder) -> None:
 
 def test_stop_interrupts_a_blocked_watch(make_informer: Callable[..., Informer], api: FakeApi) -> None:
     informer = make_informer()
-    wait_until(lambda: api.watches())
+    wait_for("a watch", api.watches, interval=FAST)
     started = time.monotonic()
     informer.stop(timeout=5)
     assert not informer.is_alive() and time.monotonic() - started < 1.0

@@ -18,8 +18,7 @@ from kubernetes import client, config
 
 from controller.runtime.clock import FakeClock
 from controller.runtime.leader import LeaderElector, default_identity
-
-from .test_informer_unit import wait_until
+from tests.support.poll import FAST, wait_for
 
 # Short timings so takeovers happen in seconds; the ratios are client-go's (15/10/2 s).
 TIMINGS: dict[str, Any] = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.25}
@@ -78,7 +77,7 @@ def start_pair(
     first, second = electors("replica-a", **overrides), electors("replica-b", **overrides)
     first[0].start()
     second[0].start()
-    wait_until(lambda: first[0].is_leader() or second[0].is_leader(), timeout=10, message="someone leads")
+    wait_for("someone leads", lambda: first[0].is_leader() or second[0].is_leader(), 10, interval=FAST)
     return (first, second) if first[0].is_leader() else (second, first)
 
 
@@ -104,7 +103,7 @@ def test_follower_takes_over_after_the_leader_stops_renewing(
     stopped_at = time.monotonic()
     leader.stop(release=False)  # as if the process hung or died: the lease is left to expire
     assert not leader.is_leader()
-    wait_until(follower.is_leader, timeout=TIMINGS["lease_duration"] + 3, message="follower takes over")
+    wait_for("follower takes over", follower.is_leader, TIMINGS["lease_duration"] + 3, interval=FAST)
     waited = follower_tracker.started_at - stopped_at
     assert waited >= TIMINGS["lease_duration"] - 2 * TIMINGS["retry_period"] - 0.5, "took over before expiry"
     assert waited <= TIMINGS["lease_duration"] + 1.0, (
@@ -125,7 +124,7 @@ def test_release_on_clean_shutdown_makes_the_takeover_fast(
     stopped_at = time.monotonic()
     leader.stop(release=True)
     assert leader_tracker.stopped.is_set(), "on_stopped_leading runs on a clean stop too"
-    wait_until(follower.is_leader, timeout=5, message="follower takes the released lease")
+    wait_for("follower takes the released lease", follower.is_leader, 5, interval=FAST)
     assert follower_tracker.started_at - stopped_at < 2.0
 
 
@@ -150,7 +149,7 @@ def test_losing_the_lease_calls_on_stopped_leading_and_does_not_retry(
         "loss must be reported within the renew deadline"
     )
     assert not elector.is_leader()
-    wait_until(lambda: not elector.is_alive(), message="the elector gives up for good")
+    wait_for("the elector gives up for good", lambda: not elector.is_alive(), interval=FAST)
     assert holder(api_client, namespace) == "intruder", "a lost lease is not released"
 
 
@@ -242,7 +241,7 @@ def test_a_leader_cut_off_from_the_api_server_stops_leading_before_its_lease_exp
         elector.start()
         assert elector.wait_for_leadership(10)
         partition.cut.set()
-        wait_until(lambda: stopped_at, timeout=TIMINGS["lease_duration"] * 3, message="leadership given up")
+        wait_for("leadership given up", lambda: stopped_at, TIMINGS["lease_duration"] * 3, interval=FAST)
         lease = client.CoordinationV1Api(api_client).read_namespaced_lease("respawn-controller", namespace)
         assert lease.spec.holder_identity == "cut-off"
         led_for = (stopped_at[0] - lease.spec.renew_time).total_seconds()

@@ -96,11 +96,11 @@ class PodWatcher:
 
     def __init__(self, api: client.ApiClient, namespace: str, selector: str) -> None:
         self.first_seen: dict[str, float] = {}
-        self._core = client.CoreV1Api(api)
+        self.core = client.CoreV1Api(api)
         self._namespace, self._selector = namespace, selector
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._rv = self._core.list_namespaced_pod(
+        self._rv = self.core.list_namespaced_pod(
             namespace, label_selector=selector, limit=1
         ).metadata.resource_version
         threading.Thread(target=self._run, name="pod-watcher", daemon=True).start()
@@ -116,7 +116,7 @@ class PodWatcher:
         w = watch.Watch()
         while not self._stop.is_set():
             for event in w.stream(
-                self._core.list_namespaced_pod,
+                self.core.list_namespaced_pod,
                 self._namespace,
                 label_selector=self._selector,
                 resource_version=self._rv,

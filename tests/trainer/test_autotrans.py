@@ -25,9 +25,16 @@ import pytest
 
 from respawn_protocol.contract import ExitCode
 from respawn_protocol.steplog import effective_steps
-
-from .conftest import TrainerProcess, step_lines, tiny_config, tree, write_config
-from .test_parallel import WAIT, _Launcher, start_gang
+from tests.support.trainer import (
+    WAIT,
+    Launcher,
+    TrainerProcess,
+    start_gang,
+    step_lines,
+    tiny_config,
+    tree,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +49,7 @@ def config(out: Path, batch: int, **overrides: Any) -> dict[str, Any]:
     return tiny_config(out, **{**settings, **overrides})
 
 
-def single(launch: _Launcher, path: Path, **env: str) -> TrainerProcess:
+def single(launch: Launcher, path: Path, **env: str) -> TrainerProcess:
     return launch(path, log_name="single", RESPAWN_RANK="0", RESPAWN_WORLD_SIZE="1", **env)
 
 
@@ -69,7 +76,7 @@ def global_loss(out: Path, world: int) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def references(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, str]) -> dict[int, Path]:
     """Uninterrupted runs of the same global batch: 2 ranks x 4 and 1 rank x 8."""
-    launch = _Launcher(trainer_env)
+    launch = Launcher(trainer_env)
     two = tmp_path_factory.mktemp("ref_two_ranks")
     one = tmp_path_factory.mktemp("ref_one_rank")
     gang = start_gang(launch, write_config(two.parent / f"{two.name}.yaml", config(two, 4)))
@@ -126,7 +133,7 @@ def test_two_ranks_resume_on_one(
     """With remove_redundancy each rank's file holds half the state: the merge needs both, per the
     strategy files."""
     out = tmp_path / "out"
-    launch = _Launcher(trainer_env)
+    launch = Launcher(trainer_env)
     two = config(out, 4, remove_redundancy=remove_redundancy)
     gang = start_gang(
         launch, write_config(tmp_path / "two.yaml", two), RESPAWN_FAULT=f"after_meta:{KILLED_AT}"
@@ -155,7 +162,7 @@ def test_one_rank_resumes_on_two(
     references: dict[int, Path], tmp_path: Path, trainer_env: dict[str, str]
 ) -> None:
     out = tmp_path / "out"
-    launch = _Launcher(trainer_env)
+    launch = Launcher(trainer_env)
     solo = single(
         launch, write_config(tmp_path / "one.yaml", config(out, 8)), RESPAWN_FAULT=f"after_meta:{KILLED_AT}"
     )

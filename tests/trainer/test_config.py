@@ -11,10 +11,10 @@ import pytest
 
 from respawn_protocol import contract
 from respawn_protocol.contract import ExitClass, ExitCode, classify_exit
+from tests.support import REPO
+from tests.support.trainer import tiny_config
 from trainer_image.config import CheckpointMonitor, ConfigError, LossMonitor, parse_config
 from trainer_image.trainer import Trainer, TrainingArguments, build_config, env_overrides
-
-from .conftest import REPO, tiny_config
 
 
 def test_full_tiny_config_parses(tmp_path: Path) -> None:

@@ -10,16 +10,13 @@ from typing import Any
 
 import pytest
 
-from devcluster.controlplane import free_port
 from respawn_protocol.contract import ExitCode
 from respawn_protocol.steplog import effective_steps
-
-from .conftest import TrainerProcess, step_lines, tiny_config, wait_until, write_config
+from tests.support.poll import FAST, wait_for
+from tests.support.trainer import WAIT, WORLD, Launcher, start_gang, step_lines, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
-WORLD = 2
-WAIT = 900.0  # seconds per process: MindSpore init alone took ~2 min on a loaded 2-core machine
 STEPS = 10  # 80 samples / 2 ranks / batch 8 = 5 steps per epoch, 2 epochs
 
 
@@ -46,39 +43,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, s
     """One uninterrupted 2-rank data-parallel run."""
     out = tmp_path_factory.mktemp("parallel_reference")
     path = write_config(out.parent / f"{out.name}.yaml", parallel_config(out))
-    for p in start_gang(_Launcher(trainer_env), path):
+    for p in start_gang(Launcher(trainer_env), path):
         assert p.wait(WAIT) == ExitCode.SUCCESS, p.output()[-3000:]
     return out
-
-
-def start_gang(launch: _Launcher, path: Path, **rank1_env: str) -> list[TrainerProcess]:
-    """One process per rank with the variables the controller injects, and a fresh scheduler port."""
-    port = free_port()
-    return [
-        launch(path, log_name=f"rank{rank}", **_rank_env(rank, port), **(rank1_env if rank == 1 else {}))
-        for rank in range(WORLD)
-    ]
-
-
-def _rank_env(rank: int, port: int) -> dict[str, str]:
-    return {
-        "RESPAWN_RANK": str(rank),
-        "RESPAWN_WORLD_SIZE": str(WORLD),
-        "MS_SCHED_HOST": "127.0.0.1",
-        "MS_SCHED_PORT": str(port),
-        "MS_WORKER_NUM": str(WORLD),
-        "MS_NODE_RANK": str(rank),
-        "MS_NODE_ID": str(rank),
-        "MS_ROLE": "MS_WORKER",
-    }
-
-
-class _Launcher:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    def __call__(self, path: Path, *, log_name: str, **extra_env: str) -> TrainerProcess:
-        return TrainerProcess(path, self.env, path.with_name(f"{path.stem}-{log_name}.log"), extra_env)
 
 
 def test_ranks_all_reduce_gradients(reference: Path) -> None:
@@ -98,7 +65,7 @@ def test_a_rank_killed_inside_a_save_makes_the_gang_resume_from_the_same_older_s
 ) -> None:
     out = tmp_path / "out"
     path = write_config(tmp_path / "run.yaml", parallel_config(out, remove_redundancy=remove_redundancy))
-    launch = _Launcher(trainer_env)
+    launch = Launcher(trainer_env)
     gang = start_gang(launch, path, RESPAWN_FAULT="after_publish:4")
     try:
         # Rank 1 dies with step 4's file durable but not committed in its meta.json.
@@ -144,9 +111,9 @@ def test_a_survivor_of_a_lost_peer_stops_on_sigterm_without_waiting_for_the_hear
     out = tmp_path / "out"
     config = parallel_config(out, runner_config__epochs=100, callbacks__0__save_checkpoint_steps=10_000)
     path = write_config(tmp_path / "run.yaml", config)
-    gang = start_gang(_Launcher(trainer_env), path)
+    gang = start_gang(Launcher(trainer_env), path)
     try:
-        wait_until(lambda: len(step_lines(out, 0)) >= 3, timeout=WAIT, what="rank 0 to train")
+        wait_for("rank 0 to train", lambda: len(step_lines(out, 0)) >= 3, WAIT, interval=FAST)
         gang[1].kill()
         gang[0].proc.send_signal(signal.SIGTERM)
         assert gang[0].wait(WAIT) == ExitCode.TERMINATED, gang[0].output()[-3000:]

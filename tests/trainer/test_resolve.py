@@ -12,8 +12,7 @@ import pytest
 from respawn_protocol.layout import StepKey
 from respawn_protocol.meta import Meta, Record, meta_path
 from respawn_protocol.resolve import Check, ResolveError, last_complete, resolve
-
-from .conftest import tree
+from tests.support.trainer import tree
 
 
 def safetensors_bytes(payload: bytes = b"\0" * 16) -> bytes:

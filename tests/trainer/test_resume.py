@@ -16,18 +16,9 @@ import pytest
 
 from respawn_protocol.contract import ExitCode
 from respawn_protocol.meta import read_meta
-
-from .conftest import (
-    REPO,
-    TOTAL_STEPS,
-    losses,
-    run_to_end,
-    step_lines,
-    tiny_config,
-    tree,
-    wait_until,
-    write_config,
-)
+from tests.support import REPO
+from tests.support.poll import FAST, wait_for
+from tests.support.trainer import TOTAL_STEPS, losses, run_to_end, step_lines, tiny_config, tree, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -65,11 +56,11 @@ def kill_at_random(launch: Any, path: Path, out: Path, rng: random.Random) -> No
     """SIGKILL a run a random 0-80 ms after it has logged 1-4 more steps."""
     proc = launch(path)
     target = len(step_lines(out)) + rng.randint(1, 4)
-    wait_until(
-        lambda: len(step_lines(out)) >= target or proc.proc.poll() is not None, timeout=90, what="steps"
+    wait_for(
+        "steps", lambda: len(step_lines(out)) >= target or proc.proc.poll() is not None, 90, interval=FAST
     )
     kill_at = time.monotonic() + rng.uniform(0.0, 0.08)
-    wait_until(lambda: time.monotonic() >= kill_at, timeout=1)
+    wait_for("time.monotonic() >= kill_at", lambda: time.monotonic() >= kill_at, 1, interval=FAST)
     assert proc.proc.poll() is None, proc.output()[-2000:]
     proc.kill()
 
@@ -108,7 +99,7 @@ def test_sigterm_commits_the_current_step_and_loses_nothing(
     out = tmp_path / "out"
     path = write_config(tmp_path / "run.yaml", tiny_config(out, callbacks__0__save_checkpoint_steps=1000))
     proc = launch(path)
-    wait_until(lambda: len(step_lines(out)) >= 5 or proc.proc.poll() is not None, timeout=90, what="5 steps")
+    wait_for("5 steps", lambda: len(step_lines(out)) >= 5 or proc.proc.poll() is not None, 90, interval=FAST)
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.wait() == ExitCode.STOPPED, proc.output()[-2000:]
     last_logged = step_lines(out)[-1]["global_step"]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, tiny_config, write_config
+from tests.support import REPO
+from tests.support.trainer import tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 

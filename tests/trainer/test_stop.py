@@ -10,9 +10,8 @@ import textwrap
 import threading
 
 from respawn_protocol.contract import ExitCode
+from tests.support import REPO
 from trainer_image.training.stop import STEP_LIMIT_FACTOR, STEP_LIMIT_FLOOR, StopRequest
-
-from .conftest import REPO
 
 # The child reports "ready" once inside its step, then the test sends SIGTERM.
 CHILD = """

@@ -1,5 +1,5 @@
-"""Hand-made job output dirs: steps.jsonl files the way the trainer writes them (a `resumed_from`
-first line per start, a torn line where a process died) and committed checkpoints."""
+"""Hand-made job output dirs, for the CLI tests: steps.jsonl files the way the trainer writes them (a
+`resumed_from` first line per start, a torn line where a process died) and committed checkpoints."""
 
 from __future__ import annotations
 

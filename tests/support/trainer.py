@@ -1,0 +1,165 @@
+"""The trainer's tests' helpers: tiny configs, trainer processes (alone or as a data-parallel gang
+with the variables the controller injects), and what a run leaves behind."""
+
+from __future__ import annotations
+
+import copy
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devcluster.controlplane import free_port
+from respawn_protocol.steplog import effective_steps, read_steps
+
+PROCESS_TIMEOUT = 120.0
+
+TINY: dict[str, Any] = {
+    "seed": 7,
+    "context": {"mode": 0},
+    "resume_training": True,
+    "load_ckpt_format": "ckpt",
+    "runner_config": {"epochs": 2, "batch_size": 8},
+    "runner_wrapper": {"scale_sense": {"loss_scale_value": 1024.0, "scale_window": 6}},
+    "callbacks": [
+        {
+            "type": "CheckpointMonitor",
+            "prefix": "tiny",
+            "save_checkpoint_steps": 1,
+            "keep_checkpoint_max": 3,
+            "checkpoint_format": "ckpt",
+            "async_save": False,
+            "save_network_params": True,
+        }
+    ],
+    "lr_schedule": {
+        "type": "CosineWithWarmUpLR",
+        "learning_rate": 0.003,
+        "warmup_steps": 3,
+        "total_steps": 40,
+    },
+    "model": {
+        "type": "llama",
+        "seq_length": 32,
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_heads": 4,
+        "intermediate_size": 88,
+        "dropout": 0.1,
+    },
+    "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": 80}},
+}
+TOTAL_STEPS = 20  # 80 samples / batch 8 = 10 steps per epoch, 2 epochs
+
+
+def tiny_config(output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """The tiny config writing to `output_dir`, auto-recovering from its own checkpoint directory.
+    Overrides use dotted keys with `__` for dots, e.g. `runner_config__epochs=3`."""
+    config = copy.deepcopy(TINY)
+    config["output_dir"] = str(output_dir)
+    config["load_checkpoint"] = str(output_dir / "checkpoint")
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split("__")
+        node = config
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        node[leaf] = value
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class TrainerProcess:
+    def __init__(
+        self, config_path: Path, env: dict[str, str], log_path: Path, extra_env: dict[str, str]
+    ) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "trainer_image", "--config", str(config_path)],
+            env={**env, **extra_env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=config_path.parent,
+        )
+
+    def wait(self, timeout: float = PROCESS_TIMEOUT) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.wait()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def run_to_end(launch: Callable[..., TrainerProcess], config_path: Path, **extra_env: str) -> TrainerProcess:
+    p = launch(config_path, **extra_env)
+    p.wait()
+    return p
+
+
+WORLD = 2
+WAIT = 900.0  # seconds per gang process: MindSpore init alone took ~2 min on a loaded 2-core machine
+
+
+def start_gang(launch: Launcher, path: Path, **rank1_env: str) -> list[TrainerProcess]:
+    """One process per rank with the variables the controller injects, and a fresh scheduler port."""
+    port = free_port()
+    return [
+        launch(path, log_name=f"rank{rank}", **_rank_env(rank, port), **(rank1_env if rank == 1 else {}))
+        for rank in range(WORLD)
+    ]
+
+
+def _rank_env(rank: int, port: int) -> dict[str, str]:
+    return {
+        "RESPAWN_RANK": str(rank),
+        "RESPAWN_WORLD_SIZE": str(WORLD),
+        "MS_SCHED_HOST": "127.0.0.1",
+        "MS_SCHED_PORT": str(port),
+        "MS_WORKER_NUM": str(WORLD),
+        "MS_NODE_RANK": str(rank),
+        "MS_NODE_ID": str(rank),
+        "MS_ROLE": "MS_WORKER",
+    }
+
+
+class Launcher:
+    """Start trainer processes with `env`, each logging next to its config as `<stem>-<log_name>.log`."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __call__(self, path: Path, *, log_name: str, **extra_env: str) -> TrainerProcess:
+        return TrainerProcess(path, self.env, path.with_name(f"{path.stem}-{log_name}.log"), extra_env)
+
+
+def step_lines(output_dir: Path, rank: int = 0) -> list[dict[str, Any]]:
+    return read_steps(output_dir / "log" / f"rank_{rank}" / "steps.jsonl")
+
+
+def losses(output_dir: Path) -> dict[int, str]:
+    """global_step -> float32 bit pattern of the loss on the surviving history."""
+    return {g: r["loss_bits"] for g, r in effective_steps(step_lines(output_dir)).items()}
+
+
+def tree(path: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `path` with its size and mtime, to show nothing was touched."""
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
