@@ -4,6 +4,11 @@ The agent works on plain dicts in the API's own field names (what it reads is wh
 get -o json` shows, what it writes is a strategic-merge patch), so responses are read raw
 (`_preload_content=False`) instead of through the generated models. That also sidesteps the
 client's known failure to deserialise a Binding response.
+
+List+watch is the client's own `kubernetes.watch.Watch`, asked for plain dicts (`return_type`
+"object"); `Reflector` adds what it leaves to its caller: the list, the store, the relist after
+410 Gone, backoff, and stopping. (The controller has its own informer in controller/runtime;
+devcluster imports nothing of the product, so it cannot share it.)
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
-from kubernetes import client, config
-from kubernetes.watch.watch import iter_resp_lines
+from kubernetes import client, config, watch
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,8 @@ class Reflector:
 
     `on_change(kind, obj)` gets kind "upsert" or "delete". A relist (start, 410 Gone, error)
     reports the difference against the store, including objects deleted while not watching.
-    Errors back off exponentially (capped); nothing spins.
+    Errors back off exponentially (capped); nothing spins. `stop` is seen between events (a
+    bookmark arrives at least every minute or so) and between watches.
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class Reflector:
         self._watch_timeout = watch_timeout
         self._store: dict[str, Obj] = {}
         self._store_lock = threading.Lock()
+        self._watch_stream = watch.Watch(return_type="object")  # events' objects as plain dicts
         self.synced = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"reflector-{name}", daemon=True)
 
@@ -153,41 +159,37 @@ class Reflector:
         return str(listing["metadata"]["resourceVersion"])
 
     def _watch(self, rv: str) -> str:
-        resp = self._list(
-            watch=True,
+        """Watch from `rv` until the server ends the watch (or `stop`); returns the last resourceVersion
+        seen, bookmarks included. 410 Gone, on opening or as an ERROR event, raises `_Expired`."""
+        events = self._watch_stream.stream(
+            self._list,
             resource_version=rv,
             allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_timeout,
-            _preload_content=False,
+            timeout_seconds=self._watch_timeout,  # also: one request, the client does not retry it
             _request_timeout=(5.0, self._watch_timeout + 30.0),
         )
         try:
-            for line in iter_resp_lines(resp):
+            for event in events:
                 if self._stop.is_set():
                     break
-                if not line:
-                    continue
-                event = json.loads(line)
-                obj = event["object"]
-                kind = event["type"]
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Expired()
-                    raise RuntimeError(f"watch error: {obj.get('message')}")
-                rv = obj["metadata"].get("resourceVersion", rv)
-                if kind == "BOOKMARK":
-                    continue
-                key = self._key(obj)
-                with self._store_lock:
-                    if kind == "DELETED":
-                        self._store.pop(key, None)
-                    else:
-                        self._store[key] = obj
-                self._emit("delete" if kind == "DELETED" else "upsert", obj)
+                if event["type"] != "BOOKMARK":
+                    self._apply(event["type"], event["raw_object"])
+        except client.ApiException as exc:
+            if exc.status == 410:
+                raise _Expired() from exc
+            raise
         finally:
-            resp.close()
-            resp.release_conn()
-        return rv
+            events.close()
+        return str(self._watch_stream.resource_version or rv)
+
+    def _apply(self, kind: str, obj: Obj) -> None:
+        key = self._key(obj)
+        with self._store_lock:
+            if kind == "DELETED":
+                self._store.pop(key, None)
+            else:
+                self._store[key] = obj
+        self._emit("delete" if kind == "DELETED" else "upsert", obj)
 
     def _emit(self, kind: str, obj: Obj) -> None:
         try:

@@ -209,17 +209,16 @@ def test_every_dashboard_panel_has_data_after_a_failure(
     api_client: client.ApiClient,
     namespace: str,
     shared_controller: Controller,
+    shared_root: Path,
     prometheus: Prometheus,
     node_agent: NodeAgentHandle,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     started = time.monotonic()
-    shared = shared_controller.settings.shared_root
-    assert shared is not None
-    output = shared / namespace / "pm"
+    output = shared_root / namespace / "pm"
     job = training_job(
-        "pm", command=[sys.executable, "-c", WORKER], shared=shared, backoff=(0, 1), maxRestarts=2
+        "pm", command=[sys.executable, "-c", WORKER], shared=shared_root, backoff=(0, 1), maxRestarts=2
     )
     create_job(api_client, namespace, job)
 

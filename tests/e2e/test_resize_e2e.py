@@ -11,6 +11,7 @@ halves from 8 to 4 and the trainer rescales the step count (MindFormers' rule): 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,13 +41,12 @@ def test_replicas_edited_after_a_failure_resumes_through_the_merge(
     api_client: client.ApiClient,
     namespace: str,
     shared_controller: Controller,
+    shared_root: Path,
     node_agent: NodeAgentHandle,
 ) -> None:
-    assert shared_controller.settings.shared_root is not None
-    shared = shared_controller.settings.shared_root
     client.CoreV1Api(api_client).create_namespaced_config_map(namespace, run_config_map(RESIZE_YAML))
     # Long enough a backoff to edit the job while it waits; the test does not sleep through it.
-    create_job(api_client, namespace, trainer_job("llm", shared, backoff=(15, 15)))
+    create_job(api_client, namespace, trainer_job("llm", shared_root, backoff=(15, 15)))
 
     def status() -> dict[str, Any]:
         return job_status(api_client, namespace, "llm")
@@ -67,8 +67,8 @@ def test_replicas_edited_after_a_failure_resumes_through_the_merge(
     assert (final["restarts"], final["attempt"], final["replicas"]) == (1, 1, 1), final
     assert final["lastFailure"]["pod"] == "llm-a0-1"
 
-    out = shared / namespace / "llm"
-    records = losses(shared, namespace, "llm", 0)
+    out = shared_root / namespace / "llm"
+    records = losses(shared_root, namespace, "llm", 0)
     resumed = [r["resumed_from"] for r in records if "resumed_from" in r]
     assert resumed[0] is None and len(resumed) == 2, resumed
     origin = resumed[1]

@@ -30,14 +30,13 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     api_client: client.ApiClient,
     namespace: str,
     shared_controller: Controller,
+    shared_root: Path,
     node_agent: NodeAgentHandle,
     kubeconfig: Path,
 ) -> None:
-    assert shared_controller.settings.shared_root is not None
-    shared = shared_controller.settings.shared_root
     client.CoreV1Api(api_client).create_namespaced_config_map(namespace, run_config_map(long_run(3)))
     for name in ("ref", "llm"):
-        create_job(api_client, namespace, trainer_job(name, shared))
+        create_job(api_client, namespace, trainer_job(name, shared_root))
 
     # Kill a rank once both have committed checkpoints and training is well under way. The ranks
     # train alone and one may be far ahead, even done: kill the one behind, mid-run.
@@ -48,15 +47,15 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
         ),
         180,
     )
-    behind = sorted((1, 0), key=lambda r: len(losses(shared, namespace, "llm", r)))
+    behind = sorted((1, 0), key=lambda r: len(losses(shared_root, namespace, "llm", r)))
     killed = kill_a_live_rank(node_agent, namespace, "llm-a0", order=behind)
-    killed_after = len(losses(shared, namespace, "llm", int(killed.rsplit("-", 1)[1])))
+    killed_after = len(losses(shared_root, namespace, "llm", int(killed.rsplit("-", 1)[1])))
 
     def finished(name: str) -> bool:
         return job_status(api_client, namespace, name).get("phase") in ("Succeeded", "Failed")
 
     wait_for("both jobs to finish", lambda: finished("llm") and finished("ref"), 300)
-    total = max(r["global_step"] for r in losses(shared, namespace, "ref", 0))
+    total = max(r["global_step"] for r in losses(shared_root, namespace, "ref", 0))
     assert killed_after < total, "training finished before the fault was injected"
     status = job_status(api_client, namespace, "llm")
     assert status["phase"] == "Succeeded", status
@@ -68,8 +67,8 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     assert job_status(api_client, namespace, "ref")["restarts"] == 0
 
     for rank in (0, 1):
-        records = losses(shared, namespace, "llm", rank)
-        reference = {r["global_step"]: r["loss_bits"] for r in losses(shared, namespace, "ref", rank)}
+        records = losses(shared_root, namespace, "llm", rank)
+        reference = {r["global_step"]: r["loss_bits"] for r in losses(shared_root, namespace, "ref", rank)}
         assert sorted(reference) == list(range(1, total + 1))
         # Every record, including steps redone after the resume, lies on the reference curve.
         for record in records:
@@ -113,14 +112,16 @@ def kill_a_live_rank(
 
 
 def test_progress_between_failures_refunds_the_budget(
-    api_client: client.ApiClient, namespace: str, shared_controller: Controller, node_agent: NodeAgentHandle
+    api_client: client.ApiClient,
+    namespace: str,
+    shared_controller: Controller,
+    shared_root: Path,
+    node_agent: NodeAgentHandle,
 ) -> None:
     """maxRestarts 1 and two kills: the job survives because it committed newer checkpoints between them."""
-    assert shared_controller.settings.shared_root is not None
-    shared = shared_controller.settings.shared_root
     longer = long_run(4)  # both ranks alive through two kills
     client.CoreV1Api(api_client).create_namespaced_config_map(namespace, run_config_map(longer))
-    create_job(api_client, namespace, trainer_job("refund", shared, maxRestarts=1))
+    create_job(api_client, namespace, trainer_job("refund", shared_root, maxRestarts=1))
 
     def checkpoint() -> int:
         return int(
