@@ -30,7 +30,3 @@ class Snapshot:
 
     def wait_copied(self) -> None:
         self._copied.wait()
-
-    @property
-    def copied(self) -> bool:
-        return self._copied.is_set()

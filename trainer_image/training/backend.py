@@ -133,7 +133,6 @@ class Backend:
     def __init__(self, config: TrainerConfig, *, total_steps: int) -> None:
         ms.set_context(mode=config.context.mode, device_target=config.context.device_target)
         ms.set_seed(config.seed)
-        self.config = config
         self.model = build_model(config.model)
         opt = config.optimizer
         optimizer = nn.AdamWeightDecay(
