@@ -31,6 +31,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.support.poll import poll  # noqa: E402
+
 STEPS_PER_EPOCH = 64
 BATCH = 1
 CONFIG: dict[str, Any] = {
@@ -245,12 +247,15 @@ def resume_run(workdir: Path, fmt: str, checkpoint_dir: Path) -> dict[str, float
         proc = subprocess.Popen(
             [sys.executable, "-m", "trainer_image", "--config", str(path)], env=env, stderr=log
         )
-        deadline = t0 + 600
-        while not (steps.exists() and steps.read_bytes().endswith(b"\n")):
-            if proc.poll() is not None or time.perf_counter() > deadline:
-                proc.kill()
-                raise RuntimeError(f"resume run failed:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.01)
+        stepped = poll(
+            lambda: steps.exists() and steps.read_bytes().endswith(b"\n"),
+            600,
+            interval=0.01,
+            give_up=lambda: proc.poll() is not None,
+        )
+        if not stepped:
+            proc.kill()
+            raise RuntimeError(f"resume run failed:\n{log_path.read_text()[-3000:]}")
         total = time.perf_counter() - t0
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=600)

@@ -35,6 +35,7 @@ from devcluster.crds import apply_crds  # noqa: E402
 from respawn_protocol.crd import GROUP, LABEL_MANAGED_BY, PLURAL, VERSION  # noqa: E402
 from tests.support.kube import PodWatcher  # noqa: E402
 from tests.support.manifests import played_job, pod_status  # noqa: E402
+from tests.support.poll import wait_for  # noqa: E402
 
 NS = "scale"
 
@@ -143,10 +144,12 @@ def main() -> int:
                 items = custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]
                 return sum((j.get("status") or {}).get("phase") == "Running" for j in items)
 
-            while running() < args.jobs:
-                if time.monotonic() - started > 1800:
-                    raise TimeoutError("jobs never all Running")
-                time.sleep(1)
+            wait_for(
+                "every job Running",
+                lambda: running() >= args.jobs,
+                max(0.0, 1800 - (time.monotonic() - started)),
+                interval=1,
+            )
             ramp = time.monotonic() - started
             rss_idle, cpu_before = proc_stats(controller.pid)
             time.sleep(30)  # steady state: what does the controller cost while nothing happens?

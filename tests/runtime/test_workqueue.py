@@ -9,6 +9,7 @@ import pytest
 
 from controller.runtime.clock import FakeClock
 from controller.runtime.workqueue import ExponentialBackoff, WorkQueue
+from tests.support.poll import poll
 
 
 @pytest.fixture
@@ -124,10 +125,13 @@ def test_get_blocks_until_the_fake_clock_reaches_a_delayed_key(
     got: list[str | None] = []
     worker = threading.Thread(target=lambda: got.append(queue.get()))
     worker.start()
-    deadline = time.monotonic() + 5
-    while not got and time.monotonic() < deadline:
+
+    def advanced() -> bool:
         clock.advance(10.0)
         worker.join(0.01)
+        return bool(got)
+
+    poll(advanced, 5, interval=0)
     worker.join(5)
     assert got == ["a"]
 
@@ -185,9 +189,7 @@ def test_concurrent_workers_never_share_a_key() -> None:
         thread.start()
     for i in range(2000):
         queue.add(f"k{i % 7}")
-    deadline = time.monotonic() + 10
-    while (len(queue) or queue.processing()) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll(lambda: not (len(queue) or queue.processing()), 10, interval=0.01)
     queue.shutdown()
     for thread in workers:
         thread.join(5)
