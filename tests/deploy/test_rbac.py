@@ -21,7 +21,13 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from devcluster.controlplane import ControlPlane, free_port
-from tests.support.deploy import http_status, lease_holder, service_account_kubeconfig, spawn_controller
+from tests.support.deploy import (
+    allowed,
+    http_status,
+    lease_holder,
+    service_account_kubeconfig,
+    spawn_controller,
+)
 from tests.support.kube import create_job, get_job, job_pods, run_attempt, set_phase
 from tests.support.manifests import played_job
 from tests.support.poll import wait_for
@@ -91,23 +97,10 @@ def as_controller(
 def can(
     api_client: client.ApiClient, user: str, verb: str, resource: str, namespace: str = "", name: str = ""
 ) -> bool:
-    resource, _, subresource = resource.partition("/")
-    resource, _, group = resource.partition(".")
-    review = client.V1SubjectAccessReview(
-        spec=client.V1SubjectAccessReviewSpec(
-            user=user,
-            groups=["system:serviceaccounts", "system:authenticated"],
-            resource_attributes=client.V1ResourceAttributes(
-                verb=verb,
-                group=group,
-                resource=resource,
-                subresource=subresource,
-                namespace=namespace,
-                name=name,
-            ),
-        )
-    )
-    return bool(client.AuthorizationV1Api(api_client).create_subject_access_review(review).status.allowed)
+    """`resource` as `plural[.group][/subresource]`."""
+    kind, slash, subresource = resource.partition("/")
+    plural, _, group = kind.partition(".")
+    return allowed(api_client, user, verb, group, plural + slash + subresource, namespace, name)
 
 
 JOB_VERBS = [

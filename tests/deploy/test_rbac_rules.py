@@ -37,6 +37,7 @@ from tests.support import REPO
 from tests.support.deploy import (
     CHART,
     Helm,
+    allowed,
     http_get,
     lease_holder,
     service_account_kubeconfig,
@@ -203,23 +204,6 @@ def access_checks(rules: Rules, user: str, namespace: str) -> dict[str, tuple[st
         for verb in rule["verbs"]
         for name in rule.get("resourceNames") or [""]
     }
-
-
-def allowed(
-    admin: client.ApiClient, user: str, verb: str, group: str, resource: str, namespace: str, name: str
-) -> bool:
-    resource, _, subresource = resource.partition("/")
-    attributes = client.V1ResourceAttributes(
-        verb=verb, group=group, resource=resource, subresource=subresource, namespace=namespace, name=name
-    )
-    review = client.V1SubjectAccessReview(
-        spec=client.V1SubjectAccessReviewSpec(
-            user=user,
-            groups=["system:serviceaccounts", "system:authenticated"],
-            resource_attributes=attributes,
-        )
-    )
-    return bool(client.AuthorizationV1Api(admin).create_subject_access_review(review).status.allowed)
 
 
 @dataclass

@@ -95,6 +95,31 @@ def http_status(port: int, path: str) -> int:
     return http_get(port, path)[0]
 
 
+def allowed(
+    admin: client.ApiClient,
+    user: str,
+    verb: str,
+    group: str,
+    resource: str,
+    namespace: str = "",
+    name: str = "",
+) -> bool:
+    """Whether `user` (a ServiceAccount) may `verb` the `resource` (`plural` or `plural/subresource`) of
+    API `group`, as the API server's authorizer answers a SubjectAccessReview."""
+    resource, _, subresource = resource.partition("/")
+    attributes = client.V1ResourceAttributes(
+        verb=verb, group=group, resource=resource, subresource=subresource, namespace=namespace, name=name
+    )
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts", "system:authenticated"],
+            resource_attributes=attributes,
+        )
+    )
+    return bool(client.AuthorizationV1Api(admin).create_subject_access_review(review).status.allowed)
+
+
 def lease_holder(
     api_client: client.ApiClient, namespace: str, name: str = "respawn-controller"
 ) -> str | None:
