@@ -134,17 +134,17 @@ def _check_before_import(config: TrainerConfig, *, rank: int, world_size: int) -
 
 
 def _train(config: TrainerConfig, gang: Gang, stop: StopRequest, *, started: float) -> Outcome:
-    run = _start(config, gang, started=started)
+    state = _start(config, gang, started=started)
     try:
-        _steps(run, stop)
-        if run.checkpointer is not None:
-            run.checkpointer.wait()
+        _steps(state, stop)
+        if state.checkpointer is not None:
+            state.checkpointer.wait()
     finally:
-        run.steplog.close()
-    status: Literal["completed", "stopped"] = "completed" if run.finished else "stopped"
-    log.info("%s at global step %d", status, run.progress.global_step)
+        state.steplog.close()
+    status: Literal["completed", "stopped"] = "completed" if state.finished else "stopped"
+    log.info("%s at global step %d", status, state.progress.global_step)
     return Outcome(
-        status, run.progress.global_step, run.saved_at == run.progress.global_step, run.resumed_from
+        status, state.progress.global_step, state.saved_at == state.progress.global_step, state.resumed_from
     )
 
 
@@ -167,16 +167,16 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float) -> _Run:
 
     progress, resolution = _resume(config, gang, stream, backend, saved)
     loaded_at = time.perf_counter()
-    run = _open(config, gang, stream, backend, progress, resolution, started=started)
+    state = _open(config, gang, stream, backend, progress, resolution, started=started)
     log.info(
         "start: global step %d, %d steps to go; import %.2fs, build %.2fs, load %.2fs",
         progress.global_step,
-        max(0, run.end - progress.data_step),
+        max(0, state.end - progress.data_step),
         imported - started,
         built - imported,
         loaded_at - built,
     )
-    return run
+    return state
 
 
 def _saved_parameters(backend: Backend, config: TrainerConfig, gang: Gang) -> set[str]:
@@ -271,36 +271,36 @@ def _open(
 # ------------------------------------------------------------------------------------------------ steps
 
 
-def _steps(run: _Run, stop: StopRequest) -> None:
+def _steps(state: _Run, stop: StopRequest) -> None:
     """Step through the rest of the data; no step starts after a stop is requested."""
-    for batch in run.stream.batches(start_step=run.progress.data_step, epochs=run.epochs):
+    for batch in state.stream.batches(start_step=state.progress.data_step, epochs=state.epochs):
         if not stop.begin_step():
             break
-        _step(run, batch, stop)
+        _step(state, batch, stop)
         if stop.requested:
             break
 
 
-def _step(run: _Run, batch: np.ndarray, stop: StopRequest) -> None:
+def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
     """One optimizer step: run it, count it, log it, and commit a checkpoint when one is due (every
     `save_every` global steps, after the last step, and on a stop request)."""
     t0 = time.perf_counter()
-    progress = run.progress
-    keep = _keep_mask(run.config, batch.shape[0], progress.global_step, run.gang)
-    result = run.backend.step(batch, keep)
+    progress = state.progress
+    keep = _keep_mask(state.config, batch.shape[0], progress.global_step, state.gang)
+    result = state.backend.step(batch, keep)
     stop.end_step()
-    progress.advance(steps_per_epoch=run.stream.steps_per_epoch)
-    run.steplog.write(_step_record(run, result, t0))
-    if run.checkpointer is not None and (
-        progress.global_step % run.save_every == 0 or run.finished or stop.requested
+    progress.advance(steps_per_epoch=state.stream.steps_per_epoch)
+    state.steplog.write(_step_record(state, result, t0))
+    if state.checkpointer is not None and (
+        progress.global_step % state.save_every == 0 or state.finished or stop.requested
     ):
-        run.checkpointer.save(progress)
-        run.saved_at = progress.global_step
+        state.checkpointer.save(progress)
+        state.saved_at = progress.global_step
 
 
-def _step_record(run: _Run, result: StepResult, t0: float) -> dict[str, Any]:
+def _step_record(state: _Run, result: StepResult, t0: float) -> dict[str, Any]:
     """The step's line in steps.jsonl; the first line of a start also says where it resumed from."""
-    progress = run.progress
+    progress = state.progress
     record: dict[str, Any] = {
         "global_step": progress.global_step,
         "epoch": progress.epoch,
@@ -312,10 +312,10 @@ def _step_record(run: _Run, result: StepResult, t0: float) -> dict[str, Any]:
         "overflow": result.overflow,
         "step_time": round(time.perf_counter() - t0, 6),
     }
-    if run.first_step:
-        record["resumed_from"] = run.resumed_from
-        record["startup_seconds"] = round(t0 - run.started, 3)
-        run.first_step = False
+    if state.first_step:
+        record["resumed_from"] = state.resumed_from
+        record["startup_seconds"] = round(t0 - state.started, 3)
+        state.first_step = False
     return record
 
 
