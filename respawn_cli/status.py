@@ -15,7 +15,8 @@ from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from respawn_protocol.meta import MetaError, read_meta
 from respawn_protocol.resolve import last_complete
 
-# Messages written by controller/core/decide.py.
+# Event messages written by controller/core/policy/restart.py (Restarting, JobFailed) and
+# controller/core/policy/startup.py (AttemptCreated).
 _RESTARTING = re.compile(
     r"^(?P<reason>\S+) on (?P<pod>\S+): (?P<message>.*); restart (?P<kind>counted|not counted), "
     r"attempt (?P<next>\d+) in "
