@@ -1,4 +1,4 @@
-"""The gang's agreement on one resume step (loop.load_start with an `agree` collective), without MindSpore."""
+"""The gang's agreement on one resume step (resume.load_start with an `agree` collective), no MindSpore."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 from respawn_protocol.layout import StepKey
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import parse_config
-from trainer_image.training.loop import load_start
 from trainer_image.training.parallel import split_owners
+from trainer_image.training.resume import load_start
 
 
 class FakeBackend:
