@@ -41,3 +41,11 @@ def test_targets_run_as_the_charts_non_root_user() -> None:
         assert f'ENTRYPOINT ["python", "-m", "{entrypoint}"]' in body
         # Dependencies come from their own stage, installed before the source is copied.
         assert body.index("COPY --from=") < body.index(f"COPY {entrypoint}/")
+
+
+def test_the_controller_image_ships_the_protocol_not_the_trainer() -> None:
+    text = DOCKERFILE.read_text()
+    stages = dict(re.findall(r"^FROM \S+ AS (\S+)\n(.*?)(?=^FROM |\Z)", text, re.M | re.S))
+    copied = {name: set(re.findall(r"^COPY (?!--from)(\S+)/ ", body, re.M)) for name, body in stages.items()}
+    assert copied["controller"] == {"respawn_protocol", "controller"}
+    assert copied["trainer"] == {"respawn_protocol", "trainer_image"}
