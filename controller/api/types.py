@@ -141,20 +141,37 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         raise InvalidSpec(f"spec.trainerContainer {trainer!r} is not a container of the template ({names})")
     shared = spec.get("sharedVolume") or {}
     mount_path = shared.get("mountPath", DEFAULT_MOUNT_PATH)
+    _check_path("spec.sharedVolume.mountPath", mount_path, absolute=True)
     output_dir = spec.get("outputDir") or f"{namespace}/{name}"
-    normalized = posixpath.normpath(output_dir)
-    if output_dir.startswith("/") or normalized == ".." or normalized.startswith("../"):
-        raise InvalidSpec(f"spec.outputDir {output_dir!r} must stay inside the shared volume")
+    _check_path("spec.outputDir", output_dir, absolute=False)
     return JobSpec(
         replicas=int(spec["replicas"]),
         template=template,
         trainer_container=trainer,
         mount_path=mount_path,
         shared_volume=shared.get("volume"),
-        output_dir=normalized,
+        output_dir=output_dir,
         scheduler_port=int(spec.get("schedulerPort", 8118)),
         failure_policy=parse_failure_policy(spec.get("failurePolicy") or {}),
     )
+
+
+def _check_path(field: str, path: Any, *, absolute: bool) -> None:
+    """The CRD's path rules, again: a controller may meet a job admitted under an older CRD."""
+    if not isinstance(path, str):
+        raise InvalidSpec(f"{field} must be a string")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise InvalidSpec(f"{field} {path!r} must not contain control characters")
+    if path.startswith("/") != absolute:
+        where = "an absolute path" if absolute else "relative to the shared volume (no leading '/')"
+        raise InvalidSpec(f"{field} {path!r} must be {where}")
+    segments = path[1:].split("/") if absolute else path.split("/")
+    if ".." in segments and not absolute:
+        raise InvalidSpec(f"{field} {path!r} must stay inside the shared volume (no '..' segments)")
+    if {"", ".", ".."} & set(segments):
+        raise InvalidSpec(
+            f"{field} {path!r} must be normalized (no empty, '.' or '..' segments, no trailing '/')"
+        )
 
 
 def parse_failure_policy(policy: dict[str, Any]) -> FailurePolicy:

@@ -258,6 +258,21 @@ def test_edited_replicas_apply_to_the_next_attempt() -> None:
     [
         ({"trainerContainer": "missing"}, "spec.trainerContainer 'missing' is not a container"),
         ({"outputDir": "a/../../b"}, "must stay inside the shared volume"),
+        ({"outputDir": "/abs"}, r"spec.outputDir '/abs' must be relative"),
+        ({"outputDir": "a/./b"}, r"spec.outputDir 'a/./b' must be normalized"),
+        ({"outputDir": "a//b"}, "spec.outputDir 'a//b' must be normalized"),
+        ({"outputDir": "a/b/"}, "spec.outputDir 'a/b/' must be normalized"),
+        ({"outputDir": "a/\x00b"}, "spec.outputDir .* must not contain control characters"),
+        (
+            {"sharedVolume": {"volume": {}, "mountPath": "mnt"}},
+            "spec.sharedVolume.mountPath 'mnt' must be an absolute",
+        ),
+        (
+            {"sharedVolume": {"volume": {}, "mountPath": "/"}},
+            "spec.sharedVolume.mountPath '/' must be normalized",
+        ),
+        ({"sharedVolume": {"volume": {}, "mountPath": "/m/../x"}}, "spec.sharedVolume.mountPath '/m/../x' must be normalized"),
+        ({"sharedVolume": {"volume": {}, "mountPath": "/m\x7f"}}, "mountPath .* must not contain control"),
     ],
 )
 def test_specs_a_schema_cannot_check_are_rejected(spec: dict[str, Any], message: str) -> None:
