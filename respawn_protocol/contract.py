@@ -4,6 +4,12 @@ The one place that says what an exit code means: the trainer exits with these co
 controller reads them through `classify_exit`.
 
 Precedence of settings in the trainer: command-line flags > environment variables > YAML config.
+
+Auto-resume under the controller: the controller names the job's own checkpoint directory
+(`JOB_CHECKPOINT_DIR`) and leaves `load_checkpoint` / `resume_training` to the user. The trainer
+resumes from the job's directory once it holds a step complete on every rank (as
+`respawn_protocol.resolve` decides, agreed by the gang); until then the user's `load_checkpoint` /
+`resume_training` apply (pretrained weights), or random init if there are none.
 """
 
 from __future__ import annotations
@@ -12,9 +18,15 @@ import enum
 
 # Set by the controller on every worker container.
 OUTPUT_DIR = "RESPAWN_OUTPUT_DIR"
+# The job's own checkpoint directory, OUTPUT_DIR/checkpoint: once it holds a step complete on every
+# rank, the trainer resumes from it (resume_training: true) whatever load_checkpoint says.
+JOB_CHECKPOINT_DIR = "RESPAWN_JOB_CHECKPOINT_DIR"
 RANK = "RESPAWN_RANK"
 WORLD_SIZE = "RESPAWN_WORLD_SIZE"
 ATTEMPT = "RESPAWN_ATTEMPT"  # 0 on the first start, +1 per gang restart; a step pairs files of one attempt
+
+# The user's, never set by the controller: they override the YAML config's keys. With
+# JOB_CHECKPOINT_DIR, load_checkpoint / resume_training apply while that directory holds no complete step.
 LOAD_CHECKPOINT = "RESPAWN_LOAD_CHECKPOINT"
 RESUME_TRAINING = "RESPAWN_RESUME_TRAINING"  # "true" / "false" / a checkpoint file name
 TRAIN_DATASET_DIR = "RESPAWN_TRAIN_DATASET_DIR"

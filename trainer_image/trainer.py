@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from respawn_protocol import contract
+from respawn_protocol.layout import checkpoint_root
 from trainer_image.config import TrainerConfig, load_yaml, parse_config, set_dotted, to_dict
 from trainer_image.training.loop import Outcome, run
 from trainer_image.training.stop import StopRequest
@@ -84,6 +85,25 @@ def attempt_of(environ: Mapping[str, str]) -> int | None:
     return attempt
 
 
+def job_checkpoint_dir(environ: Mapping[str, str], config: TrainerConfig) -> Path | None:
+    """The controller's RESPAWN_JOB_CHECKPOINT_DIR: auto-resume from it wins over load_checkpoint once
+    it holds a complete step. It must be where this run writes its checkpoints (output_dir/checkpoint),
+    or the job would never resume from them."""
+    from trainer_image.config import ConfigError
+
+    value = environ.get(contract.JOB_CHECKPOINT_DIR)
+    if not value:
+        return None
+    path = Path(value)
+    own = checkpoint_root(Path(config.output_dir))
+    if path.resolve() != own.resolve():
+        raise ConfigError(
+            f"{contract.JOB_CHECKPOINT_DIR}={value} is not where this run writes its checkpoints "
+            f"({own}, from output_dir): the job would never resume from them"
+        )
+    return path
+
+
 def build_config(
     config: str | os.PathLike[str] | Mapping[str, Any] | TrainerConfig | None,
     *layers: Mapping[str, Any],
@@ -121,6 +141,7 @@ class Trainer:
         self.config = build_config(config, env, (args or TrainingArguments()).overrides(), extra)
         self.rank, self.world_size = rank_and_world(environ)
         self.attempt = attempt_of(environ)
+        self.job_checkpoint_dir = job_checkpoint_dir(environ, self.config)
 
     def train(
         self, train_checkpoint: str | None = None, resume_training: bool | str | None = None
@@ -134,6 +155,13 @@ class Trainer:
         stop = StopRequest()
         stop.install()
         try:
-            return run(config, rank=self.rank, world_size=self.world_size, stop=stop, attempt=self.attempt)
+            return run(
+                config,
+                rank=self.rank,
+                world_size=self.world_size,
+                stop=stop,
+                attempt=self.attempt,
+                job_checkpoint_dir=self.job_checkpoint_dir,
+            )
         finally:
             stop.uninstall()

@@ -67,13 +67,15 @@ def headless_service(job: TrainingJob) -> dict[str, Any]:
 
 
 def trainer_env(job: TrainingJob, attempt: int, rank: int, replicas: int) -> list[dict[str, str]]:
+    """The variables every worker gets. Auto-resume names the job's checkpoint directory and leaves
+    `load_checkpoint` / `resume_training` (pretrained weights) to the user: the trainer resumes from
+    the directory once it holds a complete step (respawn_protocol/contract.py)."""
     output = job.spec.output_path
     sched_host = f"{pod_name(job.name, attempt, 0)}.{job.name}.{job.namespace}.svc"
     values = {
         contract.SHARED_PATHS: job.spec.mount_path,
         contract.OUTPUT_DIR: output,
-        contract.LOAD_CHECKPOINT: posixpath.join(output, contract.CHECKPOINT_DIR),
-        contract.RESUME_TRAINING: "true",
+        contract.JOB_CHECKPOINT_DIR: posixpath.join(output, contract.CHECKPOINT_DIR),
         contract.RANK: str(rank),
         contract.WORLD_SIZE: str(replicas),
         contract.ATTEMPT: str(attempt),

@@ -67,6 +67,30 @@ def test_pods_add_only_placement_identity_and_the_shared_volume() -> None:
     assert env["RESPAWN_RANK"] == "1" and env["KEEP"] == "1", "injected values win, user values stay"
 
 
+def test_workers_learn_the_jobs_checkpoint_directory_and_keep_the_users_load_checkpoint() -> None:
+    """Auto-resume is the trainer's rule over RESPAWN_JOB_CHECKPOINT_DIR; what to load before the job
+    has a checkpoint (pretrained weights) stays the user's, from the config or the template's env."""
+    env = {
+        e["name"]: e["value"]
+        for e in worker_pod(job(), attempt=0, rank=0, replicas=2)["spec"]["containers"][0]["env"]
+    }
+    assert env["RESPAWN_JOB_CHECKPOINT_DIR"] == "/mnt/s/ns/llm/checkpoint"
+    assert env["RESPAWN_OUTPUT_DIR"] == "/mnt/s/ns/llm"
+    assert "RESPAWN_LOAD_CHECKPOINT" not in env and "RESPAWN_RESUME_TRAINING" not in env
+
+    pretrained = job()
+    trainer = pretrained.spec.template["spec"]["containers"][0]
+    trainer["env"] += [
+        {"name": "RESPAWN_LOAD_CHECKPOINT", "value": "/mnt/s/models/base.ckpt"},
+        {"name": "RESPAWN_RESUME_TRAINING", "value": "false"},
+    ]
+    pod = worker_pod(pretrained, attempt=1, rank=1, replicas=2)
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    assert env["RESPAWN_LOAD_CHECKPOINT"] == "/mnt/s/models/base.ckpt"
+    assert env["RESPAWN_RESUME_TRAINING"] == "false"
+    assert env["RESPAWN_JOB_CHECKPOINT_DIR"] == "/mnt/s/ns/llm/checkpoint"
+
+
 def test_checkpoint_loading_never_unpickles() -> None:
     """MindSpore checkpoints are protobuf and safetensors; nothing here may fall back to pickle."""
     pattern = re.compile(r"\bpickle\b|allow_pickle\s*=\s*True|\beval\(|\bexec\(")

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from controller.api.types import parse_job
+from controller.core import podspec
 from devcluster.controlplane import free_port
 from respawn_protocol.steplog import effective_steps, read_steps
 
@@ -109,6 +111,25 @@ def run_to_end(launch: Callable[..., TrainerProcess], config_path: Path, **extra
     p = launch(config_path, **extra_env)
     p.wait()
     return p
+
+
+def controller_env(output_dir: Path, *, attempt: int, rank: int = 0, replicas: int = 1) -> dict[str, str]:
+    """What the controller injects into a worker of a job whose output directory is `output_dir`
+    (`controller.core.podspec.trainer_env`), without MindSpore's cluster variables, which only a
+    data-parallel gang reads (`start_gang` sets those for 127.0.0.1)."""
+    job = parse_job(
+        {
+            "metadata": {"name": "job", "namespace": "test", "uid": "u"},
+            "spec": {
+                "replicas": replicas,
+                "template": {"spec": {"containers": [{"name": "trainer", "image": "t"}]}},
+                "sharedVolume": {"mountPath": str(output_dir.parent)},
+                "outputDir": output_dir.name,
+            },
+        }
+    )
+    env = {e["name"]: e["value"] for e in podspec.trainer_env(job, attempt, rank, replicas)}
+    return {k: v for k, v in env.items() if not k.startswith("MS_")}
 
 
 WORLD = 2

@@ -27,9 +27,9 @@ from trainer_image.training.resume import (
     Agree,
     Barrier,
     continue_progress,
-    load_start,
+    load_first,
     resizes,
-    resolve_checkpoint,
+    resolve_start,
     resumed_from,
 )
 from trainer_image.training.stop import StopRequest
@@ -53,13 +53,15 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Gang:
-    """This rank's place: its rank, the gang's size, the controller's attempt, and the cluster when
-    the ranks train data parallel (None: each rank trains alone on its shard)."""
+    """This rank's place: its rank, the gang's size, the controller's attempt and the job's checkpoint
+    directory (auto-resume from it wins over load_checkpoint; None outside respawn), and the cluster
+    when the ranks train data parallel (None: each rank trains alone on its shard)."""
 
     rank: int
     world_size: int
     attempt: int | None = None
     cluster: Cluster | None = None
+    job_checkpoint_dir: Path | None = None
 
     @property
     def data_parallel_ranks(self) -> int:
@@ -100,27 +102,36 @@ class _Run:
 
 
 def run(
-    config: TrainerConfig, *, rank: int, world_size: int, stop: StopRequest, attempt: int | None = None
+    config: TrainerConfig,
+    *,
+    rank: int,
+    world_size: int,
+    stop: StopRequest,
+    attempt: int | None = None,
+    job_checkpoint_dir: Path | None = None,
 ) -> Outcome:
     started = time.perf_counter()
-    _check_before_import(config, world_size=world_size, rank=rank)
+    _check_before_import(config, world_size=world_size, rank=rank, job_checkpoint_dir=job_checkpoint_dir)
     cluster = None
     if config.use_parallel and world_size > 1:
         from trainer_image.training.parallel import Cluster
 
         cluster = Cluster.join(config, rank=rank, world_size=world_size, environ=os.environ)
     try:
-        return _train(config, Gang(rank, world_size, attempt, cluster), stop, started=started)
+        gang = Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
+        return _train(config, gang, stop, started=started)
     finally:
         if cluster is not None:
             cluster.close()
 
 
-def _check_before_import(config: TrainerConfig, *, rank: int, world_size: int) -> None:
+def _check_before_import(
+    config: TrainerConfig, *, rank: int, world_size: int, job_checkpoint_dir: Path | None
+) -> None:
     """Resolve before the slow imports: a bad name or a world-size change without auto_trans_ckpt
     fails in a fraction of a second, having touched nothing."""
-    early = resolve_checkpoint(
-        config, rank=rank, world_size=world_size, exclude=set(), check=Check.SIZE, quiet=True
+    _, early = resolve_start(
+        config, job_checkpoint_dir, rank=rank, world_size=world_size, check=Check.SIZE, quiet=True
     )
     if resizes(early, world_size) and world_size > 1 and not config.use_parallel:
         raise ConfigError(
@@ -165,7 +176,8 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float) -> _Run:
     saved = _saved_parameters(backend, config, gang)
     built = time.perf_counter()
 
-    progress, resolution = _resume(config, gang, stream, backend, saved)
+    # From here on `config` says what was loaded: the job's checkpoint directory or the user's source.
+    config, progress, resolution = _resume(config, gang, stream, backend, saved)
     loaded_at = time.perf_counter()
     state = _open(config, gang, stream, backend, progress, resolution, started=started)
     log.info(
@@ -189,14 +201,16 @@ def _saved_parameters(backend: Backend, config: TrainerConfig, gang: Gang) -> se
 
 def _resume(
     config: TrainerConfig, gang: Gang, stream: DataStream, backend: Backend, saved: set[str]
-) -> tuple[Progress, Resolution]:
-    """Load the start (agreed with the gang) and restate its position for this start."""
+) -> tuple[TrainerConfig, Progress, Resolution]:
+    """Load the start (agreed with the gang) and restate its position for this start; the config
+    returned has the `load_checkpoint` / `resume_training` of the source it loaded."""
     from trainer_image.checkpoint.merge import write_strategy
 
     global_batch = config.runner_config.batch_size * gang.data_parallel_ranks  # samples per step
-    progress, resolution = load_start(
+    config, progress, resolution = load_first(
         backend,
         config,
+        job_checkpoint_dir=gang.job_checkpoint_dir,
         rank=gang.rank,
         world_size=gang.world_size,
         agree=gang.agree,
@@ -220,7 +234,7 @@ def _resume(
         steps_per_epoch=stream.steps_per_epoch,
         weights_only=config.resume_training is False,
     )
-    return progress, resolution
+    return config, progress, resolution
 
 
 def _open(

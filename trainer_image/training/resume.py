@@ -1,5 +1,9 @@
 """Where a start of one rank begins: resolve the checkpoint, agree on it with the gang, load it.
 
+- `start_sources`, `resolve_start`, `load_first`: under the controller (the job's checkpoint
+  directory, `RESPAWN_JOB_CHECKPOINT_DIR`), auto-resume from that directory once it holds a step
+  complete on every rank; until then the user's `load_checkpoint` / `resume_training` (pretrained
+  weights), or random init. Without it, the user's settings alone.
 - `resolve_checkpoint`: the configured `load_checkpoint` + `resume_training` through
   `respawn_protocol.resolve` (config errors for what cannot be satisfied).
 - `load_start`: resolve, agree with the gang (data parallel), load; a file that fails to parse makes
@@ -11,6 +15,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +67,84 @@ def resolve_checkpoint(
     for warning in () if quiet else res.warnings:
         log.warning("fell back: %s" if "falling back" in warning else "%s", warning)
     return res
+
+
+def start_sources(config: TrainerConfig, job_checkpoint_dir: Path | None) -> list[TrainerConfig]:
+    """What a start may load, in order of preference: the job's own checkpoint directory, resumed in
+    full (auto-resume), then the user's `load_checkpoint` / `resume_training`. The first that holds
+    a checkpoint wins; the last one is taken even if it holds none (random init)."""
+    if job_checkpoint_dir is None:
+        return [config]
+    own = dataclasses.replace(config, load_checkpoint=str(job_checkpoint_dir), resume_training=True)
+    if config.resume_training is True and _same_path(config.load_checkpoint, job_checkpoint_dir):
+        return [own]  # the user asked for auto-resume themselves
+    return [own, config]
+
+
+def _same_path(path: str, other: Path) -> bool:
+    return bool(path) and Path(path).resolve() == other.resolve()
+
+
+def resolve_start(
+    config: TrainerConfig,
+    job_checkpoint_dir: Path | None,
+    *,
+    rank: int,
+    world_size: int,
+    check: Check = Check.DIGEST,
+    quiet: bool = False,
+) -> tuple[TrainerConfig, Resolution]:
+    """This rank's view of the start, neither agreed with the gang nor loaded: the first of
+    `start_sources` that holds a checkpoint (else the last), and its resolution."""
+    *preferred, last = start_sources(config, job_checkpoint_dir)
+    resolve_one = functools.partial(
+        resolve_checkpoint, rank=rank, world_size=world_size, exclude=set(), check=check, quiet=quiet
+    )
+    for source in preferred:
+        res = resolve_one(source)
+        if not res.random_init:
+            return source, res
+    return last, resolve_one(last)
+
+
+def load_first(
+    backend: Any,
+    config: TrainerConfig,
+    *,
+    job_checkpoint_dir: Path | None,
+    rank: int,
+    world_size: int,
+    agree: Agree | None = None,
+    barrier: Barrier | None = None,
+    global_batch_size: int = 0,
+) -> tuple[TrainerConfig, Progress, Resolution]:
+    """`load_start` from the first of `start_sources` that holds a checkpoint (else the last): the
+    source taken (its `resume_training` says whether the load was weights only), the progress and
+    the resolution.
+
+    With a gang, each source is agreed as `load_start` agrees: if any rank finds no step of the job's
+    directory complete on every rank, the gang agrees on none and every rank moves on to the user's
+    source together, so a pretrained start never mixes with a job checkpoint."""
+    *preferred, last = start_sources(config, job_checkpoint_dir)
+    load = functools.partial(
+        load_start,
+        backend,
+        rank=rank,
+        world_size=world_size,
+        agree=agree,
+        barrier=barrier,
+        global_batch_size=global_batch_size,
+    )
+    for source in preferred:
+        progress, resolution = load(source)
+        if not resolution.random_init:
+            return source, progress, resolution
+        log.info(
+            "the job's checkpoint directory %s holds no step complete on every rank: starting from %s",
+            source.load_checkpoint,
+            f"load_checkpoint {last.load_checkpoint}" if last.load_checkpoint else "random init",
+        )
+    return last, *load(last)
 
 
 def resizes(resolution: Resolution, world_size: int) -> bool:
@@ -138,7 +222,7 @@ def _agreed(agree: Agree, resolution: Resolution) -> Resolution | StepKey:
     agreed, unanimous = agree(resolution.key)
     if agreed is None:
         if not resolution.random_init:
-            log.info("the gang starts from random init, this rank found step %s", resolution.key)
+            log.info("another rank found no complete step; this rank found step %s", resolution.key)
         return Resolution("none")
     if not unanimous:
         log.info("the gang resumes from step %s at the latest, this rank found %s", agreed, resolution.key)
