@@ -1,12 +1,17 @@
 """Infrastructure faults through the same objects a real cluster shows, with real pod processes.
 
 Eviction, node loss and Ascend device faults restart the job without using its budget, and the
-last two keep the next attempt off the node; a job that keeps failing runs out of budget.
+last two keep the next attempt off the node; a device fault MindCluster does not act on
+(NotHandleFault) leaves the job alone; a job that keeps failing runs out of budget. Device faults
+are written as MindCluster's Ascend Device Plugin writes `mindx-dl-deviceinfo-<node>`
+(Ascend/mind-cluster docs/en/scheduling/api/ascend_device_plugin.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,9 +22,13 @@ from controller.app import Controller
 from tests.support.kube import create_job, job_pods, job_status, running_controller
 from tests.support.manifests import training_job
 from tests.support.nodeagent import NodeAgentHandle
-from tests.support.poll import wait_for
+from tests.support.poll import poll, wait_for
 
 pytestmark = pytest.mark.slow
+
+CHIPS = ",".join(f"Ascend910-{i}" for i in range(8))
+# Nothing happening cannot be waited for: a harmless fault is watched for this long instead.
+QUIET_WINDOW = 30.0
 
 
 def sleeper_job(
@@ -80,40 +89,97 @@ def test_lost_node_restarts_elsewhere_without_using_the_budget(
         node_agent.node_ready(node)
 
 
+def fault_entry(chip: str, level: str, codes: str) -> dict[str, Any]:
+    """One `huawei.com/Ascend910-Fault` object as the device plugin writes it (fault time in ms)."""
+    now_ms = int(time.time() * 1000)
+    return {
+        "fault_type": "CardUnhealthy",
+        "npu_name": chip,
+        "large_model_fault_level": level,
+        "fault_level": level,
+        "fault_handling": level,
+        "fault_code": codes,
+        "fault_time_and_level_map": {
+            c: {"fault_time": now_ms, "fault_level": level} for c in codes.split(",")
+        },
+    }
+
+
+@contextlib.contextmanager
+def device_info(
+    api: client.ApiClient, node: str, *faults: dict[str, Any], unhealthy: str = ""
+) -> Iterator[dict[str, Any]]:
+    """`mindx-dl-deviceinfo-<node>` in kube-system, in the device plugin's format, for the block."""
+    healthy = ",".join(c for c in CHIPS.split(",") if c not in unhealthy.split(","))
+    device_list = {
+        "huawei.com/Ascend910": healthy,
+        "huawei.com/Ascend910-Fault": json.dumps(list(faults)),
+        "huawei.com/Ascend910-NetworkUnhealthy": "",
+        "huawei.com/Ascend910-Recovering": "",
+        "huawei.com/Ascend910-Unhealthy": unhealthy,
+    }
+    document = {
+        "DeviceInfo": {"DeviceList": device_list, "UpdateTime": int(time.time())},
+        "CheckCode": "0" * 64,
+    }
+    name = f"mindx-dl-deviceinfo-{node}"
+    body = {
+        "metadata": {"name": name},
+        "data": {"DeviceInfoCfg": json.dumps(document), "ManuallySeparateNPU": ""},
+    }
+    core = client.CoreV1Api(api)
+    created = core.create_namespaced_config_map("kube-system", body)
+    try:
+        yield created.to_dict()
+    finally:
+        core.delete_namespaced_config_map(name, "kube-system")
+
+
 def test_device_fault_moves_the_next_attempt_off_the_node(
     api_client: client.ApiClient, namespace: str, controller: Controller, node_agent: NodeAgentHandle
 ) -> None:
     create_job(api_client, namespace, sleeper_job("npu"))
     node = running_pods(api_client, namespace, "npu", 0)[0].spec.node_name
-    core = client.CoreV1Api(api_client)
-    name = f"mindx-dl-deviceinfo-{node}"
-    core.create_namespaced_config_map(
-        "kube-system",
-        {
-            "metadata": {"name": name},
-            "data": {
-                "DeviceInfoCfg": json.dumps(
-                    {
-                        "DeviceInfo": {
-                            "DeviceList": {
-                                "huawei.com/Ascend910": "Ascend910-0,Ascend910-1,Ascend910-2",
-                                "huawei.com/Ascend910-Unhealthy": "Ascend910-3",
-                            }
-                        }
-                    }
-                )
-            },
-        },
-    )
-    try:
+    with device_info(
+        api_client, node, fault_entry("Ascend910-3", "SeparateNPU", "80E18402"), unhealthy="Ascend910-3"
+    ):
         moved = running_pods(api_client, namespace, "npu", 1)[0]
         assert moved.spec.node_name != node
         terms = moved.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
         assert terms.node_selector_terms[0].match_expressions[0].values == [node]
         status = job_status(api_client, namespace, "npu")
-        assert status["lastFailure"]["reason"] == "DeviceFault" and status["uncountedRestarts"] == 1
-    finally:
-        core.delete_namespaced_config_map(name, "kube-system")
+        assert (status["restarts"], status["uncountedRestarts"], status["faultyNodes"]) == (0, 1, [node])
+        assert status["lastFailure"]["reason"] == "DeviceFault" and status["lastFailure"]["counted"] is False
+        assert "Ascend910-3 SeparateNPU (80E18402)" in status["lastFailure"]["message"]
+
+
+def test_a_fault_mindcluster_does_not_handle_leaves_the_job_running(
+    api_client: client.ApiClient, namespace: str, controller: Controller, node_agent: NodeAgentHandle
+) -> None:
+    create_job(api_client, namespace, sleeper_job("harmless"))
+    node = running_pods(api_client, namespace, "harmless", 0)[0].spec.node_name
+    wait_for("phase Running", lambda: job_status(api_client, namespace, "harmless").get("phase") == "Running")
+    with device_info(api_client, node, fault_entry("Ascend910-0", "NotHandleFault", "80E21007")) as cm:
+        # The controller has the document (so the window below tests its judgement, not its lag).
+        cache = controller.caches.device_configmaps
+        assert cache is not None
+        key, version = f"kube-system/{cm['metadata']['name']}", cm["metadata"]["resource_version"]
+        wait_for(
+            "the controller's copy",
+            lambda: (cache.get(key) or {}).get("metadata", {}).get("resourceVersion") == version,
+        )
+        # "Nothing happens" has no event to wait for: watch the job for a fixed window instead.
+        changed = poll(
+            lambda: (
+                (s := job_status(api_client, namespace, "harmless")).get("attempt", 0) != 0
+                or s.get("phase") != "Running"
+            ),
+            QUIET_WINDOW,
+            interval=0.5,
+        )
+        status = job_status(api_client, namespace, "harmless")
+        assert not changed, status
+        assert (status.get("attempt", 0), status["phase"], status.get("faultyNodes")) == (0, "Running", None)
 
 
 def test_budget_is_enforced(
