@@ -15,9 +15,9 @@ from kubernetes import client
 from prometheus_client import CollectorRegistry
 
 from controller.adapters.checkpoint_observer import CheckpointObserver
-from controller.adapters.kubewriter import Conflict, KubeWriter
+from controller.adapters.kubewriter import Conflict, ForeignObject, KubeWriter
 from controller.adapters.metrics import JobSample, Metrics
-from controller.adapters.reconcile_pass import POD_BY_JOB, POD_BY_NODE, Caches, ReconcilePass
+from controller.adapters.reconcile_pass import POD_BY_JOB, POD_BY_NODE, Caches, CreateRefused, ReconcilePass
 from controller.api.types import parse_status
 from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX
 from controller.core.observations import node_state
@@ -272,9 +272,15 @@ class Controller:
                 self.metrics.reconcile_errors.labels("conflict").inc()
                 log.info("conflict; retrying", extra={"job": key, "error": str(exc)})
                 self.queue.add_rate_limited(key)
-            except Exception:
+            except (CreateRefused, ForeignObject) as exc:
+                self.metrics.reconcile_errors.labels("error").inc()
+                log.warning("reconcile blocked; retrying", extra={"job": key, "error": str(exc)})
+                self.reconciler.report(key, exc)
+                self.queue.add_rate_limited(key)
+            except Exception as exc:
                 self.metrics.reconcile_errors.labels("error").inc()
                 log.exception("reconcile failed", extra={"job": key})
+                self.reconciler.report(key, exc)
                 self.queue.add_rate_limited(key)
             else:
                 self.queue.forget(key)

@@ -57,7 +57,8 @@ def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("respawn_protocol/meta.py", "import numpy", "The protocol stands alone"),
         ("devcluster/pki.py", "from respawn_protocol import crd", "devcluster is development tooling"),
         ("trainer_image/checkpoint/prune.py", "from trainer_image.training import stop", "Trainer layers"),
-        ("tests/support/poll.py", "from tests.cli import conftest", "never a test module"),
+        ("tests/support/poll.py", "from tests import conftest", "never a test module"),
+        ("tests/support/kube.py", "from tests.controller.core import test_decide", "never a test module"),
         ("scripts/demo.py", "from tests.e2e import test_demo", "never a test module"),
     ],
 )

@@ -1,12 +1,20 @@
 """The controller's only writer to the API server. Reads come from informer caches.
 
-Every call is idempotent from the caller's point of view: creating what exists and deleting what
-is gone succeed. A status write carries the resourceVersion the decision was based on, so a
-decision made on a stale cache is refused (409) instead of applied twice.
+Bodies go out as plain JSON. The client's typed methods validate a body against its models first
+(client 37: pydantic), which refuses objects the API server accepts (an integer quantity such as
+`huawei.com/Ascend910: 8`) and drops fields the models do not know; respawn copies the user's
+pod template, so it must pass through untouched.
+
+Every call is idempotent from the caller's point of view: creating what this job already owns and
+deleting what is gone succeed. Creating a name that something else holds raises `ForeignObject`:
+respawn never adopts, changes or deletes an object without its job's ownerReference. A status
+write carries the resourceVersion the decision was based on, so a decision made on a stale cache
+is refused (409) instead of applied twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -14,43 +22,72 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from respawn_protocol.crd import GROUP, PLURAL, VERSION
+from respawn_protocol.crd import GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
+REQUEST_TIMEOUT = 30.0
 
 
 class Conflict(Exception):
     """The object changed since it was read; reconcile again from fresh state."""
 
 
+class ForeignObject(Exception):
+    """A name this job needs is held by an object it does not own. A `leftover` belongs to a deleted
+    TrainingJob of the same name: it is terminating, or the garbage collector will remove it."""
+
+    def __init__(self, kind: str, namespace: str, name: str, *, leftover: bool) -> None:
+        self.kind, self.namespace, self.name, self.leftover = kind, namespace, name, leftover
+        state = "belongs to a deleted namesake" if leftover else "exists and is not owned by this TrainingJob"
+        super().__init__(f"{kind} {namespace}/{name} {state}")
+
+
+def api_message(exc: ApiException) -> str:
+    """The API server's own message (a Status body's `message`), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or f"HTTP {exc.status}")
+
+
+def _owners(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((body.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def _leftover(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    if existing["metadata"].get("deletionTimestamp"):
+        return True
+    ours = {(ref.get("kind"), ref.get("name")) for ref in _owners(wanted)}
+    return any(
+        (ref.get("kind"), ref.get("name")) in ours for ref in _owners(existing) if ref.get("controller")
+    )
+
+
 class KubeWriter:
     def __init__(self, api: client.ApiClient, *, component: str = "respawn-controller") -> None:
-        self._core = client.CoreV1Api(api)
-        self._custom = client.CustomObjectsApi(api)
+        self._api = api
         self._component = component
         self.requests = 0
 
-    def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:
-        """True if created, False if it already existed."""
-        return self._create(lambda: self._core.create_namespaced_pod(namespace, body, _preload_content=False))
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The pod as the API server holds it: created now, or already there and this job's."""
+        return self._create("Pod", f"/api/v1/namespaces/{namespace}/pods", body)
 
-    def ensure_service(self, namespace: str, body: dict[str, Any]) -> bool:
-        return self._create(
-            lambda: self._core.create_namespaced_service(namespace, body, _preload_content=False)
-        )
+    def ensure_service(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._create("Service", f"/api/v1/namespaces/{namespace}/services", body)
 
-    def delete_pod(self, namespace: str, name: str, *, force: bool = False) -> None:
-        self.requests += 1
+    def delete_pod(self, namespace: str, name: str, *, uid: str | None = None, force: bool = False) -> None:
+        """Delete a pod; with `uid`, only that pod (a same-named successor is left alone)."""
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
+        if force:
+            options["gracePeriodSeconds"] = 0
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
-            self._core.delete_namespaced_pod(
-                name,
-                namespace,
-                grace_period_seconds=0 if force else None,
-                propagation_policy="Background",
-                _preload_content=False,
-            )
+            self._request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", options)
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):  # gone, or a successor holds the name
                 raise
 
     def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +95,7 @@ class KubeWriter:
         meta = job["metadata"]
         body = {
             "apiVersion": job.get("apiVersion", f"{GROUP}/{VERSION}"),
-            "kind": job.get("kind", "TrainingJob"),
+            "kind": job.get("kind", KIND),
             "metadata": {
                 "name": meta["name"],
                 "namespace": meta["namespace"],
@@ -67,11 +104,9 @@ class KubeWriter:
             "spec": job.get("spec", {}),
             "status": status,
         }
-        self.requests += 1
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{meta['namespace']}/{PLURAL}/{meta['name']}/status"
         try:
-            return self._custom.replace_namespaced_custom_object_status(
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body
-            )
+            return self._request("PUT", path, body)
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise Conflict(f"{meta['namespace']}/{meta['name']}: {exc.reason}") from exc
@@ -80,12 +115,14 @@ class KubeWriter:
     def emit_event(self, job: dict[str, Any], *, type_: str, reason: str, message: str) -> None:
         """Best effort, like client-go's recorder: a lost event must not fail a reconcile."""
         meta = job["metadata"]
-        now = datetime.now(UTC)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "TrainingJob",
+                "kind": KIND,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid"),
@@ -94,25 +131,50 @@ class KubeWriter:
             "reason": reason,
             "message": message[:1024],
             "source": {"component": self._component},
-            "firstTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "lastTimestamp": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "count": 1,
             "reportingComponent": self._component,
         }
-        self.requests += 1
         try:
-            self._core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+            self._request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body)
         except ApiException as exc:
             log.warning(
                 "event not recorded", extra={"job": meta["name"], "reason": reason, "error": exc.reason}
             )
 
-    def _create(self, call: Any) -> bool:
+    def _create(self, kind: str, collection: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        for _ in range(2):  # the holder of the name may vanish between our create and our read
+            try:
+                return self._request("POST", collection, body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            try:
+                existing = self._request("GET", f"{collection}/{name}")
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                raise
+            if {r.get("uid") for r in _owners(existing)} & {r.get("uid") for r in _owners(body)}:
+                return existing
+            namespace = existing["metadata"].get("namespace", "")
+            raise ForeignObject(kind, namespace, name, leftover=_leftover(existing, body))
+        raise Conflict(f"{kind} {name} was created and deleted by someone else meanwhile")
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         self.requests += 1
-        try:
-            call()
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = self._api.param_serialize(
+            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = self._api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(
+                http_resp=response, body=data.decode(errors="replace"), data=None
+            )
+        return json.loads(data) if data else {}

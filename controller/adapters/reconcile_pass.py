@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from controller.adapters.checkpoint_observer import CheckpointObserver
-from controller.adapters.kubewriter import KubeWriter
+from controller.adapters.kubewriter import ForeignObject, KubeWriter, api_message
 from controller.adapters.metrics import Metrics
 from controller.api.types import InvalidSpec, TrainingJob, parse_job, status_to_dict
-from controller.core.decide import decide, decide_invalid
+from controller.core.decide import decide, decide_error, decide_invalid
 from controller.core.devicefaults import faults_by_node
 from controller.core.observations import NodeState, Observations, node_state
 from controller.core.plan import (
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 EXPECTATION_TIMEOUT = 30.0
 POD_BY_JOB = "job"
 POD_BY_NODE = "node"
+
+
+class CreateRefused(Exception):
+    """The API server refused to create a pod of the gang (quota, admission, validation)."""
 
 
 @dataclass
@@ -176,21 +182,48 @@ class ReconcilePass:
             last_step=snap.last_step,
         )
 
+    def report(self, key: str, exc: Exception) -> None:
+        """Say on the job why its last pass failed (condition and Warning event); best effort, the
+        caller retries the pass with backoff either way."""
+        body = self.job(key)
+        if body is None or (isinstance(exc, ForeignObject) and exc.leftover):
+            return  # a deleted namesake's objects on their way out: wait for them, nothing is wrong
+        reason, message = _describe(exc)
+        try:
+            self._apply(_Target(body), decide_error(body.get("status") or {}, reason, message, self._now()))
+        except Exception as failed:  # the API may be what failed: never mask the original error
+            log.warning("could not report a reconcile error", extra={"job": key, "error": str(failed)})
+
+    def _create_gang(self, job: _Target, bodies: tuple[dict[str, Any], ...]) -> None:
+        """Create every pod of the gang, or none: a partial gang cannot rendezvous, so the pods
+        made before a refusal (quota, admission, a name held by a foreign object) are removed."""
+        made: list[dict[str, Any]] = []
+        try:
+            for pod in bodies:
+                name = pod["metadata"]["name"]
+                made.append(self._writer.create_pod(job.namespace, pod))
+        except Exception as exc:
+            for created in made:
+                meta = created["metadata"]
+                self._writer.delete_pod(job.namespace, meta["name"], uid=meta.get("uid"))
+            if isinstance(exc, ApiException):
+                raise CreateRefused(f"pod {job.namespace}/{name}: {api_message(exc)}") from exc
+            raise
+        names = frozenset(p["metadata"]["name"] for p in made)
+        self._expectations[job.key] = _Expectation(names, self._monotonic() + EXPECTATION_TIMEOUT)
+
     def _apply(self, job: _Target, plan: Plan) -> None:
         for step in plan.steps:
             match step:
                 case WriteStatus(status):
                     new = self._writer.write_status(job.body, status_to_dict(status))
                     self._overlay[job.key] = (job.body["metadata"].get("resourceVersion", ""), new)
-                case DeletePod(name, force):
-                    self._writer.delete_pod(job.namespace, name, force=force)
+                case DeletePod(name, uid, force):
+                    self._writer.delete_pod(job.namespace, name, uid=uid, force=force)
                 case EnsureService(body):
                     self._writer.ensure_service(job.namespace, body)
                 case CreatePods(bodies):
-                    names = frozenset(p["metadata"]["name"] for p in bodies)
-                    self._expectations[job.key] = _Expectation(names, self._monotonic() + EXPECTATION_TIMEOUT)
-                    for pod in bodies:
-                        self._writer.create_pod(job.namespace, pod)
+                    self._create_gang(job, bodies)
                 case EmitEvent(type_, reason, message):
                     self._writer.emit_event(job.body, type_=type_, reason=reason, message=message)
                     log.info(message, extra={"job": job.key, "reason": reason})
@@ -201,3 +234,14 @@ class ReconcilePass:
                         self._metrics.steps_lost.labels(job.namespace).observe(max(0, steps_lost))
                 case RecordRecovery(seconds):
                     self._metrics.time_to_recover.labels(job.namespace).observe(seconds)
+
+
+def _describe(exc: Exception) -> tuple[str, str]:
+    """(event and condition reason, message) for a failed pass, in the API server's words."""
+    if isinstance(exc, ForeignObject):
+        return "ForeignObject", str(exc)
+    if isinstance(exc, CreateRefused):
+        return "FailedCreate", str(exc)
+    if isinstance(exc, ApiException):
+        return "APIError", api_message(exc)
+    return "InternalError", f"{type(exc).__name__}: {exc}"

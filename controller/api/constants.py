@@ -50,3 +50,6 @@ class Condition(enum.StrEnum):
     RESTARTING = "Restarting"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+    # The last pass could not carry out its plan (the API refused a write, a name is taken): retried
+    # with backoff, cleared by the next pass that succeeds.
+    RECONCILE_ERROR = "ReconcileError"

@@ -26,9 +26,14 @@ from controller.core.policy import conditions, failures, progress, restart, star
 def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, now: datetime) -> Plan:
     if job.deleting:
         return Plan()
-    status = dataclasses.replace(job.status, observed_generation=job.generation)
+    status = dataclasses.replace(
+        job.status,
+        observed_generation=job.generation,
+        conditions=conditions.reconciled(job.status.conditions, now),
+    )
     status = restart.refund(progress.observe_checkpoint(status, obs), obs)
-    current, older = pods.split_attempts(pod_list, status.attempt)
+    owned = [p for p in pod_list if pods.owned_by(p, job.uid)]
+    current, older = pods.split_attempts(owned, status.attempt)
     ctx = Context(job, obs, now, current, older)
     cleanup = tuple(pods.deletions(older, obs))
 
@@ -53,6 +58,17 @@ def decide_invalid(raw_status: Mapping[str, Any], message: str, now: datetime) -
         status, phase=Phase.FAILED, conditions=conditions.invalid(status.conditions, message, now)
     )
     return Plan((WriteStatus(failed), EmitEvent("Warning", Reason.INVALID_SPEC.value, message)))
+
+
+def decide_error(raw_status: Mapping[str, Any], reason: str, message: str, now: datetime) -> Plan:
+    """A pass that could not carry out its plan: say why on the job, as a condition and a Warning
+    event. The pass is retried with backoff; the next one that succeeds clears the condition."""
+    status = parse_status(dict(raw_status))
+    marked = dataclasses.replace(
+        status, conditions=conditions.reconcile_error(status.conditions, reason, message, now)
+    )
+    write: tuple[Step, ...] = (WriteStatus(marked),) if marked != status else ()
+    return Plan((*write, EmitEvent("Warning", reason, message)))
 
 
 def _watch_attempt(ctx: Context, status: JobStatus) -> Transition:

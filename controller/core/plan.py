@@ -12,6 +12,7 @@ from controller.api.types import JobStatus
 @dataclass(frozen=True)
 class DeletePod:
     name: str
+    uid: str = ""  # delete exactly the pod decided on, never a same-named successor
     # Pods on a lost node never finish terminating: no kubelet is left to confirm.
     force: bool = False
 

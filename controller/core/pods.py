@@ -29,6 +29,17 @@ def name_of(pod: Pod) -> str:
     return str(pod["metadata"]["name"])
 
 
+def uid_of(pod: Pod) -> str:
+    return str((pod.get("metadata") or {}).get("uid") or "")
+
+
+def owned_by(pod: Pod, uid: str) -> bool:
+    """The pod's controller is the object with this uid: a pod of this incarnation of the job. Pods
+    that only carry its labels or name (another object's, or a deleted namesake job's) are not."""
+    refs = (pod.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("controller") and ref.get("uid") == uid for ref in refs)
+
+
 def node_of(pod: Pod) -> str:
     return (pod.get("spec") or {}).get("nodeName") or ""
 
@@ -64,5 +75,5 @@ def deletions(pods: Sequence[Pod], obs: Observations) -> list[DeletePod]:
         node = node_of(pod)
         lost = node in obs.nodes and not obs.nodes[node].ready
         if not terminating(pod) or lost:
-            out.append(DeletePod(name_of(pod), force=lost))
+            out.append(DeletePod(name_of(pod), uid_of(pod), force=lost))
     return out

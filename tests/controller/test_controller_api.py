@@ -94,7 +94,7 @@ def test_invalid_spec_is_marked_failed_not_retried(
 class _CrashBeforeCreate(KubeWriter):
     """Dies like a SIGKILLed controller right after deleting the old attempt."""
 
-    def create_pod(self, namespace: str, body: dict[str, Any]) -> bool:
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit("killed between deleting old pods and creating new ones")
 
 

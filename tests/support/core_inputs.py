@@ -54,6 +54,7 @@ def pod(
     conditions: list[dict[str, Any]] | None = None,
     deleting: bool = False,
     finished: datetime = NOW,
+    owner: str = "u-1",
 ) -> dict[str, Any]:
     state: dict[str, Any] = {"running": {}}
     if exit_code is not None:
@@ -66,7 +67,9 @@ def pod(
         }
     meta: dict[str, Any] = {
         "name": f"llm-a{attempt}-{rank}",
+        "uid": f"pod-a{attempt}-{rank}",
         "labels": {LABEL_ATTEMPT: str(attempt), LABEL_RANK: str(rank)},
+        "ownerReferences": [{"kind": "TrainingJob", "name": "llm", "uid": owner, "controller": True}],
     }
     if deleting:
         meta["deletionTimestamp"] = format_time(NOW)

@@ -56,6 +56,17 @@ def failed(conditions: Conditions, reason: str, message: str, now: datetime) -> 
     return set_condition(conditions, Condition.FAILED, True, reason, message, now)
 
 
+def reconcile_error(conditions: Conditions, reason: str, message: str, now: datetime) -> Conditions:
+    return set_condition(conditions, Condition.RECONCILE_ERROR, True, reason, message, now)
+
+
+def reconciled(conditions: Conditions, now: datetime) -> Conditions:
+    """A pass whose plan is carried out clears an earlier reconcile error; nothing else changes."""
+    if not any(c.get("type") == Condition.RECONCILE_ERROR and c.get("status") == "True" for c in conditions):
+        return conditions
+    return set_condition(conditions, Condition.RECONCILE_ERROR, False, "Reconciled", "", now)
+
+
 def invalid(conditions: Conditions, message: str, now: datetime) -> Conditions:
     """An unusable spec: Failed, with the parser's message for the user."""
     return set_condition(conditions, Condition.FAILED, True, Reason.INVALID_SPEC, message, now)

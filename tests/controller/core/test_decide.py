@@ -10,8 +10,9 @@ import pytest
 
 from controller.api.constants import Action, Phase, Reason
 from controller.api.types import CheckpointRef, InvalidSpec, parse_job, status_to_dict
+from controller.core.decide import decide_error
 from controller.core.observations import NodeState, Observations
-from controller.core.plan import DeletePod, WriteStatus
+from controller.core.plan import DeletePod, EmitEvent, WriteStatus
 from controller.core.timefmt import format_time
 from respawn_protocol.contract import ExitCode
 from tests.support.core_inputs import NOW, RUNNING, job, pod, run
@@ -25,8 +26,9 @@ def test_new_job_creates_service_and_every_rank() -> None:
     env = {e["name"]: e["value"] for e in plan.create_pods[1]["spec"]["containers"][0]["env"]}
     assert env["RESPAWN_RANK"] == "1" and env["RESPAWN_WORLD_SIZE"] == "2"
     assert env["MS_SCHED_HOST"] == "llm-a0-0.llm.team.svc"
-    assert env["RESPAWN_LOAD_CHECKPOINT"] == "/mnt/shared/team/llm/checkpoint"
-    assert env["RESPAWN_RESUME_TRAINING"] == "true"
+    # Auto-resume names the job's directory; load_checkpoint / resume_training stay the user's.
+    assert env["RESPAWN_JOB_CHECKPOINT_DIR"] == "/mnt/shared/team/llm/checkpoint"
+    assert "RESPAWN_LOAD_CHECKPOINT" not in env and "RESPAWN_RESUME_TRAINING" not in env
     assert env["SHARED_PATHS"] == "/mnt/shared"
     assert plan.create_pods[0]["metadata"]["ownerReferences"][0]["uid"] == "u-1"
 
@@ -271,7 +273,10 @@ def test_edited_replicas_apply_to_the_next_attempt() -> None:
             {"sharedVolume": {"volume": {}, "mountPath": "/"}},
             "spec.sharedVolume.mountPath '/' must be normalized",
         ),
-        ({"sharedVolume": {"volume": {}, "mountPath": "/m/../x"}}, "spec.sharedVolume.mountPath '/m/../x' must be normalized"),
+        (
+            {"sharedVolume": {"volume": {}, "mountPath": "/m/../x"}},
+            "spec.sharedVolume.mountPath '/m/../x' must be normalized",
+        ),
         ({"sharedVolume": {"volume": {}, "mountPath": "/m\x7f"}}, "mountPath .* must not contain control"),
     ],
 )
@@ -298,3 +303,37 @@ def test_no_refund_for_checkpoints_the_dying_attempt_commits() -> None:
         job(restarting), [], Observations(checkpoint=CheckpointRef(step=11)), now=NOW + timedelta(seconds=5)
     )
     assert created.status is not None and created.status.resumed_from_step == 11
+
+
+def test_pods_the_job_does_not_own_are_neither_counted_nor_deleted() -> None:
+    squatter = pod(1, owner="someone-else")
+    plan = run(job(RUNNING), [pod(0), squatter])
+    st = plan.status
+    assert st is not None and st.last_failure is not None and st.last_failure.reason == Reason.POD_DELETED
+    assert [d.name for d in plan.delete_pods] == ["llm-a0-0"]
+    fresh = run(job(), [pod(0, owner="deleted-namesake"), pod(1, owner="deleted-namesake")])
+    assert [p["metadata"]["name"] for p in fresh.create_pods] == ["llm-a0-0", "llm-a0-1"]
+    assert not fresh.delete_pods
+
+
+def test_deletions_name_the_pod_they_decided_on() -> None:
+    plan = run(job(RUNNING), [pod(0), pod(1), pod(0, attempt=5)])
+    assert plan.delete_pods == [DeletePod("llm-a5-0", "pod-a5-0")]
+
+
+def test_a_reconcile_error_is_recorded_once_and_cleared_by_the_next_good_pass() -> None:
+    first = decide_error(RUNNING, "FailedCreate", "pod team/llm-a0-1: exceeded quota", NOW)
+    [write, event] = first.steps
+    assert isinstance(write, WriteStatus) and event == EmitEvent(
+        "Warning", "FailedCreate", "pod team/llm-a0-1: exceeded quota"
+    )
+    recorded = status_to_dict(write.status)
+    error = next(c for c in recorded["conditions"] if c["type"] == "ReconcileError")
+    assert (error["status"], error["reason"]) == ("True", "FailedCreate")
+    again = decide_error(recorded, "FailedCreate", "pod team/llm-a0-1: exceeded quota", NOW)
+    assert [type(s) for s in again.steps] == [EmitEvent], "the same error again writes no status"
+    cleared = run(job(recorded), [pod(0), pod(1)]).status
+    assert cleared is not None
+    assert next(c for c in cleared.conditions if c["type"] == "ReconcileError")["status"] == "False"
+    settled = {**RUNNING, "observedGeneration": 1}
+    assert run(job(settled), [pod(0), pod(1)]).status is None, "no error, nothing to clear, no write"
