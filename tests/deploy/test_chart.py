@@ -129,8 +129,8 @@ JOB_RULES = {
     "trainingjobs.training.respawn.dev": {"list", "watch"},
     "trainingjobs/status.training.respawn.dev": {"update"},
     "trainingjobs/finalizers.training.respawn.dev": {"update"},
-    "pods": {"list", "watch", "create", "delete"},
-    "services": {"create"},
+    "pods": {"list", "watch", "create", "get", "delete"},
+    "services": {"create", "get"},
     "events": {"create"},
 }
 

@@ -111,15 +111,15 @@ JOB_VERBS = [
     ("list", "pods"),
     ("watch", "pods"),
     ("create", "pods"),
+    ("get", "pods"),  # only after a create answered 409: the job's own pod, or a foreign one?
     ("delete", "pods"),
     ("create", "services"),
+    ("get", "services"),
     ("create", "events"),
 ]
 NEVER = [
-    # Reads come from informer caches (tests/deploy/test_rbac_rules.py shows nothing needs get).
+    # Reads come from informer caches (tests/deploy/test_rbac_rules.py shows what needs get).
     ("get", "trainingjobs.training.respawn.dev"),
-    ("get", "pods"),
-    ("get", "services"),
     ("get", "secrets"),
     ("list", "secrets"),
     ("watch", "secrets"),

@@ -65,6 +65,7 @@ NO_RESTART = "a failed attempt is never replaced"
 NO_EVENTS = "no events are recorded"
 NODE_LOSS_MISSED = "a lost node goes unnoticed: no restart, node not avoided"
 DEVICE_FAULT_MISSED = "a device fault goes unnoticed: no restart, node not avoided"
+FOREIGN_UNNAMED = "a foreign Service or pod holding a job's name is not named on the job"
 
 
 # -- the chart's rules, verb by verb ------------------------------------------------------------
@@ -255,7 +256,7 @@ class Run:
         return [r for r in self.records(since) if re.search(r"HTTP 403|\(403\)|[Ff]orbidden", r)]
 
     def reconcile_refused(self, since: int) -> bool:
-        return any("msg=reconcile failed" in r for r in self.refusals(since))
+        return any(re.search(r"msg=reconcile (failed|blocked)", r) for r in self.refusals(since))
 
     def refused_informers(self) -> set[str]:
         return {m.group(1) for r in self.refusals() if (m := re.search(r"informer=([\w-]+)", r))}
@@ -444,6 +445,28 @@ def avoids_faulty_devices(run: Run) -> str | None:
     return DEVICE_FAULT_MISSED
 
 
+def reports_foreign_objects(run: Run) -> str | None:
+    """A Service or pod that holds a job's name but is not the job's is named on the job, and left
+    alone; telling it from the job's own takes a read of the object that answered 409."""
+    if broken := starts(run):
+        return broken
+    admin, ns, mark = run.admin, run.namespace, run.log_size()
+    core = client.CoreV1Api(admin)
+    core.create_namespaced_service(ns, {"metadata": {"name": "theirs"}, "spec": {"ports": [{"port": 80}]}})
+    squatter = played_job("squat")["spec"]["template"]["spec"]
+    core.create_namespaced_pod(ns, {"metadata": {"name": "squat-a0-1"}, "spec": squatter})
+    for name in ("theirs", "squat"):
+        create_job(admin, ns, played_job(name))
+
+        def named(job: str = name) -> bool:
+            conditions = run.status(job).get("conditions") or []
+            return any(c["type"] == "ReconcileError" and c["reason"] == "ForeignObject" for c in conditions)
+
+        if not run.step(FOREIGN_UNNAMED, named, lambda: run.reconcile_refused(mark)):
+            return FOREIGN_UNNAMED
+    return None
+
+
 FEATURES: dict[str, Callable[[Run], str | None]] = {
     f.__name__: f
     for f in (
@@ -454,6 +477,7 @@ FEATURES: dict[str, Callable[[Run], str | None]] = {
         records_events,
         avoids_lost_nodes,
         avoids_faulty_devices,
+        reports_foreign_objects,
     )
 }
 
@@ -481,8 +505,12 @@ CASES: dict[str, Case] = {
     "ClusterRole pods:list": Case("starts", NEVER_READY, "informer=pods"),
     "ClusterRole pods:watch": Case("runs_a_job", NOT_RUNNING, "informer=pods"),
     "ClusterRole pods:create": Case("runs_a_job", NO_PODS, "cannot create resource pods"),
+    "ClusterRole pods:get": Case("reports_foreign_objects", FOREIGN_UNNAMED, "cannot get resource pods"),
     "ClusterRole pods:delete": Case("restarts", NO_RESTART, "cannot delete resource pods"),
     "ClusterRole services:create": Case("runs_a_job", NO_PODS, "cannot create resource services"),
+    "ClusterRole services:get": Case(
+        "reports_foreign_objects", FOREIGN_UNNAMED, "cannot get resource services"
+    ),
     "ClusterRole events:create": Case("records_events", NO_EVENTS, "msg=event not recorded"),
     f"Role {LEASES}:create": Case("starts", NEVER_LEADS, "attempt failed (403)"),
     f"Role {LEASES}:get": Case("starts", NEVER_LEADS, "attempt failed (403)"),

@@ -101,14 +101,15 @@ Each rule names the calls that need it (controller/app.py informers, controller/
 - apiGroups: [training.respawn.dev]
   resources: [trainingjobs/finalizers]
   verbs: [update]
-# Informer on managed pods; KubeWriter.create_pod / delete_pod.
+# Informer on managed pods; KubeWriter.create_pod / delete_pod; get only after a create
+# answered 409, to tell the job's own pod from a foreign one holding its name.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch, create, delete]
-# KubeWriter.ensure_service: the job's headless Service (create; 409 means it exists).
+  verbs: [list, watch, create, get, delete]
+# KubeWriter.ensure_service: the job's headless Service; get after a 409, as for pods.
 - apiGroups: [""]
   resources: [services]
-  verbs: [create]
+  verbs: [create, get]
 # KubeWriter.emit_event: core/v1 Events, created with generateName.
 - apiGroups: [""]
   resources: [events]
