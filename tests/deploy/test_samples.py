@@ -77,7 +77,8 @@ def test_sample_is_wired_together(sample: Path) -> None:
 def test_sample_run_yaml_is_a_valid_trainer_config(sample: Path) -> None:
     configmap = by_kind(sample)["ConfigMap"]
     raw = yaml.safe_load(configmap["data"]["run.yaml"])
-    # The controller supplies these through RESPAWN_OUTPUT_DIR and RESPAWN_LOAD_CHECKPOINT.
+    # The controller supplies the output directory (RESPAWN_OUTPUT_DIR) and auto-resume
+    # (RESPAWN_JOB_CHECKPOINT_DIR); a load_checkpoint here would be the user's pretrained weights.
     assert "output_dir" not in raw and "load_checkpoint" not in raw
     config = parse_config(raw)
     assert config.resume_training is True
