@@ -66,6 +66,7 @@ class Resolution:
     global_step: int | None = None
     warnings: tuple[str, ...] = ()
     world_size: int | None = None  # ranks of the gang that wrote the step (None: a single full file)
+    attempt: int | None = None  # the controller's attempt that wrote the step, where meta.json says
 
     @property
     def random_init(self) -> bool:
@@ -220,8 +221,10 @@ def _resolve_latest(d: _Directory, exclude: set[Path], at_most: StepKey | None) 
             warnings.append(f"no committed step is intact; using step {key}, newer than meta.json")
         records = [c.record for c in chosen if c.record is not None]
         global_step = records[0].global_step if records else None
+        attempt = records[0].attempt if records else None  # one attempt wrote them all (complete())
         files = {r: c.path for r, c in enumerate(chosen)}
-        return Resolution("directory", files, key, global_step, tuple(warnings), steps.gangs[key])
+        gang = steps.gangs[key]
+        return Resolution("directory", files, key, global_step, tuple(warnings), gang, attempt)
     warnings.append(
         f"{d.root}: checkpoint files exist but no step is complete and intact on every rank; random init"
     )

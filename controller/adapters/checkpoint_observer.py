@@ -90,7 +90,11 @@ def read_checkpoint(checkpoint_dir: Path, replicas: int) -> CheckpointRef | None
     first = found.files[min(found.files)]
     step = found.global_step if found.global_step is not None else found.key.step
     return CheckpointRef(
-        step=step, epoch=found.key.epoch, file=first.name, time=format_time(datetime.now(UTC))
+        step=step,
+        epoch=found.key.epoch,
+        file=first.name,
+        time=format_time(datetime.now(UTC)),
+        attempt=found.attempt,
     )
 
 

@@ -35,6 +35,8 @@ class FailurePolicy:
     rules: tuple[Rule, ...] = ()
     avoid_faulty_nodes: bool = True
     progress_timeout: float | None = None
+    # More silence allowed before an attempt's first progress: import, rendezvous, compile, load.
+    progress_grace: float = 300.0
     node_lost_timeout: float = 30.0
 
 
@@ -61,6 +63,7 @@ class CheckpointRef:
     epoch: int | None = None
     file: str | None = None
     time: str | None = None
+    attempt: int | None = None  # the attempt that wrote it (meta.json); None if not recorded
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class JobStatus:
     replicas: int | None = None  # replicas of the current attempt
     start_time: str | None = None
     completion_time: str | None = None
+    running_since: str | None = None  # every worker of the current attempt first seen running
     conditions: tuple[dict[str, Any], ...] = ()
 
 
@@ -188,6 +192,7 @@ def parse_failure_policy(policy: dict[str, Any]) -> FailurePolicy:
         rules=tuple(_parse_rule(i, r) for i, r in enumerate(policy.get("rules") or [])),
         avoid_faulty_nodes=bool(policy.get("avoidFaultyNodes", True)),
         progress_timeout=float(timeout) if timeout else None,
+        progress_grace=float(policy.get("progressGraceSeconds", 300)),
         node_lost_timeout=float(policy.get("nodeLostTimeoutSeconds", 30)),
     )
 
@@ -249,6 +254,7 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
             epoch=opt_int(checkpoint.get("epoch")),
             file=checkpoint.get("file"),
             time=checkpoint.get("time"),
+            attempt=opt_int(checkpoint.get("attempt")),
         )
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get("step"), int)
         else None,
@@ -257,6 +263,7 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         replicas=opt_int(status.get("replicas")),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
+        running_since=status.get("runningSince"),
         conditions=tuple(status.get("conditions") or ()),
     )
 
@@ -279,6 +286,7 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
         "replicas": status.replicas,
         "startTime": status.start_time,
         "completionTime": status.completion_time,
+        "runningSince": status.running_since,
         "conditions": list(status.conditions),
     }
     if status.last_failure is not None:
@@ -301,7 +309,13 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
         c = status.last_complete_checkpoint
         body["lastCompleteCheckpoint"] = {
             k: v
-            for k, v in {"step": c.step, "epoch": c.epoch, "file": c.file, "time": c.time}.items()
+            for k, v in {
+                "step": c.step,
+                "epoch": c.epoch,
+                "file": c.file,
+                "time": c.time,
+                "attempt": c.attempt,
+            }.items()
             if v is not None
         }
     return {k: v for k, v in body.items() if v is not None}

@@ -7,6 +7,7 @@ every rank's loss per global step is bitwise equal to an uninterrupted run of th
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -148,3 +149,43 @@ def test_progress_between_failures_refunds_the_budget(
     )
     assert status["phase"] == "Succeeded", status
     assert status["restarts"] == 2 and status["attempt"] == 2
+
+
+def test_a_frozen_rank_restarts_once_and_the_job_succeeds(
+    api_client: client.ApiClient,
+    namespace: str,
+    shared_controller: Controller,
+    shared_root: Path,
+    node_agent: NodeAgentHandle,
+) -> None:
+    """A SIGSTOPped rank stalls its data-parallel gang: one ProgressTimeout restart, and the next
+    attempt — with its own progress clock — runs to the end (issue 12: it was declared hung at once)."""
+    run = long_run(3, use_parallel=True)
+    client.CoreV1Api(api_client).create_namespaced_config_map(namespace, run_config_map(run))
+    job = trainer_job(
+        "frozen",
+        shared_root,
+        pod={"terminationGracePeriodSeconds": 5},  # a stopped process cannot act on SIGTERM
+        progressTimeoutSeconds=20,
+        progressGraceSeconds=120,
+    )
+    create_job(api_client, namespace, job)
+
+    def checkpoint() -> int:
+        return int(
+            job_status(api_client, namespace, "frozen").get("lastCompleteCheckpoint", {}).get("step", 0)
+        )
+
+    wait_for("training under way", lambda: checkpoint() >= 5, 240)
+    node_agent.kill(namespace, "frozen-a0-1", sig=signal.SIGSTOP)
+    status = wait_for(
+        "the end",
+        lambda: (
+            (s := job_status(api_client, namespace, "frozen")).get("phase") in ("Succeeded", "Failed") and s
+        ),
+        420,
+    )
+    assert status["phase"] == "Succeeded", status
+    assert (status["restarts"], status["attempt"]) == (1, 1), status
+    assert status["lastFailure"]["reason"] == "ProgressTimeout"
+    assert status["lastCompleteCheckpoint"]["attempt"] == 1, "the last commit is the new attempt's"

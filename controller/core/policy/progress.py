@@ -1,8 +1,10 @@
 """Progress: the last complete checkpoint the controller has seen, and hang detection.
 
 A hang is only judged when the controller tracks progress (it mounts the shared volume): without
-it, a hung job cannot be told from a quiet healthy one. The clock starts at the attempt's start
-or its last progress, whichever is later.
+it, a hung job cannot be told from a quiet healthy one. Each attempt has its own clock: it starts
+when every worker of the attempt runs (`status.runningSince`), never at an earlier attempt's
+progress, and until the attempt's first progress it also allows `progressGraceSeconds` for
+import, rendezvous, compile and checkpoint load.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ def hang_in(ctx: Context, status: JobStatus) -> float | None:
     """Seconds until the attempt counts as hung (at zero or below it is); None when hangs are not
     judged. Detection and the requeue deadline both read this one answer."""
     timeout = ctx.policy.progress_timeout
-    if not timeout or not ctx.obs.progress_tracked:
+    running = parse_time(status.running_since)
+    if not timeout or not ctx.obs.progress_tracked or running is None:
         return None
-    started = parse_time(status.start_time) or ctx.now
-    last = max(filter(None, (ctx.obs.last_progress, started)))
-    return timeout - (ctx.now - last).total_seconds()
+    last = ctx.obs.last_progress
+    if last is not None and last > running:
+        return timeout - (ctx.now - last).total_seconds()
+    return timeout + ctx.policy.progress_grace - (ctx.now - running).total_seconds()
 
 
 def hang(ctx: Context, status: JobStatus) -> Failure | None:

@@ -31,13 +31,21 @@ def backoff_seconds(consecutive_failures: int, *, initial: float, maximum: float
 
 
 def refund(status: JobStatus, obs: Observations) -> JobStatus:
-    """Progress after a restart gives back one restart of the budget and resets the backoff."""
-    if obs.checkpoint is None:
+    """Progress after a restart gives back one restart of the budget and resets the backoff.
+
+    Only the current attempt's own commit counts: the dying attempt may still commit while it goes.
+    meta.json records which attempt wrote a step; where it does not (directories written outside
+    respawn), a step newer than the one at the restart stands in for it."""
+    ckpt = obs.checkpoint
+    if ckpt is None:
         return status
     baseline = status.checkpoint_step_at_restart
-    # Only the new attempt's own progress counts; the old one may still be committing while it dies.
+    if ckpt.attempt is not None:
+        ours = ckpt.attempt == status.attempt
+    else:
+        ours = baseline is None or ckpt.step > baseline
     running = status.phase in (Phase.PENDING, Phase.RUNNING)
-    if running and status.consecutive_failures and (baseline is None or obs.checkpoint.step > baseline):
+    if running and status.consecutive_failures and ours:
         return dataclasses.replace(
             status,
             budget_used=max(0, status.budget_used - 1),
@@ -112,6 +120,7 @@ def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[
         checkpoint_step_at_restart=step,
         faulty_nodes=faulty,
         replicas=None,
+        running_since=None,
         conditions=conditions.restarting(status.conditions, f.reason.value, verdict.message, ctx.now),
     )
     return Transition(

@@ -70,6 +70,7 @@ def running(ctx: Context, status: JobStatus) -> Transition | None:
     up = dataclasses.replace(
         status,
         phase=Phase.RUNNING,
+        running_since=status.running_since or format_time(ctx.now),
         failure_seen_at=None,
         conditions=conditions.running(status.conditions, status.attempt, ctx.now),
     )

@@ -225,7 +225,7 @@ def test_user_rules_come_first(rule: dict[str, Any], expected: Phase) -> None:
 
 
 def test_progress_timeout_restarts_a_hung_job() -> None:
-    status = {**RUNNING, "startTime": format_time(NOW - timedelta(minutes=10))}
+    status = {**RUNNING, "runningSince": format_time(NOW - timedelta(minutes=10))}
     body = job(status, failurePolicy={"progressTimeoutSeconds": 300})
     untracked = run(body, [pod(0), pod(1)], Observations(last_progress=NOW - timedelta(seconds=301))).status
     assert untracked is not None and untracked.phase is Phase.RUNNING, "no observer, no hang verdict"
@@ -240,6 +240,35 @@ def test_progress_timeout_restarts_a_hung_job() -> None:
         body, [pod(0), pod(1)], Observations(progress_tracked=True, last_progress=NOW - timedelta(seconds=30))
     ).status
     assert alive is not None and alive.phase is Phase.RUNNING
+
+
+def test_a_hang_restart_gives_the_next_attempt_its_own_clock() -> None:
+    """Issue 12: the new attempt was declared hung at once, from the old attempt's last progress."""
+    policy = {"progressTimeoutSeconds": 300, "progressGraceSeconds": 120}
+    hung_at = Observations(progress_tracked=True, last_progress=NOW - timedelta(seconds=301))
+    running = {**RUNNING, "runningSince": format_time(NOW - timedelta(minutes=10))}
+    st = run(job(running, failurePolicy=policy), [pod(0), pod(1)], hung_at).status
+    assert st is not None and st.phase is Phase.RESTARTING and st.running_since is None
+    later = NOW + timedelta(seconds=30)
+    created = run(job(status_to_dict(st), failurePolicy=policy), [], hung_at, now=later).status
+    assert created is not None and created.attempt == 1
+    up = run(
+        job(status_to_dict(created), failurePolicy=policy),
+        [pod(0, attempt=1), pod(1, attempt=1)],
+        hung_at,
+        now=later,
+    )
+    assert up.status is not None and up.status.phase is Phase.RUNNING
+    assert up.status.running_since == format_time(later)
+    # The old attempt's progress is 331 s old, but the new attempt has timeout + grace from its start.
+    still = run(
+        job(status_to_dict(up.status), failurePolicy=policy),
+        [pod(0, attempt=1), pod(1, attempt=1)],
+        hung_at,
+        now=later,
+    )
+    assert still.status is None or still.status.phase is Phase.RUNNING
+    assert still.requeue_after == 420.0
 
 
 def test_failed_job_cleans_up_and_stays_failed() -> None:

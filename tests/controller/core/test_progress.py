@@ -14,8 +14,11 @@ from controller.core.policy import progress
 from controller.core.timefmt import format_time
 from tests.support.core_inputs import NOW, RUNNING, context, job, pod
 
-STARTED = {**RUNNING, "startTime": format_time(NOW - timedelta(minutes=10))}
-TIMEOUT = {"progressTimeoutSeconds": 300}
+TIMEOUT = {"progressTimeoutSeconds": 300}  # and the default progressGraceSeconds: 300
+
+
+def running_for(seconds: int, **status: Any) -> dict[str, Any]:
+    return {**RUNNING, "runningSince": format_time(NOW - timedelta(seconds=seconds)), **status}
 
 
 def seen(seconds_ago: int | None, tracked: bool = True) -> Observations:
@@ -26,21 +29,20 @@ def seen(seconds_ago: int | None, tracked: bool = True) -> Observations:
 @pytest.mark.parametrize(
     ("status", "policy", "obs", "remaining", "hung"),
     [
-        (STARTED, TIMEOUT, seen(30), 270.0, False),
-        (STARTED, TIMEOUT, seen(300), 0.0, True),
-        (STARTED, TIMEOUT, seen(301), -1.0, True),
-        (STARTED, TIMEOUT, seen(None), -300.0, True),  # nothing since the start ten minutes ago
-        (STARTED, TIMEOUT, seen(301, tracked=False), None, False),  # no observer, no hang verdict
-        (STARTED, {}, seen(301), None, False),  # not asked for
-        ({**STARTED, "phase": "Pending"}, TIMEOUT, seen(301), -1.0, False),  # starting is not hanging
-        # The clock starts at the attempt's start when that is later than the last progress.
-        (
-            {**RUNNING, "startTime": format_time(NOW - timedelta(seconds=60))},
-            TIMEOUT,
-            seen(900),
-            240.0,
-            False,
-        ),
+        (running_for(600), TIMEOUT, seen(30), 270.0, 0),
+        (running_for(600), TIMEOUT, seen(300), 0.0, 1),
+        (running_for(600), TIMEOUT, seen(301), -1.0, 1),
+        # No progress yet: the start-up grace comes on top of the timeout.
+        (running_for(400), TIMEOUT, seen(None), 200.0, 0),
+        (running_for(600), TIMEOUT, seen(None), 0.0, 1),
+        (running_for(601), TIMEOUT, seen(None), -1.0, 1),
+        (running_for(601), {**TIMEOUT, "progressGraceSeconds": 0}, seen(None), -301.0, 1),
+        # An earlier attempt's progress never counts for this one (the restart loop of issue 12).
+        (running_for(60), TIMEOUT, seen(900), 540.0, 0),
+        (running_for(600), TIMEOUT, seen(301, tracked=False), None, 0),  # no observer, no hang verdict
+        (running_for(600), {}, seen(301), None, 0),  # not asked for
+        (RUNNING, TIMEOUT, seen(301), None, 0),  # not running yet: start-up is not a hang
+        ({**running_for(600), "phase": "Pending"}, TIMEOUT, seen(301), -1.0, 0),
     ],
 )
 def test_hang(

@@ -124,3 +124,20 @@ def test_an_exhausted_budget_fails_the_job_with_its_own_reason() -> None:
     failed = next(c for c in st.conditions if c["type"] == "Failed")
     assert failed["reason"] == Reason.BUDGET_EXCEEDED and st.completion_time == format_time(NOW)
     assert not any(isinstance(n, RecordRestart) for n in t.notices)
+
+
+@pytest.mark.parametrize(
+    ("written_by", "step", "refunded"),
+    [
+        (1, 12, True),  # the current attempt's own commit
+        (1, 8, True),  # its own, even below the step at the restart (it resumed from an older one)
+        (0, 12, False),  # the dying attempt's late commit: not progress of the new one
+        (None, 12, True),  # meta.json without attempts (written outside respawn): newer step counts
+        (None, 10, False),
+    ],
+)
+def test_only_the_current_attempts_commit_refunds(written_by: int | None, step: int, refunded: bool) -> None:
+    status = {"phase": "Running", "attempt": 1, "consecutiveFailures": 1, "checkpointStepAtRestart": 10}
+    _, before = context(job({**status, "budgetUsed": 1}))
+    after = restart.refund(before, Observations(checkpoint=CheckpointRef(step=step, attempt=written_by)))
+    assert (after.budget_used == 0) is refunded and (after.consecutive_failures == 0) is refunded
