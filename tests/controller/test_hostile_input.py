@@ -114,6 +114,11 @@ CASES = [
         {"progressTimeoutSeconds": -5},
         "progressTimeoutSeconds in body should be greater than",
     ),
+    (
+        "spec.failurePolicy",
+        {"progressGraceSeconds": -1},
+        "progressGraceSeconds in body should be greater than",
+    ),
     ("spec.schedulerPort", 80, "spec.schedulerPort in body should be greater than or equal to 1024"),
     ("metadata.name", "Job-With-Caps", "a lowercase RFC 1123 subdomain"),
     ("metadata.name", "j" * 50, "the name must be a DNS-1035 label of at most 40 characters"),
