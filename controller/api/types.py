@@ -289,33 +289,20 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
         "runningSince": status.running_since,
         "conditions": list(status.conditions),
     }
-    if status.last_failure is not None:
-        f = status.last_failure
-        body["lastFailure"] = {
-            k: v
-            for k, v in {
-                "time": f.time,
-                "reason": f.reason,
-                "action": f.action,
-                "message": f.message,
-                "pod": f.pod,
-                "node": f.node,
-                "exitCode": f.exit_code,
-                "counted": f.counted,
-            }.items()
-            if v is not None
+    if (f := status.last_failure) is not None:
+        failure: dict[str, Any] = {
+            "time": f.time,
+            "reason": f.reason,
+            "action": f.action,
+            "message": f.message,
         }
-    if status.last_complete_checkpoint is not None:
-        c = status.last_complete_checkpoint
-        body["lastCompleteCheckpoint"] = {
-            k: v
-            for k, v in {
-                "step": c.step,
-                "epoch": c.epoch,
-                "file": c.file,
-                "time": c.time,
-                "attempt": c.attempt,
-            }.items()
-            if v is not None
-        }
+        failure |= {"pod": f.pod, "node": f.node, "exitCode": f.exit_code, "counted": f.counted}
+        body["lastFailure"] = _compact(failure)
+    if (c := status.last_complete_checkpoint) is not None:
+        checkpoint = {"step": c.step, "epoch": c.epoch, "file": c.file, "time": c.time, "attempt": c.attempt}
+        body["lastCompleteCheckpoint"] = _compact(checkpoint)
+    return _compact(body)
+
+
+def _compact(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
