@@ -18,7 +18,7 @@ from kubernetes import client
 
 from controller.app import Controller
 from devcluster.faults import FaultError
-from tests.support.e2e import long_run, losses, trainer_job
+from tests.support.e2e import RUN_YAML, long_run, losses, trainer_job
 from tests.support.kube import create_job, job_status
 from tests.support.manifests import run_config_map
 from tests.support.nodeagent import NodeAgentHandle
@@ -189,3 +189,28 @@ def test_a_frozen_rank_restarts_once_and_the_job_succeeds(
     assert (status["restarts"], status["attempt"]) == (1, 1), status
     assert status["lastFailure"]["reason"] == "ProgressTimeout"
     assert status["lastCompleteCheckpoint"]["attempt"] == 1, "the last commit is the new attempt's"
+
+
+def test_a_job_asking_for_whole_npu_nodes_in_integers_runs(
+    api_client: client.ApiClient,
+    namespace: str,
+    shared_controller: Controller,
+    shared_root: Path,
+    node_agent: NodeAgentHandle,
+) -> None:
+    """`huawei.com/Ascend910: 8` as users and deploy/samples/ascend-8npu.yaml write it (an integer):
+    the controller passes it through, the played scheduler gives each rank a node with 8, the job
+    trains to the end (issue 12: every reconcile crashed on client-side validation)."""
+    run = {**RUN_YAML, "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": 320}}}
+    client.CoreV1Api(api_client).create_namespaced_config_map(namespace, run_config_map(run))
+    job = trainer_job("npu", shared_root)
+    job["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"huawei.com/Ascend910": 8}}
+    create_job(api_client, namespace, job)
+    status = wait_for(
+        "the end",
+        lambda: (s := job_status(api_client, namespace, "npu")).get("phase") in ("Succeeded", "Failed") and s,
+        300,
+    )
+    assert status["phase"] == "Succeeded" and status["restarts"] == 0, status
+    pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace).items
+    assert {p.spec.node_name for p in pods if p.metadata.name.startswith("npu-")} == set(node_agent.nodes)
