@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     DEVICE_FAULT = "DeviceFault"
     POD_DELETED = "PodDeleted"
     PROGRESS_TIMEOUT = "ProgressTimeout"
+    STARTUP_TIMEOUT = "StartupTimeout"  # the gang not all running within startupTimeoutSeconds
     INVALID_SPEC = "InvalidSpec"
     BUDGET_EXCEEDED = "RestartBudgetExceeded"
 
@@ -53,3 +54,6 @@ class Condition(enum.StrEnum):
     # The last pass could not carry out its plan (the API refused a write, a name is taken): retried
     # with backoff, cleared by the next pass that succeeds.
     RECONCILE_ERROR = "ReconcileError"
+    # False while the scheduler cannot place a worker of the attempt (its reason and message); set
+    # only once that happened, True again when every worker is on a node.
+    SCHEDULED = "Scheduled"

@@ -38,6 +38,12 @@ class FailurePolicy:
     # More silence allowed before an attempt's first progress: import, rendezvous, compile, load.
     progress_grace: float = 300.0
     node_lost_timeout: float = 30.0
+    # The gang must be all running this long after its attempt was created; None waits forever.
+    startup_timeout: float | None = None
+    # An exit this close (either side) to a device fault on the worker's chips is the fault's.
+    device_fault_window: float = 60.0
+    # A faulty node no report calls healthy again is allowed again after this; 0 = never.
+    faulty_node_ttl: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class FailureRecord:
     node: str | None = None
     exit_code: int | None = None
     counted: bool = True
+    chips: tuple[str, ...] | None = None  # the worker's NPUs; None: not annotated, the whole node
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class JobStatus:
     failure_seen_at: str | None = None  # the failure that led to the current attempt
     checkpoint_step_at_restart: int | None = None
     faulty_nodes: tuple[str, ...] = ()
+    faulty_nodes_since: dict[str, str] = field(default_factory=dict)  # node -> when it was added
     last_failure: FailureRecord | None = None
     last_complete_checkpoint: CheckpointRef | None = None
     resumed_from_step: int | None = None
@@ -97,6 +105,7 @@ class JobStatus:
     replicas: int | None = None  # replicas of the current attempt
     start_time: str | None = None
     completion_time: str | None = None
+    attempt_created_at: str | None = None  # the current attempt's pods were created
     running_since: str | None = None  # every worker of the current attempt first seen running
     conditions: tuple[dict[str, Any], ...] = ()
 
@@ -185,6 +194,7 @@ def parse_failure_policy(policy: dict[str, Any]) -> FailurePolicy:
     if maximum < initial:
         raise InvalidSpec("failurePolicy.backoff.maxSeconds must be >= initialSeconds")
     timeout = policy.get("progressTimeoutSeconds")
+    startup = policy.get("startupTimeoutSeconds")
     return FailurePolicy(
         max_restarts=int(policy.get("maxRestarts", 3)),
         backoff_initial=initial,
@@ -194,6 +204,9 @@ def parse_failure_policy(policy: dict[str, Any]) -> FailurePolicy:
         progress_timeout=float(timeout) if timeout else None,
         progress_grace=float(policy.get("progressGraceSeconds", 300)),
         node_lost_timeout=float(policy.get("nodeLostTimeoutSeconds", 30)),
+        startup_timeout=float(startup) if startup else None,
+        device_fault_window=float(policy.get("deviceFaultWindowSeconds", 60)),
+        faulty_node_ttl=float(policy.get("faultyNodeTTLSeconds", 3600)),
     )
 
 
@@ -220,7 +233,6 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
     def opt_int(value: Any) -> int | None:
         return int(value) if isinstance(value, int | float) else None
 
-    failure = status.get("lastFailure")
     checkpoint = status.get("lastCompleteCheckpoint")
     try:
         phase = Phase(status.get("phase", Phase.PENDING))
@@ -237,18 +249,8 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         failure_seen_at=status.get("failureSeenAt"),
         checkpoint_step_at_restart=opt_int(status.get("checkpointStepAtRestart")),
         faulty_nodes=tuple(status.get("faultyNodes") or ()),
-        last_failure=FailureRecord(
-            time=failure.get("time", ""),
-            reason=failure.get("reason", ""),
-            action=failure.get("action", ""),
-            message=failure.get("message", ""),
-            pod=failure.get("pod"),
-            node=failure.get("node"),
-            exit_code=opt_int(failure.get("exitCode")),
-            counted=bool(failure.get("counted", True)),
-        )
-        if isinstance(failure, dict)
-        else None,
+        faulty_nodes_since=_times(status.get("faultyNodesSince")),
+        last_failure=_failure_record(status.get("lastFailure")),
         last_complete_checkpoint=CheckpointRef(
             step=int(checkpoint["step"]),
             epoch=opt_int(checkpoint.get("epoch")),
@@ -263,9 +265,34 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         replicas=opt_int(status.get("replicas")),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
+        attempt_created_at=status.get("attemptCreatedAt"),
         running_since=status.get("runningSince"),
         conditions=tuple(status.get("conditions") or ()),
     )
+
+
+def _failure_record(failure: Any) -> FailureRecord | None:
+    if not isinstance(failure, dict):
+        return None
+    code, chips = failure.get("exitCode"), failure.get("chips")
+    return FailureRecord(
+        time=failure.get("time", ""),
+        reason=failure.get("reason", ""),
+        action=failure.get("action", ""),
+        message=failure.get("message", ""),
+        pod=failure.get("pod"),
+        node=failure.get("node"),
+        exit_code=int(code) if isinstance(code, int | float) else None,
+        counted=bool(failure.get("counted", True)),
+        chips=tuple(c for c in chips if isinstance(c, str)) if isinstance(chips, list) else None,
+    )
+
+
+def _times(value: Any) -> dict[str, str]:
+    """node -> time, keeping only string pairs (a status is read leniently)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def status_to_dict(status: JobStatus) -> dict[str, Any]:
@@ -281,11 +308,13 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
         "failureSeenAt": status.failure_seen_at,
         "checkpointStepAtRestart": status.checkpoint_step_at_restart,
         "faultyNodes": list(status.faulty_nodes) or None,
+        "faultyNodesSince": dict(status.faulty_nodes_since) or None,
         "resumedFromStep": status.resumed_from_step,
         "observedGeneration": status.observed_generation,
         "replicas": status.replicas,
         "startTime": status.start_time,
         "completionTime": status.completion_time,
+        "attemptCreatedAt": status.attempt_created_at,
         "runningSince": status.running_since,
         "conditions": list(status.conditions),
     }
@@ -297,6 +326,7 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
             "message": f.message,
         }
         failure |= {"pod": f.pod, "node": f.node, "exitCode": f.exit_code, "counted": f.counted}
+        failure["chips"] = list(f.chips) if f.chips is not None else None
         body["lastFailure"] = _compact(failure)
     if (c := status.last_complete_checkpoint) is not None:
         checkpoint = {"step": c.step, "epoch": c.epoch, "file": c.file, "time": c.time, "attempt": c.attempt}

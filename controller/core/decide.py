@@ -72,18 +72,30 @@ def decide_error(raw_status: Mapping[str, Any], reason: str, message: str, now: 
 
 
 def _watch_attempt(ctx: Context, status: JobStatus) -> Transition:
-    cause = failures.root_cause(failures.find(ctx, status)) or progress.hang(ctx, status)
+    cause = (
+        failures.root_cause(failures.find(ctx, status))
+        or progress.hang(ctx, status)
+        or startup.not_started(ctx, status)
+    )
     if cause is not None:
         return restart.fail_attempt(ctx, status, failures.classify(cause, ctx.policy))
-    transition = success.succeed(ctx, status) or startup.running(ctx, status) or Transition(status)
+    transition = (
+        success.succeed(ctx, status)
+        or startup.running(ctx, status)
+        or startup.waiting(ctx, status)
+        or Transition(status)
+    )
     return dataclasses.replace(transition, requeue_after=_next_deadline(ctx, status))
 
 
 def _next_deadline(ctx: Context, status: JobStatus) -> float | None:
-    """Seconds until a timeout could fire with no further event: a NotReady node or a hang."""
+    """Seconds until a timeout could fire with no further event: a NotReady node, a hang, or a
+    gang not started in time."""
     waits = [lost[0] for pod in ctx.current if (lost := failures.node_lost_in(pod, ctx)) is not None]
     if (hang := progress.hang_in(ctx, status)) is not None:
         waits.append(hang)
+    if (start := startup.startup_timeout_in(ctx, status)) is not None:
+        waits.append(start)
     return max(0.0, min(waits)) if waits else None
 
 

@@ -116,6 +116,16 @@ CASES = [
     ),
     (
         "spec.failurePolicy",
+        {"startupTimeoutSeconds": -1},
+        "startupTimeoutSeconds in body should be greater than or equal to 0",
+    ),
+    (
+        "spec.failurePolicy",
+        {"startupTimeoutSeconds": 10_000_000},
+        "startupTimeoutSeconds in body should be less than or equal to 604800",
+    ),
+    (
+        "spec.failurePolicy",
         {"progressGraceSeconds": -1},
         "progressGraceSeconds in body should be greater than",
     ),

@@ -55,8 +55,13 @@ def pod(
     deleting: bool = False,
     finished: datetime = NOW,
     owner: str = "u-1",
+    created: datetime | None = None,
+    waiting: str | None = None,
 ) -> dict[str, Any]:
+    """A worker pod; `created` sets its creationTimestamp, `waiting` the trainer's waiting reason."""
     state: dict[str, Any] = {"running": {}}
+    if waiting is not None:
+        state = {"waiting": {"reason": waiting, "message": f"{waiting} for the test"}}
     if exit_code is not None:
         state = {
             "terminated": {
@@ -73,6 +78,8 @@ def pod(
     }
     if deleting:
         meta["deletionTimestamp"] = format_time(NOW)
+    if created is not None:
+        meta["creationTimestamp"] = format_time(created)
     return {
         "metadata": meta,
         "spec": {"nodeName": node},

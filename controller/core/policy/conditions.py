@@ -70,3 +70,22 @@ def reconciled(conditions: Conditions, now: datetime) -> Conditions:
 def invalid(conditions: Conditions, message: str, now: datetime) -> Conditions:
     """An unusable spec: Failed, with the parser's message for the user."""
     return set_condition(conditions, Condition.FAILED, True, Reason.INVALID_SPEC, message, now)
+
+
+def unschedulable(conditions: Conditions, reason: str, message: str, now: datetime) -> Conditions:
+    """The scheduler cannot place a worker: Scheduled=False with its reason and words. Unchanged
+    (same tuple) when that is already said, so the caller says it once per distinct message."""
+    said = {"status": "False", "reason": reason, "message": message}
+    if any(c.get("type") == Condition.SCHEDULED and c.items() >= said.items() for c in conditions):
+        return conditions
+    return set_condition(conditions, Condition.SCHEDULED, False, reason, message, now)
+
+
+def scheduled(conditions: Conditions, attempt: int, now: datetime) -> Conditions:
+    """Every worker is on a node: clears an earlier Scheduled=False; a job that never waited for
+    the scheduler gets no condition."""
+    if not any(c.get("type") == Condition.SCHEDULED and c.get("status") == "False" for c in conditions):
+        return conditions
+    return set_condition(
+        conditions, Condition.SCHEDULED, True, "AllWorkersScheduled", f"attempt {attempt}", now
+    )

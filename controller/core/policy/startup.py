@@ -1,17 +1,23 @@
 """Starting an attempt: wait until the old gang is gone and the backoff has passed, create the
-Service and every missing rank, and mark the job Running once every worker runs."""
+Service and every missing rank, and mark the job Running once every worker runs. Until then, say
+on the job why the scheduler cannot place a worker, and fail the attempt when the gang is not all
+running `startupTimeoutSeconds` after it was created (reason StartupTimeout)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
 
-from controller.api.constants import Phase
+from controller.api.constants import Phase, Reason
 from controller.api.types import JobStatus
 from controller.core import podspec
 from controller.core.context import Context, Transition
 from controller.core.plan import CreatePods, EmitEvent, EnsureService, RecordRecovery, Step
-from controller.core.pods import phase_of, rank_of
+from controller.core.pods import Pod, container_status, node_of, phase_of, rank_of
 from controller.core.policy import conditions
+from controller.core.policy.failures import Failure
 from controller.core.timefmt import format_time, parse_time
 
 
@@ -45,6 +51,7 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
         status,
         replicas=replicas,
         start_time=status.start_time or format_time(ctx.now),
+        attempt_created_at=format_time(ctx.now),
         resumed_from_step=resumed,
         next_attempt_after=None,
     )
@@ -72,6 +79,103 @@ def running(ctx: Context, status: JobStatus) -> Transition | None:
         phase=Phase.RUNNING,
         running_since=status.running_since or format_time(ctx.now),
         failure_seen_at=None,
-        conditions=conditions.running(status.conditions, status.attempt, ctx.now),
+        conditions=conditions.scheduled(
+            conditions.running(status.conditions, status.attempt, ctx.now), status.attempt, ctx.now
+        ),
     )
     return Transition(up, notices=notices)
+
+
+_STARTED = ("Running", "Succeeded")
+
+
+def waiting(ctx: Context, status: JobStatus) -> Transition | None:
+    """An attempt not all running yet: say on the job why the scheduler cannot place a worker
+    (condition Scheduled=False in the scheduler's words, a Warning event once per distinct
+    message), and clear that once every worker is on a node. None when there is nothing new."""
+    if status.phase is not Phase.PENDING or status.replicas is None:
+        return None
+    blocked = next((words for p in _by_rank(ctx.current) if (words := _scheduler_says(p))), None)
+    notices: tuple[Step, ...] = ()
+    if blocked is not None:
+        reason, message = blocked[0], f"attempt {status.attempt}: {blocked[1]}"
+        said = conditions.unschedulable(status.conditions, reason, message, ctx.now)
+        notices = (EmitEvent("Warning", reason, message),)
+    elif len(ctx.current) >= status.replicas and all(node_of(p) for p in ctx.current):
+        said = conditions.scheduled(status.conditions, status.attempt, ctx.now)
+    else:
+        return None  # workers the scheduler has not looked at yet
+    if said == status.conditions:
+        return None
+    return Transition(dataclasses.replace(status, conditions=said), notices=notices)
+
+
+def startup_timeout_in(ctx: Context, status: JobStatus) -> float | None:
+    """Seconds until the attempt counts as not started (at zero or below it is); None when no
+    deadline applies: none is set, every worker runs, or when the attempt was created is unknown.
+    Detection and the requeue deadline both read this one answer."""
+    timeout = ctx.policy.startup_timeout
+    if not timeout or status.phase is not Phase.PENDING or status.replicas is None or not _late(ctx):
+        return None
+    created = parse_time(status.attempt_created_at) or _first_created(ctx.current)
+    if created is None:
+        return None
+    return timeout - (ctx.now - created).total_seconds()
+
+
+def not_started(ctx: Context, status: JobStatus) -> Failure | None:
+    """The gang is not all running startupTimeoutSeconds after its attempt was created. The
+    failure names the first worker that is late and why: the scheduler's last words, a waiting
+    container's reason, or its phase."""
+    remaining = startup_timeout_in(ctx, status)
+    if remaining is None or remaining > 0:
+        return None
+    late = _late(ctx)
+    pod, timeout = late[0], ctx.policy.startup_timeout or 0
+    name = (pod.get("metadata") or {}).get("name")
+    message = (
+        f"{len(late)} of {status.replicas} workers not running {timeout:.0f}s after attempt "
+        f"{status.attempt} was created; {name}: {_why(pod, ctx.job.spec.trainer_container)}"
+    )
+    pairs = frozenset((c.get("type", ""), c.get("status", "")) for c in _conditions(pod))
+    return Failure(
+        Reason.STARTUP_TIMEOUT, message, ctx.now, pod=name, node=node_of(pod) or None, conditions=pairs
+    )
+
+
+def _by_rank(pods: Iterable[Pod]) -> list[Pod]:
+    return sorted(pods, key=lambda p: (rank_of(p) is None, rank_of(p) or 0))
+
+
+def _late(ctx: Context) -> list[Pod]:
+    return [p for p in _by_rank(ctx.current) if phase_of(p) not in _STARTED]
+
+
+def _conditions(pod: Pod) -> list[dict[str, Any]]:
+    return list((pod.get("status") or {}).get("conditions") or [])
+
+
+def _scheduler_says(pod: Pod) -> tuple[str, str] | None:
+    """(reason, message) of the pod's PodScheduled=False condition: the scheduler cannot place it."""
+    for c in _conditions(pod):
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            return c.get("reason") or "Unschedulable", c.get("message") or "no node for this worker"
+    return None
+
+
+def _first_created(pods: Sequence[Pod]) -> datetime | None:
+    """For a status written before attemptCreatedAt: the attempt's oldest pod stands in."""
+    times = [t for p in pods if (t := parse_time((p.get("metadata") or {}).get("creationTimestamp")))]
+    return min(times, default=None)
+
+
+def _why(pod: Pod, trainer: str) -> str:
+    said = _scheduler_says(pod)
+    if said is not None:
+        return f"{said[0]}: {said[1]}"
+    waiting_ = (container_status(pod, trainer).get("state") or {}).get("waiting") or {}
+    if waiting_.get("reason"):
+        detail = f" ({waiting_['message']})" if waiting_.get("message") else ""
+        return f"container {trainer} waiting: {waiting_['reason']}{detail}"
+    phase, node = phase_of(pod) or "Pending", node_of(pod)
+    return f"{phase} on {node}" if node else f"{phase}, not scheduled yet"
