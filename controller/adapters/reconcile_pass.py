@@ -24,7 +24,7 @@ from controller.adapters.kubewriter import ForeignObject, KubeWriter, api_messag
 from controller.adapters.metrics import Metrics
 from controller.api.types import InvalidSpec, TrainingJob, parse_job, status_to_dict
 from controller.core.decide import decide, decide_error, decide_invalid
-from controller.core.devicefaults import faults_by_node
+from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX, NodeReport, node_report
 from controller.core.observations import NodeState, Observations, node_state
 from controller.core.plan import (
     CreatePods,
@@ -165,17 +165,24 @@ class ReconcilePass:
             node = self._caches.nodes.get(str(name))
             if node is not None:
                 nodes[str(name)] = node_state(node)
-        faults: dict[str, str] = {}
-        if self._caches.device_configmaps is not None:
-            faults = {
-                n: d for n, d in faults_by_node(self._caches.device_configmaps.list()).items() if n in nodes
-            }
+        reports: dict[str, NodeReport] = {}
+        if (configmaps := self._caches.device_configmaps) is not None:
+            # The pods' nodes, the nodes the job avoids, and its last failure's (a late report).
+            wanted = {str((p.get("spec") or {}).get("nodeName") or "") for p in pods}
+            last = job.status.last_failure
+            wanted |= {*job.status.faulty_nodes, (last.node if last is not None else None) or ""}
+            for name in sorted(wanted - {""}):
+                configmap = configmaps.get(f"{CONFIGMAP_NAMESPACE}/{CONFIGMAP_PREFIX}{name}")
+                if configmap is not None and (report := node_report(configmap)) is not None:
+                    reports[name] = report
+        faults = {n: r.describe() for n, r in reports.items() if n in nodes and r.action is not None}
         if self._checkpoints is None:
-            return Observations(nodes=nodes, device_faults=faults)
+            return Observations(nodes=nodes, device_faults=faults, device_reports=reports)
         snap = self._checkpoints.snapshot(job.key)
         return Observations(
             nodes=nodes,
             device_faults=faults,
+            device_reports=reports,
             progress_tracked=True,
             checkpoint=snap.checkpoint,
             last_progress=snap.last_progress,

@@ -20,7 +20,7 @@ from controller.core import pods
 from controller.core.context import Context, Transition
 from controller.core.observations import Observations
 from controller.core.plan import EmitEvent, Plan, Step, WriteStatus
-from controller.core.policy import conditions, failures, progress, restart, startup, success
+from controller.core.policy import conditions, devices, failures, progress, restart, startup, success
 
 
 def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, now: datetime) -> Plan:
@@ -35,6 +35,8 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
     owned = [p for p in pod_list if pods.owned_by(p, job.uid)]
     current, older = pods.split_attempts(owned, status.attempt)
     ctx = Context(job, obs, now, current, older)
+    # Device faults reported after the fact: faulty nodes usable again, a counted exit converted.
+    status, converted = restart.reattribute(ctx, devices.forget(ctx, status))
     cleanup = tuple(pods.deletions(older, obs))
 
     if status.phase.terminal:
@@ -46,6 +48,8 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
         transition = startup.create_attempt(ctx, status)
     else:
         transition = _watch_attempt(ctx, status)
+    if converted:
+        transition = dataclasses.replace(transition, notices=converted + transition.notices)
     return _ordered(job.status, cleanup, transition)
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from controller.api.types import CheckpointRef
+from controller.core.devicefaults import NodeReport
 from controller.core.timefmt import parse_time
 
 
@@ -22,6 +23,9 @@ class Observations:
     nodes: Mapping[str, NodeState] = field(default_factory=dict)
     # node name -> description, from the Ascend device plugin's mindx-dl-deviceinfo-<node> ConfigMaps
     device_faults: Mapping[str, str] = field(default_factory=dict)
+    # node name -> what its ConfigMap says in detail, for the nodes of the job's pods, its
+    # faultyNodes and its last failure; a node without a readable ConfigMap is absent (unknown)
+    device_reports: Mapping[str, NodeReport] = field(default_factory=dict)
     # From the checkpoint observer; None when the controller does not mount the shared volume.
     progress_tracked: bool = False  # without it, a hang cannot be told from a quiet healthy job
     checkpoint: CheckpointRef | None = None

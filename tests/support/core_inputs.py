@@ -3,13 +3,16 @@ fixed clock. The table tests of controller/core build their cases from these."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from controller.api.constants import ASCEND_RESOURCE
 from controller.api.types import JobStatus, parse_job
 from controller.core.context import Context
 from controller.core.decide import decide
+from controller.core.devicefaults import NodeReport, node_report
 from controller.core.observations import Observations
 from controller.core.plan import Plan
 from controller.core.pods import split_attempts
@@ -57,8 +60,11 @@ def pod(
     owner: str = "u-1",
     created: datetime | None = None,
     waiting: str | None = None,
+    started: datetime | None = None,
+    chips: str | None = None,
 ) -> dict[str, Any]:
-    """A worker pod; `created` sets its creationTimestamp, `waiting` the trainer's waiting reason."""
+    """A worker pod; `created` sets its creationTimestamp, `waiting` the trainer's waiting reason,
+    `started` its status.startTime, `chips` the NPUs the device plugin allocated (annotation)."""
     state: dict[str, Any] = {"running": {}}
     if waiting is not None:
         state = {"waiting": {"reason": waiting, "message": f"{waiting} for the test"}}
@@ -80,7 +86,9 @@ def pod(
         meta["deletionTimestamp"] = format_time(NOW)
     if created is not None:
         meta["creationTimestamp"] = format_time(created)
-    return {
+    if chips is not None:
+        meta["annotations"] = {ASCEND_RESOURCE: chips}
+    body: dict[str, Any] = {
         "metadata": meta,
         "spec": {"nodeName": node},
         "status": {
@@ -89,6 +97,9 @@ def pod(
             "containerStatuses": [{"name": "trainer", "state": state}],
         },
     }
+    if started is not None:
+        body["status"]["startTime"] = format_time(started)
+    return body
 
 
 RUNNING = {"phase": "Running", "attempt": 0, "replicas": 2}
@@ -110,3 +121,48 @@ def context(
     parsed = parse_job(body)
     current, older = split_attempts(pods, parsed.status.attempt)
     return Context(parsed, obs or Observations(), now, current, older), parsed.status
+
+
+def fault_entry(chip: str, level: str, codes: str = "80E18402", at: datetime | None = NOW) -> dict[str, Any]:
+    """One `huawei.com/Ascend910-Fault` object as MindCluster's device plugin writes it; `at` is
+    the fault time (written in ms), None for a plugin that writes none."""
+    entry: dict[str, Any] = {
+        "fault_type": "NodeUnhealthy" if not chip else "CardUnhealthy",
+        "npu_name": chip,
+        "large_model_fault_level": level,
+        "fault_level": level,
+        "fault_handling": level,
+        "fault_code": codes,
+    }
+    if at is not None:
+        ms = int(at.timestamp() * 1000)
+        entry["fault_time_and_level_map"] = {
+            c: {"fault_time": ms, "fault_level": level} for c in codes.split(",")
+        }
+    return entry
+
+
+def device_report(
+    node: str,
+    *entries: dict[str, Any],
+    recovering: str = "",
+    manual: str = "",
+    updated: datetime = NOW,
+) -> NodeReport:
+    """What `mindx-dl-deviceinfo-<node>` says, read by the core's parser from the plugin's format;
+    `updated` is the document's UpdateTime."""
+    device_list = {
+        ASCEND_RESOURCE: ",".join(f"Ascend910-{i}" for i in range(8)),
+        f"{ASCEND_RESOURCE}-Fault": json.dumps(list(entries)),
+        f"{ASCEND_RESOURCE}-NetworkUnhealthy": "",
+        f"{ASCEND_RESOURCE}-Recovering": recovering,
+        f"{ASCEND_RESOURCE}-Unhealthy": "",
+    }
+    document = {"DeviceInfo": {"DeviceList": device_list, "UpdateTime": int(updated.timestamp())}}
+    configmap = {
+        "metadata": {"name": f"mindx-dl-deviceinfo-{node}", "namespace": "kube-system"},
+        "data": {"DeviceInfoCfg": json.dumps(document), "ManuallySeparateNPU": manual},
+    }
+    report = node_report(configmap)
+    assert report is not None
+    return report

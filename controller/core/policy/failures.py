@@ -19,7 +19,9 @@ from controller.api.constants import Action, Reason
 from controller.api.types import FailurePolicy, JobStatus, Rule
 from controller.core import podspec
 from controller.core.context import Context
+from controller.core.devicefaults import Fault, FaultClass, chips_of_pod
 from controller.core.pods import Pod, container_status, node_of, rank_of
+from controller.core.policy import devices
 from controller.core.timefmt import parse_time
 from respawn_protocol.contract import ExitClass, classify_exit
 
@@ -46,6 +48,8 @@ class Failure:
     node: str | None = None
     exit_code: int | None = None
     conditions: frozenset[tuple[str, str]] = frozenset()
+    chips: frozenset[str] | None = None  # the worker's NPUs (device plugin annotation); None: unknown
+    keeps_node: bool = False  # a device fault that a chip reset clears: the node is not avoided
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,9 @@ class Verdict:
 
     @property
     def faulty_node(self) -> str | None:
-        return self.failure.node if self.failure.reason in NODE_FAULTS else None
+        if self.failure.reason not in NODE_FAULTS or self.failure.keeps_node:
+            return None
+        return self.failure.node
 
 
 def node_lost_in(pod: Pod, ctx: Context) -> tuple[float, datetime] | None:
@@ -110,6 +116,7 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
         (pod.get("spec") or {}).get("nodeName"),
         exit_code,
         frozenset((t, c.get("status", "")) for t, c in conditions.items()),
+        chips_of_pod(pod),
     )
 
     disruption = conditions.get("DisruptionTarget")
@@ -126,6 +133,8 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
         if terminated.get("reason") == "OOMKilled":
             return replace(base, reason=Reason.OOM_KILLED, message=f"container {trainer} was OOM-killed")
         reason, message = _exit_failure(exit_code, trainer)
+        if reason is Reason.ERROR and (fault := devices.exit_fault(pod, ctx, base.at)) is not None:
+            return _device_failure(base, fault, devices.explain(base.node, fault, base.at, message))
         return replace(base, reason=reason, message=message)
     if phase == "Succeeded":
         return None
@@ -152,10 +161,23 @@ def _node_failure(pod: Pod, base: Failure, ctx: Context) -> Failure | None:
             message=f"node {node} not ready since {since.isoformat()}",
             at=since,
         )
-    if node in ctx.obs.device_faults:
+    report = ctx.obs.device_reports.get(node)
+    if report is not None:
+        fault = devices.running_fault(pod, report)
+        if fault is None:
+            return None
+        failure = _device_failure(base, fault, devices.explain(node, fault))
+        return replace(failure, at=min(fault.time or ctx.now, ctx.now))
+    if node in ctx.obs.device_faults:  # a summary without the detail: any fault on the node counts
         message = f"device fault on {node}: {ctx.obs.device_faults[node]}"
         return replace(base, reason=Reason.DEVICE_FAULT, message=message, at=ctx.now)
     return None
+
+
+def _device_failure(base: Failure, fault: Fault, message: str) -> Failure:
+    """A DeviceFault; a restart-class fault keeps the node (a chip reset clears it)."""
+    keeps = fault.action is FaultClass.RESTART
+    return replace(base, reason=Reason.DEVICE_FAULT, message=message, keeps_node=keeps)
 
 
 def missing_ranks(ctx: Context, status: JobStatus) -> list[Failure]:

@@ -3,7 +3,8 @@
 A restart is state, not an action: it bumps `status.attempt` and clears `status.replicas`; the
 startup policy creates the next attempt once the old one is gone and the backoff has passed.
 Counted restarts use the budget; progress of the new attempt (a checkpoint newer than the one it
-resumed from) gives one back and resets the backoff.
+resumed from) gives one back and resets the backoff. A counted exit whose device fault is
+reported only after its restart was recorded is converted to that fault's (`reattribute`).
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
-from controller.api.constants import Action, Phase
+from controller.api.constants import Action, Phase, Reason
 from controller.api.types import FailurePolicy, FailureRecord, JobStatus
 from controller.core import pods
 from controller.core.context import Context, Transition
+from controller.core.devicefaults import FaultClass
 from controller.core.observations import Observations
 from controller.core.plan import EmitEvent, RecordRestart, Step
-from controller.core.policy import conditions
-from controller.core.policy.failures import Verdict
-from controller.core.timefmt import format_time
+from controller.core.policy import conditions, devices
+from controller.core.policy.failures import Failure, Verdict, classify
+from controller.core.timefmt import format_time, parse_time
 
 MAX_FAULTY_NODES = 16
 
@@ -75,6 +77,7 @@ def fail_attempt(ctx: Context, status: JobStatus, verdict: Verdict) -> Transitio
         node=f.node,
         exit_code=f.exit_code,
         counted=verdict.counted,
+        chips=tuple(sorted(f.chips)) if f.chips is not None else None,
     )
     teardown = tuple(pods.deletions(ctx.current, ctx.obs))
     if verdict.action is Action.FAIL_JOB:
@@ -94,9 +97,8 @@ def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[
     f, policy, counted = verdict.failure, ctx.policy, verdict.counted
     consecutive = status.consecutive_failures + 1
     delay = backoff_seconds(consecutive, initial=policy.backoff_initial, maximum=policy.backoff_max)
-    faulty = status.faulty_nodes
-    if verdict.faulty_node and policy.avoid_faulty_nodes and verdict.faulty_node not in faulty:
-        faulty = (*faulty, verdict.faulty_node)[-MAX_FAULTY_NODES:]
+    if verdict.faulty_node and policy.avoid_faulty_nodes:
+        status = devices.avoid(status, verdict.faulty_node, ctx.now, MAX_FAULTY_NODES)
     step = ctx.obs.checkpoint.step if ctx.obs.checkpoint else None
     last = ctx.obs.last_step
     steps_lost = last - step if last is not None and step is not None else None
@@ -118,7 +120,6 @@ def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[
         next_attempt_after=format_time(ctx.now + timedelta(seconds=delay)),
         failure_seen_at=status.failure_seen_at or format_time(ctx.now),
         checkpoint_step_at_restart=step,
-        faulty_nodes=faulty,
         replicas=None,
         running_since=None,
         conditions=conditions.restarting(status.conditions, f.reason.value, verdict.message, ctx.now),
@@ -130,3 +131,42 @@ def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[
         record_first=True,
         requeue_after=delay,
     )
+
+
+def reattribute(ctx: Context, status: JobStatus) -> tuple[JobStatus, tuple[Step, ...]]:
+    """The last failure, a counted exit, becomes a DeviceFault when its node reports a fault on
+    the worker's chips within the window of the exit only now: restarts - 1, uncountedRestarts + 1,
+    the budget given back, the node avoided if the fault separates a chip. A finished job stays as
+    it ended; a user rule that counts DeviceFault leaves the record alone."""
+    last = status.last_failure
+    if status.phase.terminal or last is None or not last.counted or last.reason != Reason.ERROR:
+        return status, ()
+    fault = devices.late_fault(ctx, last)
+    exited = parse_time(last.time)
+    if fault is None or exited is None:
+        return status, ()
+    message = devices.explain(last.node, fault, exited, last.message)
+    failure = Failure(Reason.DEVICE_FAULT, message, exited, last.pod, last.node, last.exit_code)
+    failure = dataclasses.replace(failure, keeps_node=fault.action is FaultClass.RESTART)
+    verdict = classify(failure, ctx.policy)
+    if verdict.action is not Action.RESTART_JOB_IGNORE_BUDGET:
+        return status, ()
+    record = dataclasses.replace(
+        last, reason=Reason.DEVICE_FAULT.value, action=verdict.action.value, message=message, counted=False
+    )
+    converted = dataclasses.replace(
+        status,
+        restarts=max(0, status.restarts - 1),
+        uncounted_restarts=status.uncounted_restarts + 1,
+        budget_used=max(0, status.budget_used - 1),
+        last_failure=record,
+    )
+    if status.phase is Phase.RESTARTING:
+        reason = Reason.DEVICE_FAULT.value
+        converted = dataclasses.replace(
+            converted, conditions=conditions.restarting(status.conditions, reason, message, ctx.now)
+        )
+    if verdict.faulty_node and ctx.policy.avoid_faulty_nodes:
+        converted = devices.avoid(converted, verdict.faulty_node, ctx.now, MAX_FAULTY_NODES)
+    note = f"{last.pod or 'job'}: {message}; the restart after it is not counted, budget returned"
+    return converted, (EmitEvent("Warning", Reason.DEVICE_FAULT.value, note),)
