@@ -165,8 +165,21 @@ class Controller:
     def _on_configmap(self, _type: str, cm: dict[str, Any], _old: dict[str, Any] | None) -> None:
         name = cm["metadata"]["name"]
         if name.startswith(CONFIGMAP_PREFIX):
-            for key in self._jobs_on_node(name[len(CONFIGMAP_PREFIX) :]):
+            node = name[len(CONFIGMAP_PREFIX) :]
+            for key in self._jobs_on_node(node) | self._jobs_that_left(node):
                 self.queue.add(key)
+
+    def _jobs_that_left(self, node: str) -> set[str]:
+        """Jobs whose last failure was on the node, or that avoid it: a late fault report explains
+        that failure, a healthy one lets the node back."""
+        found = set()
+        for job in self.caches.jobs.list():
+            status = job.get("status") or {}
+            if node == (status.get("lastFailure") or {}).get("node") or node in (
+                status.get("faultyNodes") or ()
+            ):
+                found.add(object_key(job))
+        return found
 
     def _requests(self) -> dict[str, int]:
         informers = self._all_informers()

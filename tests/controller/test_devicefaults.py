@@ -556,3 +556,26 @@ def test_chips_of_a_pod_meet_the_report() -> None:
     assert affects(found, chips_of_pod(pod({"huawei.com/AscendReal": "Ascend910-4"}))) is S
     assert affects(found, chips_of_pod(pod({"huawei.com/AscendReal": "Ascend910-3"}))) is None
     assert affects(found, chips_of_pod(pod({}))) is S
+
+
+def test_a_report_wakes_jobs_that_failed_on_or_avoid_its_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late report must reach a job whose pods have left the node (no pod indexes it there)."""
+    from kubernetes import client
+
+    from controller.app import Controller, Settings
+
+    controller = Controller(client.ApiClient(), Settings(namespace="team", leader_election=False))
+    jobs = [
+        {
+            "metadata": {"namespace": "team", "name": "failed-there"},
+            "status": {"lastFailure": {"node": "n1"}},
+        },
+        {"metadata": {"namespace": "team", "name": "avoids-it"}, "status": {"faultyNodes": ["n0", "n1"]}},
+        {"metadata": {"namespace": "team", "name": "elsewhere"}, "status": {"lastFailure": {"node": "n2"}}},
+        {"metadata": {"namespace": "team", "name": "new"}},
+    ]
+    monkeypatch.setattr(controller.caches.jobs, "list", lambda: jobs)
+    controller._on_configmap("MODIFIED", {"metadata": {"name": "mindx-dl-deviceinfo-n1"}}, None)
+    woken = {controller.queue.get(timeout=1) for _ in range(2)}
+    assert woken == {"team/avoids-it", "team/failed-there"}
+    assert controller.queue.get(timeout=0.1) is None
