@@ -20,7 +20,7 @@ from kubernetes import client
 from controller.app import Controller
 from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from tests.support.e2e import RUN_YAML, losses, trainer_job
-from tests.support.kube import create_job, job_status
+from tests.support.kube import create_job, final_status, job_status
 from tests.support.manifests import run_config_map
 from tests.support.nodeagent import NodeAgentHandle
 from tests.support.poll import wait_for
@@ -62,7 +62,7 @@ def test_replicas_edited_after_a_failure_resumes_through_the_merge(
         GROUP, VERSION, namespace, PLURAL, "llm", {"spec": {"replicas": 1}}
     )
 
-    final = wait_for("the end", lambda: (s := status()).get("phase") in ("Succeeded", "Failed") and s, 600)
+    final = final_status(api_client, namespace, "llm", 600)
     assert final["phase"] == "Succeeded", final
     assert (final["restarts"], final["attempt"], final["replicas"]) == (1, 1, 1), final
     assert final["lastFailure"]["pod"] == "llm-a0-1"

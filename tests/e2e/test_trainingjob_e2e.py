@@ -19,7 +19,7 @@ from kubernetes import client
 from controller.app import Controller
 from devcluster.faults import FaultError
 from tests.support.e2e import RUN_YAML, long_run, losses, trainer_job
-from tests.support.kube import create_job, job_status
+from tests.support.kube import create_job, final_status, job_status
 from tests.support.manifests import run_config_map
 from tests.support.nodeagent import NodeAgentHandle
 from tests.support.poll import wait_for
@@ -140,13 +140,7 @@ def test_progress_between_failures_refunds_the_budget(
     wait_for("progress after the restart", lambda: checkpoint() > resumed, 120)
     assert job_status(api_client, namespace, "refund")["budgetUsed"] == 0, "progress gives the restart back"
     kill_a_live_rank(node_agent, namespace, "refund-a1")
-    status = wait_for(
-        "the end",
-        lambda: (
-            (s := job_status(api_client, namespace, "refund")).get("phase") in ("Succeeded", "Failed") and s
-        ),
-        300,
-    )
+    status = final_status(api_client, namespace, "refund", 300)
     assert status["phase"] == "Succeeded", status
     assert status["restarts"] == 2 and status["attempt"] == 2
 
@@ -178,13 +172,7 @@ def test_a_frozen_rank_restarts_once_and_the_job_succeeds(
 
     wait_for("training under way", lambda: checkpoint() >= 5, 240)
     node_agent.kill(namespace, "frozen-a0-1", sig=signal.SIGSTOP)
-    status = wait_for(
-        "the end",
-        lambda: (
-            (s := job_status(api_client, namespace, "frozen")).get("phase") in ("Succeeded", "Failed") and s
-        ),
-        420,
-    )
+    status = final_status(api_client, namespace, "frozen", 420)
     assert status["phase"] == "Succeeded", status
     assert (status["restarts"], status["attempt"]) == (1, 1), status
     assert status["lastFailure"]["reason"] == "ProgressTimeout"
@@ -206,11 +194,7 @@ def test_a_job_asking_for_whole_npu_nodes_in_integers_runs(
     job = trainer_job("npu", shared_root)
     job["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"huawei.com/Ascend910": 8}}
     create_job(api_client, namespace, job)
-    status = wait_for(
-        "the end",
-        lambda: (s := job_status(api_client, namespace, "npu")).get("phase") in ("Succeeded", "Failed") and s,
-        300,
-    )
+    status = final_status(api_client, namespace, "npu", 300)
     assert status["phase"] == "Succeeded" and status["restarts"] == 0, status
     pods = client.CoreV1Api(api_client).list_namespaced_pod(namespace).items
     assert {p.spec.node_name for p in pods if p.metadata.name.startswith("npu-")} == set(node_agent.nodes)

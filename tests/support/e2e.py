@@ -10,6 +10,7 @@ from typing import Any
 
 from respawn_protocol.steplog import read_steps
 from tests.support.manifests import trainer_command, training_job
+from tests.support.trainer import TINY_LLAMA
 
 # Saving every step makes a step slow enough (tens of ms) to be killed mid-run, and makes kills
 # land inside saves too.
@@ -33,14 +34,7 @@ RUN_YAML: dict[str, Any] = {
         "warmup_steps": 3,
         "total_steps": 60,
     },
-    "model": {
-        "type": "llama",
-        "seq_length": 32,
-        "hidden_size": 32,
-        "num_layers": 2,
-        "num_heads": 4,
-        "intermediate_size": 88,
-    },
+    "model": TINY_LLAMA,
     "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": 960}},
 }
 

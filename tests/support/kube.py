@@ -30,6 +30,16 @@ def job_status(api: client.ApiClient, namespace: str, name: str) -> dict[str, An
     return get_job(api, namespace, name).get("status") or {}
 
 
+def final_status(api: client.ApiClient, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    """The job's status once it is Succeeded or Failed."""
+
+    def ended() -> dict[str, Any] | None:
+        status = job_status(api, namespace, name)
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    return wait_for(f"{name} to end", ended, timeout)
+
+
 def job_pods(api: client.ApiClient, namespace: str, job: str, attempt: int | None = None) -> list[Any]:
     selector = f"{LABEL_JOB}={job}" + (f",{LABEL_ATTEMPT}={attempt}" if attempt is not None else "")
     return client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector).items

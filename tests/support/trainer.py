@@ -20,6 +20,15 @@ from respawn_protocol.steplog import effective_steps, read_steps
 
 PROCESS_TIMEOUT = 120.0
 
+# The tests' model: a 2-layer LLaMA over bytes, seconds to train on a CPU.
+TINY_LLAMA: dict[str, Any] = {
+    "type": "llama",
+    "seq_length": 32,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "intermediate_size": 88,
+}
 TINY: dict[str, Any] = {
     "seed": 7,
     "context": {"mode": 0},
@@ -44,15 +53,7 @@ TINY: dict[str, Any] = {
         "warmup_steps": 3,
         "total_steps": 40,
     },
-    "model": {
-        "type": "llama",
-        "seq_length": 32,
-        "hidden_size": 32,
-        "num_layers": 2,
-        "num_heads": 4,
-        "intermediate_size": 88,
-        "dropout": 0.1,
-    },
+    "model": {**TINY_LLAMA, "dropout": 0.1},
     "train_dataset": {"data_loader": {"type": "TextDataset", "num_samples": 80}},
 }
 TOTAL_STEPS = 20  # 80 samples / batch 8 = 10 steps per epoch, 2 epochs
