@@ -29,6 +29,8 @@ from controller.runtime.workqueue import WorkQueue
 from respawn_protocol.crd import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
+# Jobs by the nodes their status names (last failure, faultyNodes): a device report may concern them.
+JOB_BY_LEFT_NODE = "left-node"
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class Controller:
             if settings.device_faults
             else None
         )
+        jobs.add_index(JOB_BY_LEFT_NODE, _nodes_left)
         jobs.on_event(lambda _type, obj, _old: self.queue.add(object_key(obj)))
         pods.on_event(self._on_pod)
         nodes.on_event(self._on_node)
@@ -172,14 +175,7 @@ class Controller:
     def _jobs_that_left(self, node: str) -> set[str]:
         """Jobs whose last failure was on the node, or that avoid it: a late fault report explains
         that failure, a healthy one lets the node back."""
-        found = set()
-        for job in self.caches.jobs.list():
-            status = job.get("status") or {}
-            if node == (status.get("lastFailure") or {}).get("node") or node in (
-                status.get("faultyNodes") or ()
-            ):
-                found.add(object_key(job))
-        return found
+        return {object_key(job) for job in self.caches.jobs.by_index(JOB_BY_LEFT_NODE, node)}
 
     def _requests(self) -> dict[str, int]:
         informers = self._all_informers()
@@ -301,3 +297,10 @@ class Controller:
                     self.queue.add_after(key, requeue)
             finally:
                 self.queue.done(key)
+
+
+def _nodes_left(job: dict[str, Any]) -> list[str]:
+    """The nodes a job failed on last or avoids, from its status."""
+    status = job.get("status") or {}
+    last = (status.get("lastFailure") or {}).get("node")
+    return sorted({*(status.get("faultyNodes") or ()), *([last] if last else [])})

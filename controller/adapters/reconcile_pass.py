@@ -175,13 +175,11 @@ class ReconcilePass:
                 configmap = configmaps.get(f"{CONFIGMAP_NAMESPACE}/{CONFIGMAP_PREFIX}{name}")
                 if configmap is not None and (report := node_report(configmap)) is not None:
                     reports[name] = report
-        faults = {n: r.describe() for n, r in reports.items() if n in nodes and r.action is not None}
         if self._checkpoints is None:
-            return Observations(nodes=nodes, device_faults=faults, device_reports=reports)
+            return Observations(nodes=nodes, device_reports=reports)
         snap = self._checkpoints.snapshot(job.key)
         return Observations(
             nodes=nodes,
-            device_faults=faults,
             device_reports=reports,
             progress_tracked=True,
             checkpoint=snap.checkpoint,

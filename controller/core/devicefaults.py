@@ -145,18 +145,6 @@ class NodeReport:
         return "; ".join(f.describe() for f in acting)[:limit]
 
 
-def affects(report: NodeReport | None, chips: Iterable[str] | None) -> FaultClass | None:
-    """The most severe restart or separate action among faults on `chips` (a node-wide fault touches
-    every chip); None if none. `chips` None - a pod without an allocation annotation - is the node."""
-    if report is None:
-        return None
-    if chips is None:
-        return report.action
-    held = set(chips) | {""}
-    found = [f.action for f in report.faults if f.chip in held and f.action is not FaultClass.IGNORE]
-    return max(found, key=lambda a: a.severity, default=None)
-
-
 def chips_of_pod(pod: Mapping[str, Any]) -> frozenset[str] | None:
     """The chips the device plugin allocated to a pod, from its annotations; None when it has none."""
     metadata = pod.get("metadata") if isinstance(pod, Mapping) else None
@@ -193,19 +181,6 @@ def node_report(configmap: Mapping[str, Any]) -> NodeReport | None:
 def node_reports(configmaps: Iterable[Mapping[str, Any]]) -> dict[str, NodeReport]:
     """node -> report for every readable device-info ConfigMap, healthy nodes included."""
     return {r.node: r for cm in configmaps if (r := node_report(cm)) is not None}
-
-
-def node_faults(configmap: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(node, description) if the ConfigMap reports a fault that should restart a job on the node."""
-    report = node_report(configmap)
-    if report is None or report.action is None:
-        return None
-    return report.node, report.describe()
-
-
-def faults_by_node(configmaps: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """node -> description, for nodes with a restart- or separate-class fault only."""
-    return dict(f for cm in configmaps if (f := node_faults(cm)) is not None)
 
 
 # -- reading the document --------------------------------------------------------------------------

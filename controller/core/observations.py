@@ -21,10 +21,9 @@ class NodeState:
 @dataclass(frozen=True)
 class Observations:
     nodes: Mapping[str, NodeState] = field(default_factory=dict)
-    # node name -> description, from the Ascend device plugin's mindx-dl-deviceinfo-<node> ConfigMaps
-    device_faults: Mapping[str, str] = field(default_factory=dict)
-    # node name -> what its ConfigMap says in detail, for the nodes of the job's pods, its
-    # faultyNodes and its last failure; a node without a readable ConfigMap is absent (unknown)
+    # node name -> what the Ascend device plugin's mindx-dl-deviceinfo-<node> ConfigMap says, for the
+    # nodes of the job's pods, its faultyNodes and its last failure; a node without a readable
+    # ConfigMap is absent (unknown)
     device_reports: Mapping[str, NodeReport] = field(default_factory=dict)
     # From the checkpoint observer; None when the controller does not mount the shared volume.
     progress_tracked: bool = False  # without it, a hang cannot be told from a quiet healthy job

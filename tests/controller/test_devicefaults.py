@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,20 +15,23 @@ import pytest
 from controller.core.devicefaults import (
     FaultClass,
     NodeReport,
-    affects,
     chips_of_pod,
     classify,
-    faults_by_node,
-    node_faults,
     node_report,
     node_reports,
 )
+from controller.core.policy.devices import on_chips
 
 R, S = FaultClass.RESTART, FaultClass.SEPARATE
 FAULT_MS = 1744167455784  # fault times are Unix milliseconds
 FAULT_AT = datetime.fromtimestamp(FAULT_MS / 1000, UTC)
 UPDATED = 1744182144  # UpdateTime is Unix seconds
 KEY = "huawei.com/Ascend910"
+
+
+def acting(found: NodeReport, chips: Iterable[str] | None) -> FaultClass | None:
+    """The worst action among the faults the device policy counts on `chips` (None: the node)."""
+    return max((f.action for f in on_chips(found, chips)), key=lambda a: a.severity, default=None)
 
 
 def entry(
@@ -115,9 +119,8 @@ def test_each_level_has_its_action(level: str, unhealthy: str, action: FaultClas
     assert found.action == action
     assert found.chip_action("Ascend910-4") == (action or FaultClass.IGNORE)
     assert found.chips() == ({"Ascend910-4"} if action else set())
-    assert (node_faults(configmap(document(entry(level=level), unhealthy=unhealthy))) is not None) == bool(
-        action
-    )
+    read = node_reports([configmap(document(entry(level=level), unhealthy=unhealthy))])
+    assert (read["node-7"].action is not None) == bool(action)
 
 
 @pytest.mark.parametrize(
@@ -269,7 +272,7 @@ def test_the_documented_example() -> None:
     described = (
         "Ascend910-0 PreSeparateNPU (81078603); Ascend910-4 SeparateNPU (A8028801,A4028801,80E18402,80E18401)"
     )
-    assert faults_by_node([configmap(document(chip0, chip4))]) == {"node-7": described}
+    assert node_reports([configmap(document(chip0, chip4))])["node-7"].describe() == described
 
 
 # -- fault times across versions ----------------------------------------------------------------
@@ -358,7 +361,7 @@ def test_update_time(update: Any, expected: datetime | None) -> None:
 )
 def test_unreadable_configmaps_report_nothing(cm: dict[str, Any]) -> None:
     assert node_report(cm) is None
-    assert node_reports([cm]) == {} and faults_by_node([cm]) == {}
+    assert node_reports([cm]) == {}
 
 
 @pytest.mark.parametrize(
@@ -452,7 +455,7 @@ def test_fuzzed_documents_never_raise() -> None:
             cfg = rng.choice(junk)
         found = node_report(configmap(cfg, rng.choice([*junk, "Ascend910-2"])))
         if found is not None:
-            found.describe(), found.chips(), found.action, affects(found, ["Ascend910-1"])
+            found.describe(), found.chips(), found.action, acting(found, ["Ascend910-1"])
 
 
 # -- many nodes ---------------------------------------------------------------------------------
@@ -475,7 +478,7 @@ def test_reports_cover_every_readable_node_and_faults_only_acting_ones() -> None
         "restart": R,
         "broken": S,
     }
-    assert faults_by_node(maps) == {
+    assert {n: r.describe() for n, r in reports.items() if r.action is not None} == {
         "restart": "Ascend910-4 RestartBusiness (80E18402)",
         "broken": "Ascend910-4 SeparateNPU (80E18402)",
     }
@@ -543,29 +546,27 @@ def test_chips_of_pod(body: dict[str, Any], chips: set[str] | None) -> None:
         (document(), "", None, None),
     ],
 )
-def test_affects(cfg: str, manual: str, held: set[str] | None, action: FaultClass | None) -> None:
-    assert affects(report(cfg, manual), held) == action
-
-
-def test_affects_without_a_report() -> None:
-    assert affects(None, None) is None and affects(None, {"Ascend910-0"}) is None
+def test_faults_on_the_chips_a_worker_holds(
+    cfg: str, manual: str, held: set[str] | None, action: FaultClass | None
+) -> None:
+    assert acting(report(cfg, manual), held) == action
 
 
 def test_chips_of_a_pod_meet_the_report() -> None:
     found = report(document(entry("Ascend910-4")))
-    assert affects(found, chips_of_pod(pod({"huawei.com/AscendReal": "Ascend910-4"}))) is S
-    assert affects(found, chips_of_pod(pod({"huawei.com/AscendReal": "Ascend910-3"}))) is None
-    assert affects(found, chips_of_pod(pod({}))) is S
+    assert acting(found, chips_of_pod(pod({"huawei.com/AscendReal": "Ascend910-4"}))) is S
+    assert acting(found, chips_of_pod(pod({"huawei.com/AscendReal": "Ascend910-3"}))) is None
+    assert acting(found, chips_of_pod(pod({}))) is S
 
 
-def test_a_report_wakes_jobs_that_failed_on_or_avoid_its_node(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_report_wakes_jobs_that_failed_on_or_avoid_its_node() -> None:
     """A late report must reach a job whose pods have left the node (no pod indexes it there)."""
     from kubernetes import client
 
     from controller.app import Controller, Settings
 
     controller = Controller(client.ApiClient(), Settings(namespace="team", leader_election=False))
-    jobs = [
+    jobs: list[dict[str, Any]] = [
         {
             "metadata": {"namespace": "team", "name": "failed-there"},
             "status": {"lastFailure": {"node": "n1"}},
@@ -574,7 +575,8 @@ def test_a_report_wakes_jobs_that_failed_on_or_avoid_its_node(monkeypatch: pytes
         {"metadata": {"namespace": "team", "name": "elsewhere"}, "status": {"lastFailure": {"node": "n2"}}},
         {"metadata": {"namespace": "team", "name": "new"}},
     ]
-    monkeypatch.setattr(controller.caches.jobs, "list", lambda: jobs)
+    for job in jobs:  # as the informer's watch would deliver them
+        controller.caches.jobs._store.put(f"team/{job['metadata']['name']}", job)
     controller._on_configmap("MODIFIED", {"metadata": {"name": "mindx-dl-deviceinfo-n1"}}, None)
     woken = {controller.queue.get(timeout=1) for _ in range(2)}
     assert woken == {"team/avoids-it", "team/failed-there"}

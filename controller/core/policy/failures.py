@@ -168,9 +168,6 @@ def _node_failure(pod: Pod, base: Failure, ctx: Context) -> Failure | None:
             return None
         failure = _device_failure(base, fault, devices.explain(node, fault))
         return replace(failure, at=min(fault.time or ctx.now, ctx.now))
-    if node in ctx.obs.device_faults:  # a summary without the detail: any fault on the node counts
-        message = f"device fault on {node}: {ctx.obs.device_faults[node]}"
-        return replace(base, reason=Reason.DEVICE_FAULT, message=message, at=ctx.now)
     return None
 
 

@@ -20,6 +20,8 @@ from controller.core.policy import conditions
 from controller.core.policy.failures import Failure
 from controller.core.timefmt import format_time, parse_time
 
+_STARTED = ("Running", "Succeeded")  # phases of a worker that has started
+
 
 def continue_restart(ctx: Context, status: JobStatus) -> Transition:
     if ctx.older:
@@ -62,11 +64,7 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
 def running(ctx: Context, status: JobStatus) -> Transition | None:
     """Every worker runs (or has finished): the attempt is Running and the restart has recovered."""
     phases = [phase_of(p) for p in ctx.current]
-    if (
-        not phases
-        or status.phase is Phase.RUNNING
-        or not all(ph in ("Running", "Succeeded") for ph in phases)
-    ):
+    if not phases or status.phase is Phase.RUNNING or not all(ph in _STARTED for ph in phases):
         return None
     notices: tuple[Step, ...] = (
         EmitEvent("Normal", "Running", f"attempt {status.attempt}: all workers running"),
@@ -84,9 +82,6 @@ def running(ctx: Context, status: JobStatus) -> Transition | None:
         ),
     )
     return Transition(up, notices=notices)
-
-
-_STARTED = ("Running", "Succeeded")
 
 
 def waiting(ctx: Context, status: JobStatus) -> Transition | None:

@@ -15,7 +15,7 @@ from controller.core.observations import NodeState, Observations
 from controller.core.plan import DeletePod, EmitEvent, WriteStatus
 from controller.core.timefmt import format_time
 from respawn_protocol.contract import ExitCode
-from tests.support.core_inputs import NOW, RUNNING, job, pod, run
+from tests.support.core_inputs import NOW, RUNNING, device_report, fault_entry, job, pod, run
 
 
 def test_new_job_creates_service_and_every_rank() -> None:
@@ -172,7 +172,9 @@ def test_node_lost_after_timeout_restarts_uncounted_and_avoids_the_node() -> Non
 
 
 def test_device_fault_moves_next_attempt_off_the_node() -> None:
-    obs = Observations(device_faults={"node-1": "Ascend910-3 unhealthy"})
+    obs = Observations(
+        device_reports={"node-1": device_report("node-1", fault_entry("Ascend910-3", "SeparateNPU"))}
+    )
     st = run(job(RUNNING), [pod(0), pod(1, node="node-1")], obs).status
     assert st is not None and st.faulty_nodes == ("node-1",) and st.uncounted_restarts == 1
     restarting = dataclasses.replace(st, next_attempt_after=format_time(NOW))
@@ -186,7 +188,7 @@ def test_device_fault_moves_next_attempt_off_the_node() -> None:
 
 
 def test_avoidance_off_keeps_nodes_allowed() -> None:
-    obs = Observations(device_faults={"node-1": "fault"})
+    obs = Observations(device_reports={"node-1": device_report("node-1", fault_entry("", "SeparateNPU"))})
     body = job(RUNNING, failurePolicy={"avoidFaultyNodes": False})
     st = run(body, [pod(0), pod(1, node="node-1")], obs).status
     assert st is not None and st.faulty_nodes == ()

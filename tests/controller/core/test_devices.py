@@ -28,9 +28,8 @@ IGNORE_LEVELS = ("NotHandleFault", "SubHealthFault")
 
 
 def seen(*reports: NodeReport) -> Observations:
-    """What the reconcile pass observes: each report, and the one-line summary of acting nodes."""
-    summary = {r.node: r.describe() for r in reports if r.action is not None}
-    return Observations(device_faults=summary, device_reports={r.node: r for r in reports})
+    """What the reconcile pass observes: each node's report."""
+    return Observations(device_reports={r.node: r for r in reports})
 
 
 def on_node_1(*entries: dict[str, Any], **options: Any) -> Observations:

@@ -14,7 +14,7 @@ from controller.core.policy import failures
 from controller.core.policy.failures import Failure, Verdict
 from controller.core.timefmt import format_time
 from respawn_protocol.contract import ExitClass, ExitCode, classify_exit
-from tests.support.core_inputs import NOW, RUNNING, context, job, pod
+from tests.support.core_inputs import NOW, RUNNING, context, device_report, fault_entry, job, pod
 
 
 def disrupted(reason: str) -> dict[str, Any]:
@@ -25,7 +25,9 @@ def disrupted(reason: str) -> dict[str, Any]:
 
 LOST = Observations(nodes={"node-0": NodeState(False, NOW - timedelta(seconds=31))})
 FLAKY = Observations(nodes={"node-0": NodeState(False, NOW - timedelta(seconds=5))})
-FAULTY = Observations(device_faults={"node-0": "Ascend910-3"})
+FAULTY = Observations(
+    device_reports={"node-0": device_report("node-0", fault_entry("Ascend910-3", "SeparateNPU"))}
+)
 
 
 @pytest.mark.parametrize(
