@@ -21,6 +21,7 @@ from controller.adapters.reconcile_pass import POD_BY_JOB, POD_BY_NODE, Caches, 
 from controller.api.types import parse_status
 from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX
 from controller.core.observations import node_state
+from controller.core.timefmt import parse_time
 from controller.runtime.health import HealthServer, informer_checks
 from controller.runtime.informer import Informer
 from controller.runtime.leader import LeaderElector
@@ -186,22 +187,19 @@ class Controller:
         }
 
     def _job_samples(self) -> list[JobSample]:
-        snapshots = self.checkpoints.snapshots() if self.checkpoints else {}
         samples = []
         for body in self.caches.jobs.list():
             meta = body["metadata"]
             status = parse_status(body.get("status") or {})
-            snap = snapshots.get(object_key(body))
             ckpt = status.last_complete_checkpoint
+            committed = parse_time(ckpt.time) if ckpt else None
             samples.append(
                 JobSample(
                     namespace=meta.get("namespace", ""),
                     name=meta["name"],
                     phase=status.phase.value,
                     checkpoint_step=ckpt.step if ckpt else None,
-                    checkpoint_time=snap.checkpoint_time.timestamp()
-                    if snap and snap.checkpoint_time
-                    else None,
+                    checkpoint_time=committed.timestamp() if committed else None,
                     restarts=status.restarts,
                     uncounted_restarts=status.uncounted_restarts,
                 )

@@ -13,6 +13,7 @@ from kubernetes import client
 from respawn_cli import history
 from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from respawn_protocol.meta import MetaError, read_meta
+from respawn_protocol.report import STARTUP_PHASES
 from respawn_protocol.resolve import last_complete
 
 # Event messages written by controller/core/policy/restart.py (Restarting, JobFailed) and
@@ -82,6 +83,8 @@ class Report:
     attempts: list[Attempt]
     conditions: list[dict[str, Any]]
     output: OnDisk | None = None
+    progress: dict[str, Any] | None = None  # status.lastProgress: rank 0's reported step
+    startup: dict[str, Any] | None = None  # status.startup: seconds per start-up phase
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,6 +132,8 @@ def build(job: dict[str, Any], events: list[Any]) -> Report:
         last_failure=last,
         attempts=[attempts[n] for n in sorted(attempts)],
         conditions=list(status.get("conditions") or []),
+        progress=status.get("lastProgress") if isinstance(status.get("lastProgress"), dict) else None,
+        startup=status.get("startup") if isinstance(status.get("startup"), dict) else None,
     )
 
 
@@ -236,6 +241,14 @@ def render(report: Report) -> str:
         "  Resumed from: "
         + (f"step {report.resumed_from_step}" if report.resumed_from_step is not None else "-")
     )
+    if report.progress:
+        add(f"  Progress:     step {report.progress.get('step')} at {report.progress.get('time')} (reported)")
+    if report.startup and isinstance(report.startup.get("seconds"), dict):
+        seconds = report.startup["seconds"]
+        phases = ", ".join(
+            f"{k} {seconds[k]:.1f}s" for k in STARTUP_PHASES if isinstance(seconds.get(k), int | float)
+        )
+        add(f"  Start-up:     attempt {report.startup.get('attempt')}: {phases}")
     if report.last_failure:
         add(f"  Last failure: {_describe(report.last_failure)}")
     for cond in report.conditions:

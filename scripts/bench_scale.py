@@ -3,6 +3,10 @@
 Measures the controller's RSS and CPU once every job runs, its reaction to a failure while all jobs
 exist (pod Failed written -> every pod of the next attempt created, backoff 0; p50/p99), and API
 requests per reconcile (informer LISTs must not grow with reconciles: caches serve every read).
+Then the trainers' reports (respawn_protocol/report.py) are played for `--report-seconds`: rank 0
+of every job patches its progress annotation once per `--report-interval`, and every rank a commit
+once per `--commit-interval`; printed are the report writes/s, the controller's own writes/s and
+its CPU while it absorbs them.
 
 The benchmark plays kubelet: pods use a scheduler name nothing serves, and it writes their status
 (Running, then Failed for the injected faults) itself, so the figures are the controller's, not
@@ -33,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from devcluster.controlplane import ControlPlane, free_port  # noqa: E402
 from devcluster.crds import apply_crds  # noqa: E402
 from respawn_protocol.crd import GROUP, LABEL_MANAGED_BY, PLURAL, VERSION  # noqa: E402
+from respawn_protocol.report import Commit, Report, annotation_key  # noqa: E402
 from tests.support.kube import PodWatcher  # noqa: E402
 from tests.support.manifests import played_job, pod_status  # noqa: E402
 from tests.support.poll import wait_for  # noqa: E402
@@ -83,6 +88,57 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def play_reports(
+    core: client.CoreV1Api, port: int, pid: int, names: list[str], args: argparse.Namespace
+) -> None:
+    """Every job's trainers reporting at the given rates, spread evenly over time."""
+    rng = random.Random(11)
+    attempt: dict[str, int] = {}  # job -> its current attempt, as the pods' names say
+    for pod in core.list_namespaced_pod(NS, label_selector=f"{LABEL_MANAGED_BY}=respawn").items:
+        job, _, number = pod.metadata.name.rpartition("-")[0].rpartition("-a")
+        attempt[job] = max(attempt.get(job, 0), int(number))
+    schedule = []  # (offset seconds, pod, rank, report)
+    for name in names:
+        prefix = f"{name}-a{attempt.get(name, 0)}"
+        first = rng.uniform(0, args.report_interval)
+        beats = int((args.report_seconds - first) // args.report_interval) + 1
+        schedule += [(first + k * args.report_interval, f"{prefix}-0", 0, "beat") for k in range(beats)]
+        for rank in range(args.replicas):
+            at = rng.uniform(0, args.commit_interval)
+            if at < args.report_seconds:
+                schedule.append((at, f"{prefix}-{rank}", rank, "commit"))
+    schedule.sort()
+    before, (_, cpu_before) = scrape(port), proc_stats(pid)
+    started = time.monotonic()
+
+    def send(item: tuple[float, str, int, str]) -> None:
+        offset, pod, rank, kind = item
+        time.sleep(max(0.0, started + offset - time.monotonic()))
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        report = Report(rank=rank, attempt=1, step=int(offset), step_time=0.5, at=at)
+        if kind == "commit":
+            report = Report(rank=rank, attempt=1, commit=Commit(step=int(offset), attempt=1, at=at))
+        body = {"metadata": {"annotations": {annotation_key(rank): report.encode()}}}
+        core.patch_namespaced_pod(pod, NS, body)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(send, schedule))
+    took = time.monotonic() - started
+    after, (_, cpu_after) = scrape(port), proc_stats(pid)
+    writes = (
+        after['respawn_api_requests_total{kind="write"}'] - before['respawn_api_requests_total{kind="write"}']
+    )
+    reconciles = (
+        after["respawn_reconcile_duration_seconds_count"] - before["respawn_reconcile_duration_seconds_count"]
+    )
+    print(
+        f"reports ({len(names)} jobs, heartbeat every {args.report_interval:.0f} s, a commit per rank every "
+        f"{args.commit_interval:.0f} s) over {took:.0f} s: {len(schedule) / took:.1f} report writes/s, "
+        f"controller {writes / took:.1f} writes/s, {reconciles / took:.1f} reconciles/s, "
+        f"CPU {(cpu_after - cpu_before) / took * 100:.1f} % of one core"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -90,6 +146,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--failures", type=int, default=50)
+    parser.add_argument("--report-interval", type=float, default=30.0, help="rank 0 heartbeat, seconds")
+    parser.add_argument("--commit-interval", type=float, default=600.0, help="per rank, seconds")
+    parser.add_argument("--report-seconds", type=float, default=60.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ControlPlane(workdir=Path(tmp) / "cp") as cp:
         api = config.new_client_from_config(config_file=str(cp.kubeconfig_path))
@@ -194,6 +253,7 @@ def main() -> int:
                 f"during the failures: {reconciles:.0f} reconciles, {lists:.0f} LIST requests, "
                 f"{writes / max(reconciles, 1):.2f} writes per reconcile"
             )
+            play_reports(core, port, controller.pid, names, args)
         finally:
             kubelet.stop()
             controller.terminate()

@@ -15,6 +15,7 @@ from respawn_protocol import contract
 from respawn_protocol.layout import checkpoint_root
 from trainer_image.config import TrainerConfig, load_yaml, parse_config, set_dotted, to_dict
 from trainer_image.training.loop import Outcome, run
+from trainer_image.training.report import Reporter
 from trainer_image.training.stop import StopRequest
 
 
@@ -142,6 +143,7 @@ class Trainer:
         self.rank, self.world_size = rank_and_world(environ)
         self.attempt = attempt_of(environ)
         self.job_checkpoint_dir = job_checkpoint_dir(environ, self.config)
+        self._environ = dict(environ)
 
     def train(
         self, train_checkpoint: str | None = None, resume_training: bool | str | None = None
@@ -154,6 +156,7 @@ class Trainer:
         config = build_config(self.config, overrides) if overrides else self.config
         stop = StopRequest()
         stop.install()
+        reporter = Reporter.from_env(self._environ, rank=self.rank, attempt=self.attempt)
         try:
             return run(
                 config,
@@ -162,6 +165,8 @@ class Trainer:
                 stop=stop,
                 attempt=self.attempt,
                 job_checkpoint_dir=self.job_checkpoint_dir,
+                reporter=reporter,
             )
         finally:
+            reporter.close()
             stop.uninstall()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +41,14 @@ class ForeignObject(Exception):
         self.kind, self.namespace, self.name, self.leftover = kind, namespace, name, leftover
         state = "belongs to a deleted namesake" if leftover else "exists and is not owned by this TrainingJob"
         super().__init__(f"{kind} {namespace}/{name} {state}")
+
+
+ENSURED_MEMORY = 16384  # objects remembered as ensured (three per job)
+_COLLECTIONS = {
+    "ServiceAccount": "/api/v1/namespaces/{namespace}/serviceaccounts",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+}
 
 
 def api_message(exc: ApiException) -> str:
@@ -69,6 +78,7 @@ class KubeWriter:
         self._api = api
         self._component = component
         self.requests = 0
+        self._ensured: OrderedDict[tuple[str, str, str], tuple[str, str]] = OrderedDict()
 
     def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """The pod as the API server holds it: created now, or already there and this job's."""
@@ -76,6 +86,33 @@ class KubeWriter:
 
     def ensure_service(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._create("Service", f"/api/v1/namespaces/{namespace}/services", body)
+
+    def ensure_owned(self, namespace: str, body: dict[str, Any]) -> None:
+        """A ServiceAccount, Role or RoleBinding of the job: created, or, for the Role, brought up to
+        date (it names the pods of the current attempt). What this process already made sure of is
+        remembered, so a restart costs one request (the Role's update), not seven."""
+        kind, name = body["kind"], body["metadata"]["name"]
+        collection = _COLLECTIONS[kind].format(namespace=namespace)
+        key = (kind, namespace, name)
+        owner = ",".join(sorted(r.get("uid", "") for r in _owners(body)))
+        wanted = (owner, json.dumps(body.get("rules"), sort_keys=True))
+        known = self._ensured.get(key)
+        if known == wanted:
+            return
+        if known is not None and known[0] == owner:
+            try:
+                self._request("PUT", f"{collection}/{name}", body)  # ours: an unconditional update
+            except ApiException:
+                del self._ensured[key]
+                raise  # gone or changed under us: the retried pass creates and checks it afresh
+        else:
+            existing = self._create(kind, collection, body)
+            if "rules" in body and existing.get("rules") != body["rules"]:
+                self._request("PUT", f"{collection}/{name}", {**existing, "rules": body["rules"]})
+        self._ensured[key] = wanted
+        self._ensured.move_to_end(key)
+        while len(self._ensured) > ENSURED_MEMORY:
+            self._ensured.popitem(last=False)
 
     def delete_pod(self, namespace: str, name: str, *, uid: str | None = None, force: bool = False) -> None:
         """Delete a pod; with `uid`, only that pod (a same-named successor is left alone)."""

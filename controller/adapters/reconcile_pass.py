@@ -30,6 +30,7 @@ from controller.core.plan import (
     CreatePods,
     DeletePod,
     EmitEvent,
+    EnsureReportAccess,
     EnsureService,
     Plan,
     RecordRecovery,
@@ -227,6 +228,9 @@ class ReconcilePass:
                     self._writer.delete_pod(job.namespace, name, uid=uid, force=force)
                 case EnsureService(body):
                     self._writer.ensure_service(job.namespace, body)
+                case EnsureReportAccess(objects):
+                    for body in objects:
+                        self._writer.ensure_owned(job.namespace, body)
                 case CreatePods(bodies):
                     self._create_gang(job, bodies)
                 case EmitEvent(type_, reason, message):

@@ -73,6 +73,23 @@ class CheckpointRef:
 
 
 @dataclass(frozen=True)
+class ProgressRef:
+    """Rank 0's last reported step (respawn_protocol/report.py) and when it finished."""
+
+    step: int
+    time: str
+    attempt: int | None = None
+
+
+@dataclass(frozen=True)
+class StartupTimes:
+    """Seconds per start-up phase of an attempt, the slowest rank's (import, rendezvous, ...)."""
+
+    attempt: int | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class FailureRecord:
     time: str
     reason: str
@@ -100,6 +117,8 @@ class JobStatus:
     faulty_nodes_since: dict[str, str] = field(default_factory=dict)  # node -> when it was added
     last_failure: FailureRecord | None = None
     last_complete_checkpoint: CheckpointRef | None = None
+    last_progress: ProgressRef | None = None
+    startup: StartupTimes | None = None
     resumed_from_step: int | None = None
     observed_generation: int | None = None
     replicas: int | None = None  # replicas of the current attempt
@@ -229,10 +248,11 @@ def _parse_rule(index: int, rule: dict[str, Any]) -> Rule:
     return Rule(action, reasons=frozenset(reasons or ()))
 
 
-def parse_status(status: dict[str, Any]) -> JobStatus:
-    def opt_int(value: Any) -> int | None:
-        return int(value) if isinstance(value, int | float) else None
+def opt_int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
+
+def parse_status(status: dict[str, Any]) -> JobStatus:
     checkpoint = status.get("lastCompleteCheckpoint")
     try:
         phase = Phase(status.get("phase", Phase.PENDING))
@@ -260,6 +280,8 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         )
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get("step"), int)
         else None,
+        last_progress=_progress(status.get("lastProgress")),
+        startup=_startup(status.get("startup")),
         resumed_from_step=opt_int(status.get("resumedFromStep")),
         observed_generation=opt_int(status.get("observedGeneration")),
         replicas=opt_int(status.get("replicas")),
@@ -286,6 +308,24 @@ def _failure_record(failure: Any) -> FailureRecord | None:
         counted=bool(failure.get("counted", True)),
         chips=tuple(c for c in chips if isinstance(c, str)) if isinstance(chips, list) else None,
     )
+
+
+def _progress(value: Any) -> ProgressRef | None:
+    if not isinstance(value, dict) or not isinstance(value.get("step"), int):
+        return None
+    return ProgressRef(int(value["step"]), str(value.get("time", "")), opt_int(value.get("attempt")))
+
+
+def _startup(value: Any) -> StartupTimes | None:
+    if not isinstance(value, dict):
+        return None
+    seconds = value.get("seconds")
+    phases = (
+        {k: float(v) for k, v in seconds.items() if isinstance(v, int | float)}
+        if isinstance(seconds, dict)
+        else {}
+    )
+    return StartupTimes(opt_int(value.get("attempt")), phases)
 
 
 def _times(value: Any) -> dict[str, str]:
@@ -331,6 +371,10 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
     if (c := status.last_complete_checkpoint) is not None:
         checkpoint = {"step": c.step, "epoch": c.epoch, "file": c.file, "time": c.time, "attempt": c.attempt}
         body["lastCompleteCheckpoint"] = _compact(checkpoint)
+    if (p := status.last_progress) is not None:
+        body["lastProgress"] = _compact({"step": p.step, "time": p.time, "attempt": p.attempt})
+    if (t := status.startup) is not None:
+        body["startup"] = _compact({"attempt": t.attempt, "seconds": dict(t.seconds)})
     return _compact(body)
 
 

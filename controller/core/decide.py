@@ -16,7 +16,7 @@ from typing import Any
 
 from controller.api.constants import Phase, Reason
 from controller.api.types import JobStatus, TrainingJob, parse_status
-from controller.core import pods
+from controller.core import pods, reports
 from controller.core.context import Context, Transition
 from controller.core.observations import Observations
 from controller.core.plan import EmitEvent, Plan, Step, WriteStatus
@@ -31,8 +31,12 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
         observed_generation=job.generation,
         conditions=conditions.reconciled(job.status.conditions, now),
     )
-    status = restart.refund(progress.observe_checkpoint(status, obs), obs)
     owned = [p for p in pod_list if pods.owned_by(p, job.uid)]
+    summary = reports.summarize(
+        owned, world_size=status.replicas or job.spec.replicas, attempt=status.attempt
+    )
+    status, obs = progress.observe(status, obs, summary)
+    status = restart.refund(status, obs)
     current, older = pods.split_attempts(owned, status.attempt)
     ctx = Context(job, obs, now, current, older)
     # Device faults reported after the fact: faulty nodes usable again, a counted exit converted.

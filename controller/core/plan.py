@@ -23,6 +23,14 @@ class EnsureService:
 
 
 @dataclass(frozen=True)
+class EnsureReportAccess:
+    """The ServiceAccount, Role and RoleBinding the workers report through; the Role is updated to
+    name the pods of the current attempt."""
+
+    objects: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class CreatePods:
     """One step for the gang, so the pass can expect all of its pods before deciding again."""
 
@@ -55,8 +63,27 @@ class RecordRecovery:
     seconds: float  # from the failure seen to all workers of the next attempt running
 
 
-Step = DeletePod | EnsureService | CreatePods | WriteStatus | EmitEvent | RecordRestart | RecordRecovery
-S = TypeVar("S", DeletePod, EnsureService, CreatePods, WriteStatus, EmitEvent, RecordRestart, RecordRecovery)
+Step = (
+    DeletePod
+    | EnsureService
+    | EnsureReportAccess
+    | CreatePods
+    | WriteStatus
+    | EmitEvent
+    | RecordRestart
+    | RecordRecovery
+)
+S = TypeVar(
+    "S",
+    DeletePod,
+    EnsureService,
+    EnsureReportAccess,
+    CreatePods,
+    WriteStatus,
+    EmitEvent,
+    RecordRestart,
+    RecordRecovery,
+)
 
 
 @dataclass(frozen=True)

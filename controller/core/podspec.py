@@ -13,6 +13,7 @@ from typing import Any
 from controller.api.constants import SHARED_VOLUME_NAME
 from controller.api.types import TrainingJob
 from respawn_protocol import contract
+from respawn_protocol import report as reports
 from respawn_protocol.crd import (
     API_VERSION,
     KIND,
@@ -24,6 +25,7 @@ from respawn_protocol.crd import (
 )
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
+REPORT_INTERVAL_DEFAULT = 60.0  # rank 0's progress reports without hang detection
 
 
 def pod_name(job: str, attempt: int, rank: int) -> str:
@@ -86,8 +88,57 @@ def trainer_env(job: TrainingJob, attempt: int, rank: int, replicas: int) -> lis
         contract.MS_NODE_RANK: str(rank),
         contract.MS_NODE_ID: str(rank),
         contract.MS_ROLE: "MS_WORKER",
+        reports.POD_NAME: pod_name(job.name, attempt, rank),
+        reports.POD_NAMESPACE: job.namespace,
+        reports.REPORT_INTERVAL: f"{report_interval(job):g}",
     }
     return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def report_interval(job: TrainingJob) -> float:
+    """Seconds between rank 0's progress reports: four per progress timeout (5 s to 60 s), so a hang
+    is told from a slow report; one a minute without hang detection."""
+    timeout = job.spec.failure_policy.progress_timeout
+    return REPORT_INTERVAL_DEFAULT if not timeout else min(60.0, max(5.0, timeout / 4))
+
+
+def report_account(job: TrainingJob) -> str:
+    """The ServiceAccount the workers run as unless the template names one."""
+    return f"respawn-{job.name}"
+
+
+def pod_account(job: TrainingJob) -> str:
+    return str((job.spec.template.get("spec") or {}).get("serviceAccountName") or report_account(job))
+
+
+def report_access(job: TrainingJob, *, attempt: int, replicas: int) -> tuple[dict[str, Any], ...]:
+    """What lets the workers report (respawn_protocol/report.py): a Role that may patch exactly the
+    pods of this attempt, bound to the ServiceAccount they run as; the job's own ServiceAccount when
+    the template names none. All owned by the job, so they go with it."""
+    meta = {
+        "name": report_account(job),
+        "namespace": job.namespace,
+        "labels": selector_labels(job),
+        "ownerReferences": [owner_reference(job)],
+    }
+    names = [pod_name(job.name, attempt, rank) for rank in range(replicas)]
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta,
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"], "resourceNames": names}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": meta["name"]},
+        "subjects": [{"kind": "ServiceAccount", "name": pod_account(job), "namespace": job.namespace}],
+    }
+    objects: tuple[dict[str, Any], ...] = (role, binding)
+    if pod_account(job) == report_account(job):
+        objects = ({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta}, *objects)
+    return objects
 
 
 def _avoid_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
@@ -115,6 +166,7 @@ def worker_pod(
         LABEL_RANK: str(rank),
     }
     spec["restartPolicy"] = "Never"
+    spec["serviceAccountName"] = pod_account(job)
     spec["hostname"] = name
     spec["subdomain"] = job.name
     if job.spec.shared_volume is not None:

@@ -33,6 +33,8 @@ STATUS: dict[str, Any] = {
         "counted": False,
     },
     "lastCompleteCheckpoint": {"step": 30, "epoch": 1, "file": "e2e_rank_0-1_30.ckpt"},
+    "lastProgress": {"step": 33, "time": "2026-01-01T10:07:00Z", "attempt": 2},
+    "startup": {"attempt": 2, "seconds": {"import": 4.25, "rendezvous": 1.5, "compile": 2.0}},
 }
 
 # The controller's messages (controller/core/decide.py), in the order it writes them.
@@ -99,6 +101,8 @@ def test_status_shows_attempts_failures_restarts_and_checkpoint(
     assert "Restarts:     1 counted, 1 uncounted (budget 1/4 used)" in out
     assert "Checkpoint:   step 30 (e2e_rank_0-1_30.ckpt, epoch 1)" in out
     assert "Resumed from: step 25" in out
+    assert "Progress:     step 33 at 2026-01-01T10:07:00Z (reported)" in out
+    assert "Start-up:     attempt 2: import 4.2s, rendezvous 1.5s, compile 2.0s" in out
     assert "Last failure: NodeLost on st-a1-0 (node node-0), RestartJobIgnoreBudget" in out
     table = lines[lines.index(next(x for x in lines if x.startswith("ATTEMPT"))) :]
     rows = [row.split() for row in table[1:4]]

@@ -147,8 +147,13 @@ def test_a_recreated_job_waits_for_its_namesakes_pods(
     create_job(api_client, namespace, played_job("again"))
     new_uid = wait_for("recreated", lambda: get_job(api_client, namespace, "again")["metadata"]["uid"])
 
-    # Played garbage collector (not run here): the namesake's Service goes, its pods finish.
+    # Played garbage collector (not run here): the namesake's Service and report access go, its
+    # pods finish.
     core.delete_namespaced_service("again", namespace)
+    core.delete_namespaced_service_account("respawn-again", namespace)
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    rbac.delete_namespaced_role("respawn-again", namespace)
+    rbac.delete_namespaced_role_binding("respawn-again", namespace)
     for pod in old:
         core.patch_namespaced_pod(pod.metadata.name, namespace, {"metadata": {"finalizers": None}})
     fresh = wait_for(

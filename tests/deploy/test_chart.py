@@ -129,9 +129,12 @@ JOB_RULES = {
     "trainingjobs.training.respawn.dev": {"list", "watch"},
     "trainingjobs/status.training.respawn.dev": {"update"},
     "trainingjobs/finalizers.training.respawn.dev": {"update"},
-    "pods": {"list", "watch", "create", "get", "delete"},
+    "pods": {"list", "watch", "create", "get", "delete", "patch"},
     "services": {"create", "get"},
     "events": {"create"},
+    "serviceaccounts": {"create", "get"},
+    "roles.rbac.authorization.k8s.io": {"create", "get", "update"},
+    "rolebindings.rbac.authorization.k8s.io": {"create", "get"},
 }
 
 

@@ -113,9 +113,17 @@ JOB_VERBS = [
     ("create", "pods"),
     ("get", "pods"),  # only after a create answered 409: the job's own pod, or a foreign one?
     ("delete", "pods"),
+    ("patch", "pods"),  # never called: held so the controller may grant the workers' report Role
     ("create", "services"),
     ("get", "services"),
     ("create", "events"),
+    ("create", "serviceaccounts"),
+    ("get", "serviceaccounts"),
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("get", "roles.rbac.authorization.k8s.io"),
+    ("update", "roles.rbac.authorization.k8s.io"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+    ("get", "rolebindings.rbac.authorization.k8s.io"),
 ]
 NEVER = [
     # Reads come from informer caches (tests/deploy/test_rbac_rules.py shows what needs get).
@@ -129,7 +137,6 @@ NEVER = [
     ("delete", "trainingjobs.training.respawn.dev"),
     ("patch", "trainingjobs.training.respawn.dev/status"),
     ("update", "pods"),
-    ("patch", "pods"),
     ("deletecollection", "pods"),
     ("create", "pods/exec"),
     ("create", "pods/eviction"),
@@ -141,6 +148,15 @@ NEVER = [
     ("create", "configmaps"),
     ("update", "configmaps"),
     ("create", "serviceaccounts/token"),
+    ("delete", "serviceaccounts"),
+    ("update", "serviceaccounts"),
+    ("delete", "roles.rbac.authorization.k8s.io"),
+    ("escalate", "roles.rbac.authorization.k8s.io"),
+    ("bind", "roles.rbac.authorization.k8s.io"),
+    ("update", "rolebindings.rbac.authorization.k8s.io"),
+    ("delete", "rolebindings.rbac.authorization.k8s.io"),
+    ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     ("delete", "leases.coordination.k8s.io"),
     ("list", "leases.coordination.k8s.io"),
 ]

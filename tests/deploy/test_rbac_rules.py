@@ -446,16 +446,21 @@ def avoids_faulty_devices(run: Run) -> str | None:
 
 
 def reports_foreign_objects(run: Run) -> str | None:
-    """A Service or pod that holds a job's name but is not the job's is named on the job, and left
-    alone; telling it from the job's own takes a read of the object that answered 409."""
+    """A Service, pod, ServiceAccount, Role or RoleBinding that holds a name the job needs but is
+    not the job's is named on the job, and left alone; telling it from the job's own takes a read of
+    the object that answered 409."""
     if broken := starts(run):
         return broken
     admin, ns, mark = run.admin, run.namespace, run.log_size()
-    core = client.CoreV1Api(admin)
+    core, rbac = client.CoreV1Api(admin), client.RbacAuthorizationV1Api(admin)
     core.create_namespaced_service(ns, {"metadata": {"name": "theirs"}, "spec": {"ports": [{"port": 80}]}})
     squatter = played_job("squat")["spec"]["template"]["spec"]
     core.create_namespaced_pod(ns, {"metadata": {"name": "squat-a0-1"}, "spec": squatter})
-    for name in ("theirs", "squat"):
+    core.create_namespaced_service_account(ns, {"metadata": {"name": "respawn-acct"}})
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "respawn-role"}, "rules": []})
+    role_ref = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "respawn-role"}
+    rbac.create_namespaced_role_binding(ns, {"metadata": {"name": "respawn-bind"}, "roleRef": role_ref})
+    for name in ("theirs", "squat", "acct", "role", "bind"):
         create_job(admin, ns, played_job(name))
 
         def named(job: str = name) -> bool:
@@ -491,6 +496,8 @@ class Case:
 
 TJ = "trainingjobs.training.respawn.dev"
 LEASES = "leases.coordination.k8s.io"
+ROLES = "roles.rbac.authorization.k8s.io"
+BINDINGS = "rolebindings.rbac.authorization.k8s.io"
 CASES: dict[str, Case] = {
     "ClusterRole nodes:list": Case("starts", NEVER_READY, "informer=nodes"),
     "ClusterRole nodes:watch": Case("avoids_lost_nodes", NODE_LOSS_MISSED, "informer=nodes"),
@@ -507,6 +514,22 @@ CASES: dict[str, Case] = {
     "ClusterRole pods:create": Case("runs_a_job", NO_PODS, "cannot create resource pods"),
     "ClusterRole pods:get": Case("reports_foreign_objects", FOREIGN_UNNAMED, "cannot get resource pods"),
     "ClusterRole pods:delete": Case("restarts", NO_RESTART, "cannot delete resource pods"),
+    "ClusterRole pods:patch": Case(
+        "runs_a_job", NO_PODS, "is attempting to grant RBAC permissions not currently held"
+    ),
+    "ClusterRole serviceaccounts:create": Case(
+        "runs_a_job", NO_PODS, "cannot create resource serviceaccounts"
+    ),
+    "ClusterRole serviceaccounts:get": Case(
+        "reports_foreign_objects", FOREIGN_UNNAMED, "cannot get resource serviceaccounts"
+    ),
+    f"ClusterRole {ROLES}:create": Case("runs_a_job", NO_PODS, "cannot create resource roles"),
+    f"ClusterRole {ROLES}:get": Case("reports_foreign_objects", FOREIGN_UNNAMED, "cannot get resource roles"),
+    f"ClusterRole {ROLES}:update": Case("restarts", NO_RESTART, "cannot update resource roles"),
+    f"ClusterRole {BINDINGS}:create": Case("runs_a_job", NO_PODS, "cannot create resource rolebindings"),
+    f"ClusterRole {BINDINGS}:get": Case(
+        "reports_foreign_objects", FOREIGN_UNNAMED, "cannot get resource rolebindings"
+    ),
     "ClusterRole services:create": Case("runs_a_job", NO_PODS, "cannot create resource services"),
     "ClusterRole services:get": Case(
         "reports_foreign_objects", FOREIGN_UNNAMED, "cannot get resource services"

@@ -40,7 +40,7 @@ RESIZE_YAML: dict[str, Any] = {
 def test_replicas_edited_after_a_failure_resumes_through_the_merge(
     api_client: client.ApiClient,
     namespace: str,
-    shared_controller: Controller,
+    job_controller: Controller,
     shared_root: Path,
     node_agent: NodeAgentHandle,
 ) -> None:

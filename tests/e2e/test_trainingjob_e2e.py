@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     api_client: client.ApiClient,
     namespace: str,
-    shared_controller: Controller,
+    job_controller: Controller,
     shared_root: Path,
     node_agent: NodeAgentHandle,
     kubeconfig: Path,
@@ -62,9 +62,13 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     assert status["phase"] == "Succeeded", status
     assert (status["restarts"], status["uncountedRestarts"], status["attempt"]) == (1, 0, 1)
     assert status["lastFailure"]["pod"] == killed and status["lastFailure"]["exitCode"] == 137
-    # The status that says Succeeded already names the final commit: the controller re-reads the
-    # disk when a pod exits rather than wait for the observer's events.
+    # The controller mounts nothing: the status that says Succeeded names the final commit because
+    # every rank reports its commits on its own pod before it exits.
     assert status["lastCompleteCheckpoint"]["step"] == total, status
+    assert status["lastProgress"]["attempt"] == 1 and status["lastProgress"]["step"] <= total
+    startup = status["startup"]
+    assert startup["attempt"] == 1 and set(startup["seconds"]) == {"import", "load", "compile", "firstStep"}
+    assert_report_access(api_client, namespace, "llm", attempt=1)
     assert job_status(api_client, namespace, "ref")["restarts"] == 0
 
     for rank in (0, 1):
@@ -99,6 +103,19 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     assert table[1].split()[:4] == ["llm", "Succeeded", "1", str(total)]
 
 
+def assert_report_access(api: client.ApiClient, namespace: str, job: str, *, attempt: int) -> None:
+    """The workers ran as the job's ServiceAccount, allowed to patch exactly their attempt's pods."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    role = rbac.read_namespaced_role(f"respawn-{job}", namespace)
+    assert role.rules[0].verbs == ["patch"]
+    assert role.rules[0].resource_names == [f"{job}-a{attempt}-0", f"{job}-a{attempt}-1"]
+    binding = rbac.read_namespaced_role_binding(f"respawn-{job}", namespace)
+    assert [(s.kind, s.name) for s in binding.subjects] == [("ServiceAccount", f"respawn-{job}")]
+    account = client.CoreV1Api(api).read_namespaced_service_account(f"respawn-{job}", namespace)
+    for obj in (role, binding, account):
+        assert [(r.kind, r.name) for r in obj.metadata.owner_references] == [("TrainingJob", job)]
+
+
 def kill_a_live_rank(
     node_agent: NodeAgentHandle, namespace: str, attempt: str, order: Sequence[int] = (1, 0)
 ) -> str:
@@ -115,7 +132,7 @@ def kill_a_live_rank(
 def test_progress_between_failures_refunds_the_budget(
     api_client: client.ApiClient,
     namespace: str,
-    shared_controller: Controller,
+    job_controller: Controller,
     shared_root: Path,
     node_agent: NodeAgentHandle,
 ) -> None:
@@ -148,7 +165,7 @@ def test_progress_between_failures_refunds_the_budget(
 def test_a_frozen_rank_restarts_once_and_the_job_succeeds(
     api_client: client.ApiClient,
     namespace: str,
-    shared_controller: Controller,
+    job_controller: Controller,
     shared_root: Path,
     node_agent: NodeAgentHandle,
 ) -> None:
@@ -182,7 +199,7 @@ def test_a_frozen_rank_restarts_once_and_the_job_succeeds(
 def test_a_job_asking_for_whole_npu_nodes_in_integers_runs(
     api_client: client.ApiClient,
     namespace: str,
-    shared_controller: Controller,
+    job_controller: Controller,
     shared_root: Path,
     node_agent: NodeAgentHandle,
 ) -> None:

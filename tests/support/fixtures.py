@@ -1,8 +1,11 @@
 """pytest fixtures shared by the e2e tests (loaded as a plugin by tests/conftest.py).
 
 `shared_root`: a directory (`tmp_path/shared`) for the jobs' hostPath shared volume.
-`shared_controller`: the controller in this process for the test's namespace, reading checkpoints
-from `shared_root`; device faults off.
+`job_controller`: the controller in this process for the test's namespace, as a plain install runs
+it: no volume mounted, checkpoints and progress known only from the trainers' reports on their
+pods (respawn_protocol/report.py); device faults off.
+`shared_controller`: the same, also reading checkpoints from `shared_root` through the optional
+checkpoint observer.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ def shared_root(tmp_path: Path) -> Path:
     shared = tmp_path / "shared"
     shared.mkdir()
     return shared
+
+
+@pytest.fixture
+def job_controller(api_client: client.ApiClient, namespace: str) -> Iterator[Controller]:
+    with running_controller(api_client, namespace, shared=None, device_faults=False) as controller:
+        assert controller.checkpoints is None, "this controller must mount nothing"
+        yield controller
 
 
 @pytest.fixture

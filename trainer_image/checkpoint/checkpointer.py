@@ -70,6 +70,7 @@ class Checkpointer:
         world_size: int,
         resumed_key: StepKey | None,
         attempt: int | None = None,
+        on_commit: Callable[[Record], None] | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
         self.backend = backend
@@ -77,6 +78,7 @@ class Checkpointer:
         self.rank = rank
         self.world_size = world_size
         self.attempt = attempt
+        self._on_commit = on_commit  # told of each commit after its meta.json is in place
         self.root = checkpoint_root(output_dir)
         self.dir = rank_dir(self.root, rank)
         self.network_dir = rank_dir(network_root(output_dir), rank)
@@ -180,6 +182,8 @@ class Checkpointer:
         history = self._carried(record) + [r for r in self.history if r.key < record.key] + [record]
         self._write_meta(history)
         log.info("committed %s (global step %d)", name, progress.global_step)
+        if self._on_commit is not None:
+            self._on_commit(record)
         self.faults.reach("after_meta")
         self._prune(history, record)
         self.faults.reach("after_prune")

@@ -14,7 +14,14 @@ from controller.api.constants import Phase, Reason
 from controller.api.types import JobStatus
 from controller.core import podspec
 from controller.core.context import Context, Transition
-from controller.core.plan import CreatePods, EmitEvent, EnsureService, RecordRecovery, Step
+from controller.core.plan import (
+    CreatePods,
+    EmitEvent,
+    EnsureReportAccess,
+    EnsureService,
+    RecordRecovery,
+    Step,
+)
 from controller.core.pods import Pod, container_status, node_of, phase_of, rank_of
 from controller.core.policy import conditions
 from controller.core.policy.failures import Failure
@@ -46,7 +53,8 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
     )
     changes: tuple[Step, ...] = (EnsureService(podspec.headless_service(job)),)
     if bodies:
-        changes += (CreatePods(bodies),)
+        access = podspec.report_access(job, attempt=status.attempt, replicas=replicas)
+        changes += (EnsureReportAccess(access), CreatePods(bodies))
     # The trainer resolves its resume point with the same function the observer uses.
     resumed = ctx.obs.checkpoint.step if ctx.obs.checkpoint is not None else status.checkpoint_step_at_restart
     created = dataclasses.replace(

@@ -102,10 +102,25 @@ Each rule names the calls that need it (controller/app.py informers, controller/
   resources: [trainingjobs/finalizers]
   verbs: [update]
 # Informer on managed pods; KubeWriter.create_pod / delete_pod; get only after a create
-# answered 409, to tell the job's own pod from a foreign one holding its name.
+# answered 409, to tell the job's own pod from a foreign one holding its name. patch is never
+# called: RBAC lets the controller grant the workers' report Role (patch on the attempt's own
+# pods) only if it holds that permission itself.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch, create, get, delete]
+  verbs: [list, watch, create, get, delete, patch]
+# KubeWriter.ensure_owned: the ServiceAccount the workers run as and report with (one per job,
+# owned by it); get after a 409, as for pods.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create, get]
+# KubeWriter.ensure_owned: the report Role (patch on the current attempt's pods, updated at each
+# attempt) and its RoleBinding to the workers' ServiceAccount.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles]
+  verbs: [create, get, update]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  verbs: [create, get]
 # KubeWriter.ensure_service: the job's headless Service; get after a 409, as for pods.
 - apiGroups: [""]
   resources: [services]

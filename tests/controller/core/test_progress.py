@@ -9,6 +9,7 @@ import pytest
 
 from controller.api.constants import Reason
 from controller.api.types import CheckpointRef
+from controller.core import reports
 from controller.core.observations import Observations
 from controller.core.policy import progress
 from controller.core.timefmt import format_time
@@ -59,5 +60,6 @@ def test_hang(
 def test_the_last_complete_checkpoint_is_recorded() -> None:
     _, status = context(job(RUNNING))
     ref = CheckpointRef(step=40, epoch=1, file="a.ckpt")
-    assert progress.observe_checkpoint(status, Observations(checkpoint=ref)).last_complete_checkpoint == ref
-    assert progress.observe_checkpoint(status, Observations()) == status
+    summary = reports.Summary()
+    assert progress.observe(status, Observations(checkpoint=ref), summary)[0].last_complete_checkpoint == ref
+    assert progress.observe(status, Observations(), summary)[0] == status

@@ -10,7 +10,7 @@ import pytest
 from controller.api.constants import Phase
 from controller.api.types import CheckpointRef
 from controller.core.observations import Observations
-from controller.core.plan import CreatePods, EmitEvent, EnsureService, RecordRecovery
+from controller.core.plan import CreatePods, EmitEvent, EnsureReportAccess, EnsureService, RecordRecovery
 from controller.core.policy import startup
 from controller.core.timefmt import format_time
 from tests.support.core_inputs import NOW, context, job, pod
@@ -41,8 +41,12 @@ def test_continue_restart(pods: list[dict[str, Any]], now: Any, creates: bool, r
 def test_create_attempt_makes_the_service_and_the_missing_ranks() -> None:
     ctx, status = context(job({"phase": "Pending", "attempt": 2}), [pod(1, attempt=2)])
     t = startup.create_attempt(ctx, status)
-    service, create = t.changes
+    service, access, create = t.changes
     assert isinstance(service, EnsureService) and service.body["metadata"]["name"] == "llm"
+    assert isinstance(access, EnsureReportAccess)
+    role = next(o for o in access.objects if o["kind"] == "Role")
+    # The workers may patch this attempt's pods, all of them (a rank created earlier reports too).
+    assert role["rules"][0]["resourceNames"] == ["llm-a2-0", "llm-a2-1"]
     assert isinstance(create, CreatePods) and [b["metadata"]["name"] for b in create.bodies] == ["llm-a2-0"]
     assert t.notices == (EmitEvent("Normal", "AttemptCreated", "attempt 2: 2 workers"),)
     assert (t.status.replicas, t.status.start_time) == (2, format_time(NOW))

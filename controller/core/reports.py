@@ -1,0 +1,74 @@
+"""What the trainers reported on their pods (respawn_protocol/report.py), summed up for one job.
+
+The last step complete on every rank is the oldest of the ranks' newest commits: the ranks save
+at the same steps, so a step every rank has committed is one the trainer's resolver can resume
+from. Each rank's newest commit is taken over every pod of the job still present (a dying attempt
+may commit its final step after the next attempt's pods exist); progress and start-up timings
+count only for the current attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from controller.api.types import CheckpointRef, ProgressRef, StartupTimes
+from controller.core.pods import Pod, attempt_of
+from respawn_protocol.report import Commit, Report, reports_of
+
+
+@dataclass(frozen=True)
+class Summary:
+    seen: bool = False  # any pod of the job carries a report
+    checkpoint: CheckpointRef | None = None
+    progress: ProgressRef | None = None  # rank 0's, current attempt
+    startup: StartupTimes | None = None  # current attempt, once every rank reported it
+
+
+def _commit_order(c: Commit) -> tuple[int, int]:
+    return (c.attempt if c.attempt is not None else -1, c.step)
+
+
+def _complete(commits: dict[int, Commit], world_size: int) -> CheckpointRef | None:
+    if world_size < 1 or set(commits) != set(range(world_size)):
+        return None
+    oldest = min(commits.values(), key=lambda c: c.step)
+    times = [c.at for c in commits.values() if c.step == oldest.step and c.at]
+    return CheckpointRef(
+        step=oldest.step,
+        epoch=oldest.epoch,
+        file=oldest.file,
+        time=max(times) if times else None,
+        attempt=oldest.attempt,
+    )
+
+
+def _startup(reports: list[Report], world_size: int, attempt: int) -> StartupTimes | None:
+    timed = {r.rank: r.startup for r in reports if r.startup}
+    if world_size < 1 or set(timed) != set(range(world_size)):
+        return None
+    phases = {phase for times in timed.values() for phase in times}
+    return StartupTimes(attempt, {p: max(t.get(p, 0.0) for t in timed.values()) for p in sorted(phases)})
+
+
+def summarize(pods: Sequence[Pod], *, world_size: int, attempt: int) -> Summary:
+    commits: dict[int, Commit] = {}
+    current: list[Report] = []
+    seen = False
+    for pod in pods:
+        pod_attempt = attempt_of(pod)
+        for report in reports_of((pod.get("metadata") or {}).get("annotations")):
+            seen = True
+            if report.rank >= world_size:
+                continue
+            if (c := report.commit) is not None and (
+                report.rank not in commits or _commit_order(c) > _commit_order(commits[report.rank])
+            ):
+                commits[report.rank] = c
+            if pod_attempt == attempt and report.attempt in (None, attempt):
+                current.append(report)
+    rank0 = next((r for r in current if r.rank == 0 and r.step is not None and r.at), None)
+    progress = (
+        ProgressRef(rank0.step, rank0.at, attempt) if rank0 and rank0.step is not None and rank0.at else None
+    )
+    return Summary(seen, _complete(commits, world_size), progress, _startup(current, world_size, attempt))

@@ -1,0 +1,138 @@
+"""What a trainer tells the controller through the API: one annotation per rank on its own pod.
+
+The controller already watches its pods, so a report costs it no volume mount, no extra watch and
+no filesystem access, and works for any namespace and any storage. Each rank writes only its own
+key (`training.respawn.dev/report-rank-<N>`) with a JSON merge patch, so ranks that share a pod
+never overwrite each other and no read-modify-write is needed. The value is small and bounded:
+
+    {"attempt": 3, "step": 1200, "stepTime": 0.41, "at": "2026-12-06T05:01:02.345Z",
+     "commit": {"step": 1000, "epoch": 2, "file": "llama_rank_0-2_500.ckpt", "attempt": 3,
+                "at": "..."},
+     "startup": {"import": 4.1, "rendezvous": 1.2, "load": 0.3, "compile": 2.5, "firstStep": 2.9}}
+
+`step` and `at` are the last optimizer step this rank finished and when (its wall clock); only rank
+0 sends them on a timer (data-parallel ranks step together, so one heartbeat per job keeps the API
+load flat), every rank sends each commit as it happens and its start-up timings once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from respawn_protocol.crd import GROUP
+
+ANNOTATION_PREFIX = f"{GROUP}/report-rank-"
+MAX_VALUE_BYTES = 2048  # a report larger than this is not ours: ignored
+STARTUP_PHASES = ("import", "rendezvous", "load", "compile", "firstStep")
+
+# Environment the controller sets so a trainer can report (contract.py names the others).
+POD_NAME = "RESPAWN_POD_NAME"
+POD_NAMESPACE = "RESPAWN_POD_NAMESPACE"
+REPORT_INTERVAL = "RESPAWN_REPORT_INTERVAL"  # seconds between rank 0's progress reports; 0: none
+
+
+def annotation_key(rank: int) -> str:
+    return f"{ANNOTATION_PREFIX}{rank}"
+
+
+@dataclass(frozen=True)
+class Commit:
+    step: int  # global step
+    epoch: int | None = None
+    file: str | None = None
+    attempt: int | None = None
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    rank: int
+    attempt: int | None = None
+    step: int | None = None
+    step_time: float | None = None
+    at: str | None = None
+    commit: Commit | None = None
+    startup: Mapping[str, float] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        body: dict[str, Any] = {"attempt": self.attempt}
+        if self.step is not None:
+            body.update(step=self.step, stepTime=self.step_time, at=self.at)
+        if self.commit is not None:
+            c = self.commit
+            body["commit"] = {
+                "step": c.step,
+                "epoch": c.epoch,
+                "file": c.file,
+                "attempt": c.attempt,
+                "at": c.at,
+            }
+        if self.startup:
+            body["startup"] = {k: round(v, 3) for k, v in self.startup.items()}
+        return json.dumps(body, separators=(",", ":"))
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value) if value >= 0 else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and len(value) <= 512 else None
+
+
+def _commit(raw: Any) -> Commit | None:
+    if not isinstance(raw, dict) or (step := _int(raw.get("step"))) is None:
+        return None
+    return Commit(
+        step, _int(raw.get("epoch")), _str(raw.get("file")), _int(raw.get("attempt")), _str(raw.get("at"))
+    )
+
+
+def decode(rank: int, value: str) -> Report | None:
+    """A report from an annotation value; None for anything malformed (a pod's annotations are
+    writable by whoever may patch the pod, so nothing here is trusted beyond its shape)."""
+    if len(value) > MAX_VALUE_BYTES:
+        return None
+    try:
+        raw = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(raw, dict):
+        return None
+    startup = raw.get("startup")
+    phases = {}
+    if isinstance(startup, dict):
+        phases = {k: v for k in STARTUP_PHASES if (v := _float(startup.get(k))) is not None}
+    return Report(
+        rank=rank,
+        attempt=_int(raw.get("attempt")),
+        step=_int(raw.get("step")),
+        step_time=_float(raw.get("stepTime")),
+        at=_str(raw.get("at")),
+        commit=_commit(raw.get("commit")),
+        startup=phases,
+    )
+
+
+def reports_of(annotations: Mapping[str, str] | None) -> list[Report]:
+    """Every well-formed report among a pod's annotations, by rank."""
+    out = []
+    for key, value in (annotations or {}).items():
+        if not key.startswith(ANNOTATION_PREFIX) or not isinstance(value, str):
+            continue
+        suffix = key[len(ANNOTATION_PREFIX) :]
+        if not suffix.isdigit() or len(suffix) > 6:
+            continue
+        if (report := decode(int(suffix), value)) is not None:
+            out.append(report)
+    return sorted(out, key=lambda r: r.rank)

@@ -1,0 +1,144 @@
+"""Table tests of what the trainers' pod reports add up to (controller/core/reports.py), and of the
+progress policy applying them (no shared volume anywhere)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from controller.api.types import CheckpointRef, ProgressRef, StartupTimes, parse_status
+from controller.core import reports
+from controller.core.observations import Observations
+from controller.core.policy import progress
+from controller.core.timefmt import format_time, parse_time
+from respawn_protocol.report import annotation_key
+from tests.support.core_inputs import pod
+
+AT = "2026-11-23T11:59:00.000Z"
+AT_TIME = datetime(2026, 11, 23, 11, 59, tzinfo=UTC)
+
+
+def commit(step: int, attempt: int = 0, at: str = AT) -> dict[str, Any]:
+    return {"step": step, "epoch": 1, "file": f"llm_rank_0-1_{step}.ckpt", "attempt": attempt, "at": at}
+
+
+def reported(rank: int, attempt: int = 0, **report: Any) -> dict[str, Any]:
+    body = pod(rank, attempt=attempt)
+    value = json.dumps({"attempt": attempt, **report})
+    body["metadata"]["annotations"] = {annotation_key(rank): value}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        pytest.param([pod(0), pod(1)], None, id="nothing reported"),
+        pytest.param([reported(0, commit=commit(20)), pod(1)], None, id="one rank has not committed"),
+        pytest.param(
+            [reported(0, commit=commit(30)), reported(1, commit=commit(20))],
+            CheckpointRef(20, 1, "llm_rank_0-1_20.ckpt", AT, 0),
+            id="the oldest of the ranks' newest commits",
+        ),
+        pytest.param(
+            [
+                reported(0, commit=commit(20)),
+                reported(1, commit=commit(10)),
+                reported(1, 1, commit=commit(25, 1)),
+            ],
+            CheckpointRef(20, 1, "llm_rank_0-1_20.ckpt", AT, 0),
+            id="a dying attempt's commit and the next attempt's count together",
+        ),
+        pytest.param(
+            [
+                reported(0, commit=commit(30, 0)),
+                reported(0, 1, commit=commit(10, 1)),
+                reported(1, 1, commit=commit(10, 1)),
+            ],
+            CheckpointRef(10, 1, "llm_rank_0-1_10.ckpt", AT, 1),
+            id="a newer attempt's commit wins over a higher older step (resumed further back)",
+        ),
+        pytest.param(
+            [reported(0, commit=commit(20)), reported(1, commit=commit(20)), reported(5, commit=commit(1))],
+            CheckpointRef(20, 1, "llm_rank_0-1_20.ckpt", AT, 0),
+            id="a rank beyond the world size is ignored",
+        ),
+    ],
+)
+def test_last_complete_checkpoint(pods: list[dict[str, Any]], expected: CheckpointRef | None) -> None:
+    assert reports.summarize(pods, world_size=2, attempt=1).checkpoint == expected
+
+
+def test_progress_and_startup_count_only_for_the_current_attempt() -> None:
+    timings = {"import": 4.0, "load": 0.5, "compile": 2.0, "firstStep": 2.4}
+    pods = [
+        reported(0, 0, step=90, stepTime=0.3, at="2026-11-23T11:00:00Z", startup=timings),
+        reported(0, 1, step=12, stepTime=0.3, at=AT, startup=timings),
+        reported(1, 1, startup={**timings, "import": 6.5}),
+    ]
+    summary = reports.summarize(pods, world_size=2, attempt=1)
+    assert summary.seen
+    assert summary.progress == ProgressRef(12, AT, 1)
+    assert summary.startup == StartupTimes(1, {**timings, "import": 6.5}), "the slowest rank's"
+    only_one = reports.summarize(pods[:2], world_size=2, attempt=1)
+    assert only_one.startup is None, "until every rank has reported its start-up"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["{", "[]", '{"commit": {"step": -1}}', '{"step": "7"}', "x" * 5000, '{"startup": {"import": "nan"}}'],
+)
+def test_malformed_reports_are_ignored(value: str) -> None:
+    body = pod(0)
+    body["metadata"]["annotations"] = {annotation_key(0): value, annotation_key(1): value}
+    summary = reports.summarize([body], world_size=2, attempt=0)
+    assert summary.checkpoint is None and summary.progress is None and summary.startup is None
+
+
+def test_the_policy_applies_reports_and_never_moves_the_checkpoint_back() -> None:
+    status = parse_status(
+        {"phase": "Running", "attempt": 1, "lastCompleteCheckpoint": {"step": 40, "attempt": 1}}
+    )
+    newer = reports.Summary(True, CheckpointRef(50, attempt=1), ProgressRef(55, AT, 1))
+    applied, obs = progress.observe(status, Observations(), newer)
+    assert applied.last_complete_checkpoint == CheckpointRef(50, attempt=1) and obs.checkpoint is not None
+    assert applied.last_progress == ProgressRef(55, AT, 1)
+    assert obs.progress_tracked and obs.last_step == 55 and obs.last_progress is not None
+
+    older = reports.Summary(True, CheckpointRef(30, attempt=1))
+    kept, obs = progress.observe(status, Observations(), older)
+    assert kept.last_complete_checkpoint == status.last_complete_checkpoint and obs.checkpoint is None
+
+
+def test_a_job_whose_trainers_never_reported_is_not_judged_for_hangs() -> None:
+    status = parse_status({"phase": "Running", "attempt": 0})
+    _, obs = progress.observe(status, Observations(), reports.Summary())
+    assert not obs.progress_tracked
+    earlier = parse_status(
+        {"phase": "Running", "attempt": 2, "lastProgress": {"step": 9, "time": AT, "attempt": 1}}
+    )
+    _, obs = progress.observe(earlier, Observations(), reports.Summary())
+    assert obs.progress_tracked, "reports seen before: a silent new attempt is judged"
+    assert obs.last_progress is None, "an earlier attempt's progress never counts for this one"
+
+
+@pytest.mark.parametrize(
+    ("seconds_later", "attempt", "written"),
+    [(60, 1, False), (299, 1, False), (300, 1, True), (10, 2, True)],
+)
+def test_heartbeats_reach_the_status_only_every_few_minutes(
+    seconds_later: int, attempt: int, written: bool
+) -> None:
+    """Each heartbeat would otherwise cost a status write; the hang clock reads the report itself."""
+    base = parse_status(
+        {"phase": "Running", "attempt": attempt, "lastProgress": {"step": 5, "time": AT, "attempt": 1}}
+    )
+    new_time = format_time(AT_TIME + timedelta(seconds=seconds_later))
+    new = ProgressRef(9, new_time, attempt)
+    applied, obs = progress.observe(base, Observations(), reports.Summary(True, progress=new))
+    assert (applied.last_progress == new) is written
+    assert obs.last_step == 9 and obs.last_progress == parse_time(new_time), (
+        "the hang clock sees every report"
+    )
