@@ -10,6 +10,14 @@ Auto-resume under the controller: the controller names the job's own checkpoint 
 resumes from the job's directory once it holds a step complete on every rank (as
 `respawn_protocol.resolve` decides, agreed by the gang); until then the user's `load_checkpoint` /
 `resume_training` apply (pretrained weights), or random init if there are none.
+
+Ranks and pods: a gang of `replicas` pods with `ranksPerPod` = n ranks each has world size
+replicas x n. Pod i gets RANK = i x n, its first rank; RANKS_PER_POD = n; WORLD_SIZE = replicas x n.
+With n > 1 the pod's entry point starts n trainer processes (trainer_image/supervisor.py), local
+rank l with RANK = i x n + l and RANKS_PER_POD = 1: each process trains exactly one rank and writes
+`rank_<RANK>/`. The MindSpore variables follow msrun: MS_WORKER_NUM = the world size, MS_LOCAL_WORKER
+= n, MS_NODE_RANK = i (the pod's index), MS_NODE_ID = the process's rank (the pod's first rank until
+the supervisor gives each process its own).
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ OUTPUT_DIR = "RESPAWN_OUTPUT_DIR"
 # The job's own checkpoint directory, OUTPUT_DIR/checkpoint: once it holds a step complete on every
 # rank, the trainer resumes from it (resume_training: true) whatever load_checkpoint says.
 JOB_CHECKPOINT_DIR = "RESPAWN_JOB_CHECKPOINT_DIR"
-RANK = "RESPAWN_RANK"
-WORLD_SIZE = "RESPAWN_WORLD_SIZE"
+RANK = "RESPAWN_RANK"  # this process's rank; in a pod of several ranks, the pod's first rank
+WORLD_SIZE = "RESPAWN_WORLD_SIZE"  # ranks of the gang: replicas x ranks per pod
+RANKS_PER_POD = "RESPAWN_RANKS_PER_POD"  # ranks the pod's entry point starts (default 1: itself)
 ATTEMPT = "RESPAWN_ATTEMPT"  # 0 on the first start, +1 per gang restart; a step pairs files of one attempt
 
 # The user's, never set by the controller: they override the YAML config's keys. With

@@ -25,6 +25,7 @@ def test_crd_is_installed_and_defaults_apply(api_client: client.ApiClient, names
         GROUP, VERSION, namespace, PLURAL, training_job("ok", replicas=1)
     )
     policy = created["spec"]["failurePolicy"]
+    assert created["spec"]["ranksPerPod"] == 1
     assert policy["maxRestarts"] == 3
     assert policy["backoff"] == {"initialSeconds": 10, "maxSeconds": 300}
 
@@ -34,6 +35,8 @@ def test_crd_is_installed_and_defaults_apply(api_client: client.ApiClient, names
     [
         ({"replicas": 0}, "spec.replicas in body should be greater than or equal to 1"),
         ({"replicas": "two"}, 'spec.replicas in body must be of type integer: "string"'),
+        ({"ranksPerPod": 0}, "spec.ranksPerPod in body should be greater than or equal to 1"),
+        ({"ranksPerPod": 65}, "spec.ranksPerPod in body should be less than or equal to 64"),
         (
             {"failurePolicy": {"backoff": {"initialSeconds": 60, "maxSeconds": 5}}},
             "backoff.maxSeconds must be greater than or equal to backoff.initialSeconds",

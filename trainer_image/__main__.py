@@ -1,4 +1,5 @@
-"""`python -m trainer_image --config run.yaml [overrides]`: one rank, exit code per contract.ExitCode."""
+"""`python -m trainer_image --config run.yaml [overrides]`: one rank, exit code per contract.ExitCode;
+with RESPAWN_RANKS_PER_POD > 1, one process per rank of the pod (trainer_image/supervisor.py)."""
 
 from __future__ import annotations
 
@@ -43,9 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("trainer_image")
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
 
+    from trainer_image import supervisor
     from trainer_image.config import ConfigError
+
+    try:
+        ranks = supervisor.ranks_per_pod(os.environ)
+    except ConfigError as e:
+        log.error("permanent error: %s", e)
+        return ExitCode.CONFIG_ERROR
+    if ranks > 1:  # the pod's entry point: one process per rank (docs/trainer.md, Several ranks per pod)
+        return supervisor.supervise(argv, os.environ, ranks)
+
     from trainer_image.trainer import Trainer, build_config, env_overrides
 
     try:

@@ -54,7 +54,7 @@ class Snapshot:
 @dataclass
 class _Tracked:
     output: Path
-    replicas: int
+    world_size: int  # ranks: replicas x ranksPerPod
     snapshot: Snapshot
 
 
@@ -79,7 +79,7 @@ def last_logged_step(log_dir: Path) -> int | None:
     return best
 
 
-def read_checkpoint(checkpoint_dir: Path, replicas: int) -> CheckpointRef | None:
+def read_checkpoint(checkpoint_dir: Path, world_size: int) -> CheckpointRef | None:
     try:
         found = last_complete(checkpoint_dir)
     except (ResolveError, OSError) as exc:
@@ -127,16 +127,16 @@ class CheckpointObserver(FileSystemEventHandler):
         self._observer.stop()
         self._observer.join(timeout=10)
 
-    def track(self, key: str, output_dir: str, replicas: int) -> None:
+    def track(self, key: str, output_dir: str, world_size: int) -> None:
         """Follow a job's output directory (relative to the root); a no-op if already followed."""
         output = (self.root / output_dir).resolve()
         if not output.is_relative_to(self.root.resolve()):
             return
         with self._lock:
             current = self._jobs.get(key)
-            if current is not None and current.output == output and current.replicas == replicas:
+            if current is not None and current.output == output and current.world_size == world_size:
                 return
-            self._jobs[key] = _Tracked(output, replicas, Snapshot())
+            self._jobs[key] = _Tracked(output, world_size, Snapshot())
         self._refresh(key, checkpoint=True, logs=True, notify=False)
 
     def refresh(self, key: str) -> None:
@@ -187,7 +187,7 @@ class CheckpointObserver(FileSystemEventHandler):
         snap = job.snapshot
         ref, ref_time = snap.checkpoint, snap.checkpoint_time
         if checkpoint:
-            found = read_checkpoint(job.output / contract.CHECKPOINT_DIR, job.replicas)
+            found = read_checkpoint(job.output / contract.CHECKPOINT_DIR, job.world_size)
             if found is not None and (ref is None or found.step != ref.step or found.file != ref.file):
                 ref, ref_time = found, now
         step = last_logged_step(job.output / "log") if logs else snap.last_step

@@ -140,7 +140,7 @@ class ReconcilePass:
             return 0.2
         self._metrics.seen_namespace(job.namespace)
         if self._checkpoints is not None:
-            self._checkpoints.track(key, job.spec.output_dir, job.spec.replicas)
+            self._checkpoints.track(key, job.spec.output_dir, job.spec.world_size)
             if not job.status.phase.terminal and attempt_ending(pods):
                 # A trainer commits before it exits, but its last events may still be in the
                 # observer's queue: read the disk so the terminal status and the failure's

@@ -56,6 +56,12 @@ class JobSpec:
     output_dir: str  # relative to mount_path
     scheduler_port: int
     failure_policy: FailurePolicy
+    ranks_per_pod: int = 1  # trainer processes per pod (msrun's local_worker_num)
+
+    @property
+    def world_size(self) -> int:
+        """Ranks of the gang: `replicas` pods of `ranks_per_pod` ranks each."""
+        return self.replicas * self.ranks_per_pod
 
     @property
     def output_path(self) -> str:
@@ -121,7 +127,8 @@ class JobStatus:
     startup: StartupTimes | None = None
     resumed_from_step: int | None = None
     observed_generation: int | None = None
-    replicas: int | None = None  # replicas of the current attempt
+    replicas: int | None = None  # replicas (pods) of the current attempt
+    ranks_per_pod: int | None = None  # ranks per pod of the current attempt
     start_time: str | None = None
     completion_time: str | None = None
     attempt_created_at: str | None = None  # the current attempt's pods were created
@@ -185,7 +192,15 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         output_dir=output_dir,
         scheduler_port=int(spec.get("schedulerPort", 8118)),
         failure_policy=parse_failure_policy(spec.get("failurePolicy") or {}),
+        ranks_per_pod=_ranks_per_pod(spec.get("ranksPerPod", 1)),
     )
+
+
+def _ranks_per_pod(value: Any) -> int:
+    """The CRD's bounds, again: a job admitted under an older CRD has no ranksPerPod (1)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidSpec(f"spec.ranksPerPod must be an integer >= 1, got {value!r}")
+    return value
 
 
 def _check_path(field: str, path: Any, *, absolute: bool) -> None:
@@ -285,6 +300,7 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         resumed_from_step=opt_int(status.get("resumedFromStep")),
         observed_generation=opt_int(status.get("observedGeneration")),
         replicas=opt_int(status.get("replicas")),
+        ranks_per_pod=opt_int(status.get("ranksPerPod")),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
         attempt_created_at=status.get("attemptCreatedAt"),
@@ -352,6 +368,7 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
         "resumedFromStep": status.resumed_from_step,
         "observedGeneration": status.observed_generation,
         "replicas": status.replicas,
+        "ranksPerPod": status.ranks_per_pod,
         "startTime": status.start_time,
         "completionTime": status.completion_time,
         "attemptCreatedAt": status.attempt_created_at,

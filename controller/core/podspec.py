@@ -1,4 +1,5 @@
-"""The objects an attempt consists of: a headless Service per job and one pod per rank.
+"""The objects an attempt consists of: a headless Service per job and one pod per pod index (each
+running `spec.ranksPerPod` ranks).
 
 Pure functions from the typed job to raw bodies. The trainer's environment comes from the
 trainer's own contract module, so the two sides cannot drift apart.
@@ -68,27 +69,34 @@ def headless_service(job: TrainingJob) -> dict[str, Any]:
     }
 
 
-def trainer_env(job: TrainingJob, attempt: int, rank: int, replicas: int) -> list[dict[str, str]]:
-    """The variables every worker gets. Auto-resume names the job's checkpoint directory and leaves
-    `load_checkpoint` / `resume_training` (pretrained weights) to the user: the trainer resumes from
-    the directory once it holds a complete step (respawn_protocol/contract.py)."""
+def trainer_env(job: TrainingJob, attempt: int, index: int, replicas: int) -> list[dict[str, str]]:
+    """The variables the worker pod `index` of `replicas` gets. Auto-resume names the job's
+    checkpoint directory and leaves `load_checkpoint` / `resume_training` (pretrained weights) to the
+    user: the trainer resumes from the directory once it holds a complete step. With
+    `spec.ranksPerPod` n, the pod runs ranks index x n ... index x n + n - 1: RESPAWN_RANK and
+    MS_NODE_ID name its first (respawn_protocol/contract.py)."""
     output = job.spec.output_path
     sched_host = f"{pod_name(job.name, attempt, 0)}.{job.name}.{job.namespace}.svc"
+    per_pod = job.spec.ranks_per_pod
+    first, world = index * per_pod, replicas * per_pod
     values = {
         contract.SHARED_PATHS: job.spec.mount_path,
         contract.OUTPUT_DIR: output,
         contract.JOB_CHECKPOINT_DIR: posixpath.join(output, contract.CHECKPOINT_DIR),
-        contract.RANK: str(rank),
-        contract.WORLD_SIZE: str(replicas),
+        contract.RANK: str(first),
+        contract.WORLD_SIZE: str(world),
         contract.ATTEMPT: str(attempt),
         contract.MS_SCHED_HOST: sched_host,
         contract.MS_SCHED_PORT: str(job.spec.scheduler_port),
-        contract.MS_WORKER_NUM: str(replicas),
-        contract.MS_LOCAL_WORKER: "1",
-        contract.MS_NODE_RANK: str(rank),
-        contract.MS_NODE_ID: str(rank),
+        contract.MS_WORKER_NUM: str(world),
+        contract.MS_LOCAL_WORKER: str(per_pod),
+        contract.MS_NODE_RANK: str(index),
+        contract.MS_NODE_ID: str(first),
         contract.MS_ROLE: "MS_WORKER",
-        reports.POD_NAME: pod_name(job.name, attempt, rank),
+        # Last, so the variables above keep their order; always set, so a template's value of it
+        # never makes the entry point start ranks the controller did not count.
+        contract.RANKS_PER_POD: str(per_pod),
+        reports.POD_NAME: pod_name(job.name, attempt, index),
         reports.POD_NAMESPACE: job.namespace,
         reports.REPORT_INTERVAL: f"{report_interval(job):g}",
     }

@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from controller.api.types import parse_job
-from controller.core.podspec import worker_pod
+import pytest
+
+from controller.api.types import InvalidSpec, parse_job
+from controller.core.podspec import trainer_env, worker_pod
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE: dict[str, Any] = {
@@ -29,11 +31,12 @@ TEMPLATE: dict[str, Any] = {
 }
 
 
-def job() -> Any:
+def job(**spec: Any) -> Any:
     return parse_job(
         {
             "metadata": {"name": "llm", "namespace": "ns", "uid": "u"},
             "spec": {
+                **spec,
                 "replicas": 2,
                 "template": copy.deepcopy(TEMPLATE),
                 "sharedVolume": {
@@ -102,3 +105,73 @@ def test_checkpoint_loading_never_unpickles() -> None:
         if pattern.search(line)
     ]
     assert offenders == []
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    (trainer, _sidecar) = pod["spec"]["containers"]
+    return {e["name"]: e["value"] for e in trainer["env"]}
+
+
+def test_one_rank_per_pod_keeps_the_environment_it_always_had() -> None:
+    names = [e["name"] for e in trainer_env(job(), 0, 1, 2)]
+    assert names == [
+        "SHARED_PATHS",
+        "RESPAWN_OUTPUT_DIR",
+        "RESPAWN_JOB_CHECKPOINT_DIR",
+        "RESPAWN_RANK",
+        "RESPAWN_WORLD_SIZE",
+        "RESPAWN_ATTEMPT",
+        "MS_SCHED_HOST",
+        "MS_SCHED_PORT",
+        "MS_WORKER_NUM",
+        "MS_LOCAL_WORKER",
+        "MS_NODE_RANK",
+        "MS_NODE_ID",
+        "MS_ROLE",
+        "RESPAWN_RANKS_PER_POD",
+        "RESPAWN_POD_NAME",
+        "RESPAWN_POD_NAMESPACE",
+        "RESPAWN_REPORT_INTERVAL",
+    ]
+    env = env_of(worker_pod(job(), attempt=0, rank=1, replicas=2))
+    # What the trainer reports through (respawn_protocol/report.py): its own pod, by name.
+    assert (env["RESPAWN_POD_NAME"], env["RESPAWN_REPORT_INTERVAL"]) == ("llm-a0-1", "60")
+    assert (env["RESPAWN_RANK"], env["RESPAWN_WORLD_SIZE"], env["RESPAWN_RANKS_PER_POD"]) == ("1", "2", "1")
+    assert (env["MS_WORKER_NUM"], env["MS_LOCAL_WORKER"], env["MS_NODE_RANK"], env["MS_NODE_ID"]) == (
+        "2",
+        "1",
+        "1",
+        "1",
+    )
+
+
+def test_several_ranks_per_pod_number_the_pods_first_rank_and_count_every_rank() -> None:
+    four = job(ranksPerPod=4)
+    assert (four.spec.ranks_per_pod, four.spec.world_size) == (4, 8)
+    pod = worker_pod(four, attempt=2, rank=1, replicas=2)
+    assert pod["metadata"]["name"] == "llm-a2-1"
+    assert pod["metadata"]["labels"]["training.respawn.dev/rank"] == "1", "the label is the pod's index"
+    env = env_of(pod)
+    assert env["RESPAWN_RANK"] == "4", "pod 1 runs ranks 4..7"
+    assert env["RESPAWN_RANKS_PER_POD"] == "4" and env["RESPAWN_WORLD_SIZE"] == "8"
+    assert (env["MS_WORKER_NUM"], env["MS_LOCAL_WORKER"], env["MS_NODE_RANK"], env["MS_NODE_ID"]) == (
+        "8",
+        "4",
+        "1",
+        "4",
+    )
+    assert env["MS_SCHED_HOST"] == "llm-a2-0.llm.ns.svc", "the scheduler stays in pod 0"
+
+
+def test_a_template_cannot_set_ranks_per_pod_behind_the_controllers_back() -> None:
+    template = copy.deepcopy(TEMPLATE)
+    template["spec"]["containers"][0]["env"].append({"name": "RESPAWN_RANKS_PER_POD", "value": "8"})
+    body = {"metadata": {"name": "llm", "namespace": "ns"}, "spec": {"replicas": 1, "template": template}}
+    env = env_of(worker_pod(parse_job(body), attempt=0, rank=0, replicas=1))
+    assert env["RESPAWN_RANKS_PER_POD"] == "1"
+
+
+@pytest.mark.parametrize("value", [0, -1, "2", True])
+def test_a_ranks_per_pod_the_schema_would_refuse_is_an_invalid_spec(value: Any) -> None:
+    with pytest.raises(InvalidSpec, match="ranksPerPod"):
+        job(ranksPerPod=value)

@@ -89,11 +89,13 @@ def test_ascend_sample_takes_a_whole_npu_node() -> None:
     job = by_kind(REPO / "deploy" / "samples" / "ascend-8npu.yaml")["TrainingJob"]
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["huawei.com/Ascend910"] == 8
+    assert job["spec"]["ranksPerPod"] == 8, "one rank per NPU"
     assert pod["nodeSelector"] == {"accelerator": "huawei-Ascend910"}
     run = yaml.safe_load(
         by_kind(REPO / "deploy" / "samples" / "ascend-8npu.yaml")["ConfigMap"]["data"]["run.yaml"]
     )
     assert run["context"]["device_target"] == "Ascend"
+    assert run["use_parallel"] is True, "the 16 ranks train one model"
 
 
 def test_replica_counts() -> None:

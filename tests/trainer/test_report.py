@@ -64,13 +64,14 @@ def test_commits_go_out_at_once_and_progress_at_most_once_per_interval() -> None
 def test_other_ranks_send_commits_and_startup_but_no_heartbeat() -> None:
     pod = Pod()
     reporter = Reporter(rank=1, attempt=0, send=pod.send, interval=5)
-    reporter.stepped(1, 0.2)
     reporter.started({"import": 3.0, "load": 0.1, "compile": 1.0, "firstStep": 1.2, "bogus": 9.0})
     reporter.committed(step=10, epoch=0, file="f", attempt=0)
+    reporter.stepped(11, 0.2)
     reporter.close()
     report = pod.report(1)
     assert "step" not in report and report["commit"]["step"] == 10
-    assert report["startup"] == {"import": 3.0, "load": 0.1, "compile": 1.0, "firstStep": 1.2}
+    assert report["startup"] == {"firstStep": 0.2}, "a start of one step: no compile to tell"
+    assert protocol.decode(1, protocol.Report(1, startup={"bogus": 1.0}).encode()) == protocol.Report(1)
     decoded = protocol.decode(1, pod.annotations[protocol.annotation_key(1)])
     assert decoded is not None and decoded.commit is not None and decoded.commit.step == 10
 
@@ -100,3 +101,17 @@ def test_outside_kubernetes_reporting_is_off(environ: dict[str, str]) -> None:
     reporter.stepped(1, 0.1)  # no-ops
     reporter.committed(step=1, epoch=0, file="a", attempt=None)
     reporter.close()
+
+
+def test_startup_timings_go_out_after_the_second_step_with_the_compile_told_apart() -> None:
+    pod = Pod()
+    reporter = Reporter(rank=1, attempt=2, send=pod.send)
+    reporter.phase("import", 4.0)
+    reporter.phase("import", 9.0)  # the first measurement of a phase stands
+    reporter.phase("load", 0.25)
+    reporter.stepped(7, 3.0)
+    assert not pod.report(1), "nothing to say after the first step alone"
+    reporter.stepped(8, 0.5)
+    wait_for("the start-up report", lambda: "startup" in pod.report(1), 10)
+    reporter.close()
+    assert pod.report(1)["startup"] == {"import": 4.0, "load": 0.25, "firstStep": 3.0, "compile": 2.5}

@@ -96,9 +96,7 @@ class _Run:
     end: int  # the current dataset's data step at which they are done
     saved_at: int  # global step of the last committed checkpoint (the load counts as one)
     reporter: Reporter
-    startup: dict[str, float]  # seconds per start-up phase (respawn_protocol.report.STARTUP_PHASES)
     first_step: bool = True  # the next step is this start's first
-    steps_run: int = 0  # steps of this start so far
 
     @property
     def finished(self) -> bool:
@@ -119,19 +117,18 @@ def run(
     reporter = reporter or Reporter(rank=rank, attempt=attempt, send=None)
     _check_before_import(config, world_size=world_size, rank=rank, job_checkpoint_dir=job_checkpoint_dir)
     cluster = None
-    startup: dict[str, float] = {}
     if config.use_parallel and world_size > 1:
         import mindspore  # noqa: F401  (timed apart from the rendezvous)
 
         from trainer_image.training.parallel import Cluster
 
         joining = time.perf_counter()
-        startup["import"] = joining - started
+        reporter.phase("import", joining - started)
         cluster = Cluster.join(config, rank=rank, world_size=world_size, environ=os.environ)
-        startup["rendezvous"] = time.perf_counter() - joining
+        reporter.phase("rendezvous", time.perf_counter() - joining)
     try:
         gang = Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
-        return _train(config, gang, stop, started=started, reporter=reporter, startup=startup)
+        return _train(config, gang, stop, started=started, reporter=reporter)
     finally:
         if cluster is not None:
             cluster.close()
@@ -163,17 +160,14 @@ def _train(
     *,
     started: float,
     reporter: Reporter,
-    startup: dict[str, float],
 ) -> Outcome:
-    state = _start(config, gang, started=started, reporter=reporter, startup=startup)
+    state = _start(config, gang, started=started, reporter=reporter)
     try:
         _steps(state, stop)
         if state.checkpointer is not None:
             state.checkpointer.wait()
     finally:
         state.steplog.close()
-        if state.steps_run == 1:
-            reporter.started(state.startup)  # a start of one step: no second step to tell compile by
     status: Literal["completed", "stopped"] = "completed" if state.finished else "stopped"
     log.info("%s at global step %d", status, state.progress.global_step)
     return Outcome(
@@ -184,16 +178,14 @@ def _train(
 # ------------------------------------------------------------------------------------------------ start
 
 
-def _start(
-    config: TrainerConfig, gang: Gang, *, started: float, reporter: Reporter, startup: dict[str, float]
-) -> _Run:
+def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Reporter) -> _Run:
     """Everything before the first step: build the stream and the backend, load the start, open the
     checkpointer and the step log."""
     from trainer_image.training.backend import Backend  # MindSpore: the slow import
     from trainer_image.training.data import build_stream
 
     imported = time.perf_counter()
-    startup.setdefault("import", imported - started)
+    reporter.phase("import", imported - started)
     stream = build_stream(config, rank=gang.rank, world_size=gang.world_size)
     epochs = config.runner_config.epochs
     total_steps = config.lr_schedule.total_steps
@@ -204,18 +196,8 @@ def _start(
     # From here on `config` says what was loaded: the job's checkpoint directory or the user's source.
     config, progress, resolution = _resume(config, gang, stream, backend, saved)
     loaded_at = time.perf_counter()
-    startup["load"] = loaded_at - built
-    state = _open(
-        config,
-        gang,
-        stream,
-        backend,
-        progress,
-        resolution,
-        started=started,
-        reporter=reporter,
-        startup=startup,
-    )
+    reporter.phase("load", loaded_at - built)
+    state = _open(config, gang, stream, backend, progress, resolution, started=started, reporter=reporter)
     log.info(
         "start: global step %d, %d steps to go; import %.2fs, build %.2fs, load %.2fs",
         progress.global_step,
@@ -283,7 +265,6 @@ def _open(
     *,
     started: float,
     reporter: Reporter,
-    startup: dict[str, float],
 ) -> _Run:
     """The run from its loaded start: the checkpointer (if configured) and the step log opened."""
     from trainer_image.checkpoint.checkpointer import Checkpointer
@@ -321,7 +302,6 @@ def _open(
         end=epochs * stream.steps_per_epoch,
         saved_at=progress.global_step,
         reporter=reporter,
-        startup=startup,
     )
 
 
@@ -348,24 +328,12 @@ def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
     stop.end_step()
     progress.advance(steps_per_epoch=state.stream.steps_per_epoch)
     state.steplog.write(_step_record(state, result, t0))
-    _report_step(state, time.perf_counter() - t0)
+    state.reporter.stepped(progress.global_step, time.perf_counter() - t0)
     if state.checkpointer is not None and (
         progress.global_step % state.save_every == 0 or state.finished or stop.requested
     ):
         state.checkpointer.save(progress)
         state.saved_at = progress.global_step
-
-
-def _report_step(state: _Run, took: float) -> None:
-    """Progress for the controller; after the second step, the start-up timings (the first step's
-    excess over the second is the graph compile)."""
-    state.steps_run += 1
-    state.reporter.stepped(state.progress.global_step, took)
-    if state.steps_run == 1:
-        state.startup["firstStep"] = took
-    elif state.steps_run == 2:
-        state.startup["compile"] = max(0.0, state.startup["firstStep"] - took)
-        state.reporter.started(state.startup)
 
 
 def _step_record(state: _Run, result: StepResult, t0: float) -> dict[str, Any]:

@@ -69,6 +69,8 @@ class Reporter:
         self._last_send = float("-inf")
         self._closing = False
         self._failures = 0
+        self._timings: dict[str, float] = {}  # start-up phases, sent after the second step
+        self._steps = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         if send is not None:
@@ -92,7 +94,19 @@ class Reporter:
 
     # -- what the loop and the checkpointer call ------------------------------------------------
 
+    def phase(self, name: str, seconds: float) -> None:
+        """A start-up phase's duration (import, rendezvous, load); kept until the steps tell compile."""
+        self._timings.setdefault(name, seconds)
+
     def stepped(self, global_step: int, step_time: float) -> None:
+        """A finished step. After the second, the start-up timings go out: the first step's excess
+        over the second is the graph compile."""
+        self._steps += 1
+        if self._steps == 1:
+            self._timings["firstStep"] = step_time
+        elif self._steps == 2:
+            self._timings["compile"] = max(0.0, self._timings["firstStep"] - step_time)
+            self.started(self._timings)
         if self._send is None or not self._heartbeat:
             return
         with self._cond:
@@ -109,6 +123,8 @@ class Reporter:
         """Send what is pending (within `timeout`), then stop the thread."""
         if self._thread is None:
             return
+        if self._steps == 1:
+            self.started(self._timings)  # a start of one step: no second step to tell compile by
         with self._cond:
             self._closing = True
             self._cond.notify()

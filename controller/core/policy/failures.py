@@ -32,6 +32,9 @@ INFRASTRUCTURE = frozenset(
 # Reasons that point at a machine; with avoidance on, the next attempt stays off it.
 NODE_FAULTS = frozenset({Reason.NODE_LOST, Reason.DEVICE_FAULT})
 
+# The first line of a container's termination message, quoted in the failure's message, at most.
+_MAX_QUOTED = 200
+
 _DISRUPTION_REASONS = {
     "PreemptionByScheduler": Reason.PREEMPTED,
     "DeletionByTaintManager": Reason.NODE_LOST,
@@ -92,13 +95,19 @@ def node_lost_in(pod: Pod, ctx: Context) -> tuple[float, datetime] | None:
     return ctx.policy.node_lost_timeout - (ctx.now - since).total_seconds(), since
 
 
-def _exit_failure(exit_code: Any, trainer: str) -> tuple[Reason, str]:
+def _exit_failure(exit_code: Any, trainer: str, said: Any = None) -> tuple[Reason, str]:
+    """The reason for an exit code, and a message that quotes the container's termination message
+    (a pod of several ranks names the rank that failed there) when it wrote one."""
     meaning = classify_exit(exit_code) if isinstance(exit_code, int) else ExitClass.RETRYABLE
     if meaning is ExitClass.PERMANENT:
-        return Reason.PERMANENT_ERROR, f"trainer exited {exit_code}: configuration or data error"
-    if meaning is ExitClass.STOPPED:
-        return Reason.STOPPED, "trainer checkpointed and stopped on request"
-    return Reason.ERROR, f"container {trainer} exited with code {exit_code}"
+        reason, message = Reason.PERMANENT_ERROR, f"trainer exited {exit_code}: configuration or data error"
+    elif meaning is ExitClass.STOPPED:
+        reason, message = Reason.STOPPED, "trainer checkpointed and stopped on request"
+    else:
+        reason, message = Reason.ERROR, f"container {trainer} exited with code {exit_code}"
+    if isinstance(said, str) and (line := said.strip().split("\n", 1)[0].strip()):
+        message += f" ({line[:_MAX_QUOTED]})"
+    return reason, message
 
 
 def detect(pod: Pod, ctx: Context) -> Failure | None:
@@ -132,7 +141,7 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
             )
         if terminated.get("reason") == "OOMKilled":
             return replace(base, reason=Reason.OOM_KILLED, message=f"container {trainer} was OOM-killed")
-        reason, message = _exit_failure(exit_code, trainer)
+        reason, message = _exit_failure(exit_code, trainer, terminated.get("message"))
         if reason is Reason.ERROR and (fault := devices.exit_fault(pod, ctx, base.at)) is not None:
             return _device_failure(base, fault, devices.explain(base.node, fault, base.at, message))
         return replace(base, reason=reason, message=message)

@@ -121,6 +121,7 @@ def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[
         failure_seen_at=status.failure_seen_at or format_time(ctx.now),
         checkpoint_step_at_restart=step,
         replicas=None,
+        ranks_per_pod=None,
         running_since=None,
         conditions=conditions.restarting(status.conditions, f.reason.value, verdict.message, ctx.now),
     )

@@ -60,12 +60,14 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
     created = dataclasses.replace(
         status,
         replicas=replicas,
+        ranks_per_pod=job.spec.ranks_per_pod,
         start_time=status.start_time or format_time(ctx.now),
         attempt_created_at=format_time(ctx.now),
         resumed_from_step=resumed,
         next_attempt_after=None,
     )
-    event = EmitEvent("Normal", "AttemptCreated", f"attempt {status.attempt}: {replicas} workers")
+    size = f" x {job.spec.ranks_per_pod} ranks" if job.spec.ranks_per_pod > 1 else ""
+    event = EmitEvent("Normal", "AttemptCreated", f"attempt {status.attempt}: {replicas} workers{size}")
     return Transition(created, changes=changes, notices=(event,))
 
 

@@ -82,6 +82,25 @@ def test_exit_codes_mean_what_the_protocol_says(code: int) -> None:
     assert found.reason is expected.get(classify_exit(int(code)), Reason.ERROR)
 
 
+@pytest.mark.parametrize(
+    ("said", "quoted"),
+    [
+        ("rank 3 (local 1) was killed by SIGKILL\n", " (rank 3 (local 1) was killed by SIGKILL)"),
+        ("first line\nsecond line", " (first line)"),
+        ("x" * 500, f" ({'x' * 200})"),
+        ("  \n", ""),
+        (None, ""),
+    ],
+)
+def test_an_error_quotes_the_first_line_of_the_termination_message(said: str | None, quoted: str) -> None:
+    """A pod of several ranks says which rank failed in its termination message."""
+    worker = pod(1, phase="Failed", exit_code=137)
+    worker["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = said
+    ctx, _ = context(job(RUNNING), [worker])
+    found = failures.detect(worker, ctx)
+    assert found is not None and found.message == "container trainer exited with code 137" + quoted
+
+
 @pytest.mark.parametrize(("down_for", "remaining"), [(0, 30.0), (29, 1.0), (30, 0.0), (45, -15.0)])
 def test_node_lost_deadline_is_one_answer(down_for: int, remaining: float) -> None:
     obs = Observations(nodes={"node-0": NodeState(False, NOW - timedelta(seconds=down_for))})
