@@ -38,7 +38,7 @@ PARALLEL_YAML: dict[str, Any] = {
 def test_a_killed_rank_of_a_pod_of_two_restarts_the_gang_and_it_resumes_exactly(
     api_client: client.ApiClient,
     namespace: str,
-    shared_controller: Controller,
+    job_controller: Controller,
     shared_root: Path,
     node_agent: NodeAgentHandle,
 ) -> None:
@@ -65,6 +65,8 @@ def test_a_killed_rank_of_a_pod_of_two_restarts_the_gang_and_it_resumes_exactly(
     total = max(r["global_step"] for r in losses(shared_root, namespace, "ref", 0))
     assert killed_after < total, "the fault landed mid-run"
     assert status["lastCompleteCheckpoint"]["step"] == total, status
+    # Reported by all four ranks through their two pods; the controller mounts nothing.
+    assert set(status["startup"]["seconds"]) == {"import", "rendezvous", "load", "compile", "firstStep"}
     for rank in range(RANKS):
         reference = {r["global_step"]: r["loss_bits"] for r in losses(shared_root, namespace, "ref", rank)}
         assert sorted(reference) == list(range(1, total + 1)), rank
