@@ -101,7 +101,9 @@ def main() -> int:
     with LocalCluster(workdir=workdir / "cluster") as cluster:
         kubectl += ["--kubeconfig", str(cluster.kubeconfig_path)]
         subprocess.run([*kubectl, "get", "nodes"], check=True)
-        say("starting the respawn controller (checkpoint-aware: it reads the shared volume)")
+        say(
+            "starting the respawn controller (no volume: the trainers report their checkpoints on their pods)"
+        )
         health = free_port()
         controller_log = (workdir / "controller.log").open("w")
         controller = subprocess.Popen(
@@ -116,8 +118,6 @@ def main() -> int:
                 str(health),
                 "--health-host",
                 "127.0.0.1",
-                "--shared-root",
-                str(shared),
             ],
             stdout=controller_log,
             stderr=subprocess.STDOUT,
