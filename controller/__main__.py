@@ -18,7 +18,7 @@ from controller.runtime.logs import configure_logging
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Settings]:
     p = argparse.ArgumentParser(prog="python -m controller", description=__doc__)
     p.add_argument("--kubeconfig", help="kubeconfig file; default: in-cluster config, then $KUBECONFIG")
-    p.add_argument("--namespace", help="watch only this namespace (default: all)")
+    p.add_argument("--namespace", help="watch only these namespaces, comma-separated: a,b (default: all)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--health-port", type=int, default=8081, help="port of /healthz, /readyz and /metrics")
     p.add_argument("--health-host", default="0.0.0.0")

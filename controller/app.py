@@ -24,6 +24,7 @@ from controller.core.observations import node_state
 from controller.core.timefmt import parse_time
 from controller.runtime.health import HealthServer, informer_checks
 from controller.runtime.informer import Informer
+from controller.runtime.informer_group import InformerGroup
 from controller.runtime.leader import LeaderElector
 from controller.runtime.store import index_by_field, index_by_label, object_key
 from controller.runtime.workqueue import WorkQueue
@@ -36,7 +37,7 @@ JOB_BY_LEFT_NODE = "left-node"
 
 @dataclass(frozen=True)
 class Settings:
-    namespace: str | None = None  # watch one namespace; None = all
+    namespace: str | None = None  # watch these namespaces (comma-separated); None = all
     workers: int = 2
     health_port: int = 8081
     health_host: str = "0.0.0.0"
@@ -108,30 +109,8 @@ class Controller:
         )
 
     def _informers(self, api: client.ApiClient, settings: Settings) -> Caches:
-        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        ns = settings.namespace
-        if ns:
-            jobs = Informer(
-                custom.list_namespaced_custom_object,
-                name="trainingjobs",
-                list_kwargs={"group": GROUP, "version": VERSION, "namespace": ns, "plural": PLURAL},
-            )
-            pods = Informer(
-                core.list_namespaced_pod,
-                name="pods",
-                list_kwargs={"namespace": ns, "label_selector": f"{LABEL_MANAGED_BY}={MANAGED_BY}"},
-            )
-        else:
-            jobs = Informer(
-                custom.list_cluster_custom_object,
-                name="trainingjobs",
-                list_kwargs={"group": GROUP, "version": VERSION, "plural": PLURAL},
-            )
-            pods = Informer(
-                core.list_pod_for_all_namespaces,
-                name="pods",
-                list_kwargs={"label_selector": f"{LABEL_MANAGED_BY}={MANAGED_BY}"},
-            )
+        core = client.CoreV1Api(api)
+        jobs, pods = _job_and_pod_informers(api, watched_namespaces(settings.namespace))
         pods.add_index(POD_BY_JOB, index_by_label(LABEL_JOB))
         pods.add_index(POD_BY_NODE, index_by_field("spec", "nodeName"))
         nodes = Informer(core.list_node, name="nodes")
@@ -210,7 +189,13 @@ class Controller:
 
     def _all_informers(self) -> list[Informer]:
         c = self.caches
-        return [i for i in (c.jobs, c.pods, c.nodes, c.device_configmaps) if i is not None]
+        found: list[Informer] = []
+        for cache in (c.jobs, c.pods, c.nodes, c.device_configmaps):
+            if isinstance(cache, InformerGroup):
+                found.extend(cache.members)
+            elif cache is not None:
+                found.append(cache)
+        return found
 
     def start(self, *, sync_timeout: float = 120.0) -> None:
         liveness, readiness = informer_checks(self._all_informers())
@@ -295,6 +280,52 @@ class Controller:
                     self.queue.add_after(key, requeue)
             finally:
                 self.queue.done(key)
+
+
+def _job_and_pod_informers(
+    api: client.ApiClient, namespaces: tuple[str, ...]
+) -> tuple[Informer | InformerGroup, Informer | InformerGroup]:
+    """TrainingJobs and managed pods: cluster-wide, or one informer per watched namespace (the
+    controller's permissions there are Roles, so it may not list across namespaces)."""
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    managed = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+    if not namespaces:
+        jobs = Informer(
+            custom.list_cluster_custom_object,
+            name="trainingjobs",
+            list_kwargs={"group": GROUP, "version": VERSION, "plural": PLURAL},
+        )
+        pods = Informer(
+            core.list_pod_for_all_namespaces, name="pods", list_kwargs={"label_selector": managed}
+        )
+        return jobs, pods
+
+    job_kwargs = {"group": GROUP, "version": VERSION, "plural": PLURAL}
+    job_informers = [
+        Informer(
+            custom.list_namespaced_custom_object,
+            name="trainingjobs" if len(namespaces) == 1 else f"trainingjobs-{ns}",
+            list_kwargs={**job_kwargs, "namespace": ns},
+        )
+        for ns in namespaces
+    ]
+    pod_informers = [
+        Informer(
+            core.list_namespaced_pod,
+            name="pods" if len(namespaces) == 1 else f"pods-{ns}",
+            list_kwargs={"namespace": ns, "label_selector": managed},
+        )
+        for ns in namespaces
+    ]
+    if len(namespaces) == 1:
+        return job_informers[0], pod_informers[0]
+    return InformerGroup(job_informers), InformerGroup(pod_informers)
+
+
+def watched_namespaces(flag: str | None) -> tuple[str, ...]:
+    """`--namespace a,b` as a tuple, order kept, duplicates and blanks dropped; () = all namespaces."""
+    names = (n.strip() for n in (flag or "").split(","))
+    return tuple(dict.fromkeys(n for n in names if n))
 
 
 def _nodes_left(job: dict[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from respawn_protocol.contract import ExitCode, parse_resume_training
+from trainer_image.checkpoint.commit import UMASK
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -42,6 +43,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only
+    os.umask(UMASK)  # nothing this rank (or MindSpore) writes is world-readable: the volume is shared
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("trainer_image")
     argv = sys.argv[1:] if argv is None else argv

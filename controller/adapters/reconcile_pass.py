@@ -39,6 +39,7 @@ from controller.core.plan import (
 )
 from controller.core.policy.success import attempt_ending
 from controller.runtime.informer import Informer
+from controller.runtime.informer_group import InformerGroup
 
 log = logging.getLogger(__name__)
 EXPECTATION_TIMEOUT = 30.0
@@ -58,8 +59,8 @@ class _Expectation:
 
 @dataclass
 class Caches:
-    jobs: Informer
-    pods: Informer
+    jobs: Informer | InformerGroup  # a group: one informer per watched namespace
+    pods: Informer | InformerGroup
     nodes: Informer
     device_configmaps: Informer | None = None
 

@@ -12,10 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.api.constants import DEFAULT_MOUNT_PATH, Action, Phase
-
-
-class InvalidSpec(ValueError):
-    """A spec the controller cannot act on; reported on the job, never retried."""
+from controller.api.paths import InvalidSpec, check_path, check_tenant
 
 
 @dataclass(frozen=True)
@@ -180,9 +177,10 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         raise InvalidSpec(f"spec.trainerContainer {trainer!r} is not a container of the template ({names})")
     shared = spec.get("sharedVolume") or {}
     mount_path = shared.get("mountPath", DEFAULT_MOUNT_PATH)
-    _check_path("spec.sharedVolume.mountPath", mount_path, absolute=True)
+    check_path("spec.sharedVolume.mountPath", mount_path, absolute=True)
     output_dir = spec.get("outputDir") or f"{namespace}/{name}"
-    _check_path("spec.outputDir", output_dir, absolute=False)
+    check_path("spec.outputDir", output_dir, absolute=False)
+    check_tenant(output_dir, namespace)
     return JobSpec(
         replicas=int(spec["replicas"]),
         template=template,
@@ -201,24 +199,6 @@ def _ranks_per_pod(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InvalidSpec(f"spec.ranksPerPod must be an integer >= 1, got {value!r}")
     return value
-
-
-def _check_path(field: str, path: Any, *, absolute: bool) -> None:
-    """The CRD's path rules, again: a controller may meet a job admitted under an older CRD."""
-    if not isinstance(path, str):
-        raise InvalidSpec(f"{field} must be a string")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
-        raise InvalidSpec(f"{field} {path!r} must not contain control characters")
-    if path.startswith("/") != absolute:
-        where = "an absolute path" if absolute else "relative to the shared volume (no leading '/')"
-        raise InvalidSpec(f"{field} {path!r} must be {where}")
-    segments = path[1:].split("/") if absolute else path.split("/")
-    if ".." in segments and not absolute:
-        raise InvalidSpec(f"{field} {path!r} must stay inside the shared volume (no '..' segments)")
-    if {"", ".", ".."} & set(segments):
-        raise InvalidSpec(
-            f"{field} {path!r} must be normalized (no empty, '.' or '..' segments, no trailing '/')"
-        )
 
 
 def parse_failure_policy(policy: dict[str, Any]) -> FailurePolicy:

@@ -149,6 +149,13 @@ def report_access(job: TrainingJob, *, attempt: int, replicas: int) -> tuple[dic
     return objects
 
 
+def output_mount(job: TrainingJob) -> dict[str, str]:
+    """Only the job's own output directory of the shared volume, at the path it has on the volume
+    (`<mountPath>/<outputDir>`): a worker never sees the rest of the volume, other jobs' or other
+    namespaces' files. The kubelet creates the directory when it does not exist."""
+    return {"name": SHARED_VOLUME_NAME, "mountPath": job.spec.output_path, "subPath": job.spec.output_dir}
+
+
 def _avoid_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
     """Add `hostname NotIn nodes` to every required node-selector term (ANDed within a term)."""
     expression = {"key": HOSTNAME_LABEL, "operator": "NotIn", "values": sorted(nodes)}
@@ -189,10 +196,7 @@ def worker_pod(
         container["env"] = [*env, *injected]
         if job.spec.shared_volume is not None:
             mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != SHARED_VOLUME_NAME]
-            container["volumeMounts"] = [
-                *mounts,
-                {"name": SHARED_VOLUME_NAME, "mountPath": job.spec.mount_path},
-            ]
+            container["volumeMounts"] = [*mounts, output_mount(job)]
     if avoid_nodes:
         _avoid_nodes(spec, avoid_nodes)
     return {

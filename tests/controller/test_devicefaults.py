@@ -564,6 +564,7 @@ def test_a_report_wakes_jobs_that_failed_on_or_avoid_its_node() -> None:
     from kubernetes import client
 
     from controller.app import Controller, Settings
+    from controller.runtime.informer import Informer
 
     controller = Controller(client.ApiClient(), Settings(namespace="team", leader_election=False))
     jobs: list[dict[str, Any]] = [
@@ -575,8 +576,10 @@ def test_a_report_wakes_jobs_that_failed_on_or_avoid_its_node() -> None:
         {"metadata": {"namespace": "team", "name": "elsewhere"}, "status": {"lastFailure": {"node": "n2"}}},
         {"metadata": {"namespace": "team", "name": "new"}},
     ]
+    informer = controller.caches.jobs
+    assert isinstance(informer, Informer)  # one namespace: one informer
     for job in jobs:  # as the informer's watch would deliver them
-        controller.caches.jobs._store.put(f"team/{job['metadata']['name']}", job)
+        informer._store.put(f"team/{job['metadata']['name']}", job)
     controller._on_configmap("MODIFIED", {"metadata": {"name": "mindx-dl-deviceinfo-n1"}}, None)
     woken = {controller.queue.get(timeout=1) for _ in range(2)}
     assert woken == {"team/avoids-it", "team/failed-there"}

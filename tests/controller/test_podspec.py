@@ -175,3 +175,22 @@ def test_a_template_cannot_set_ranks_per_pod_behind_the_controllers_back() -> No
 def test_a_ranks_per_pod_the_schema_would_refuse_is_an_invalid_spec(value: Any) -> None:
     with pytest.raises(InvalidSpec, match="ranksPerPod"):
         job(ranksPerPod=value)
+
+
+def test_workers_mount_only_their_jobs_directory_at_the_path_it_has_on_the_volume() -> None:
+    """Tenant isolation: `subPath` = the job's outputDir, so no worker sees the rest of the shared
+    volume; the paths the trainer gets are unchanged (`<mountPath>/<outputDir>`)."""
+    spec = worker_pod(job(outputDir="ns/runs/llm"), attempt=0, rank=0, replicas=2)["spec"]
+    mounts = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "respawn-shared"]
+    assert mounts == [{"name": "respawn-shared", "mountPath": "/mnt/s/ns/runs/llm", "subPath": "ns/runs/llm"}]
+    env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+    assert env["RESPAWN_OUTPUT_DIR"] == "/mnt/s/ns/runs/llm"
+    assert env["RESPAWN_JOB_CHECKPOINT_DIR"].startswith(mounts[0]["mountPath"] + "/")
+    assert "volumeMounts" not in spec["containers"][1], "the sidecar gets no share of the volume"
+
+
+@pytest.mark.parametrize("output_dir", ["other/llm", "nsx/llm", "n", "shared"])
+def test_an_output_directory_outside_the_jobs_namespace_is_an_invalid_spec(output_dir: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"must lie under the job's namespace directory 'ns/'"):
+        job(outputDir=output_dir)
+    assert job(outputDir="ns").spec.output_dir == "ns"

@@ -55,6 +55,8 @@ def test_defaults_render_the_controller_and_its_permissions(render: Render) -> N
         "RoleBinding",
         "Service",
         "Deployment",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     }
     deployment = rendered.one("Deployment")
     assert deployment["spec"]["replicas"] == 2
@@ -96,7 +98,7 @@ def test_all_options_render(render: Render) -> None:
     rendered = render("-f", str(ALL_OPTIONS), *PROMETHEUS_OPERATOR)
     assert {"PodDisruptionBudget", "ServiceMonitor", "ConfigMap"} <= rendered.kinds()
     assert controller_args(rendered) == [
-        "--namespace=team-a",
+        "--namespace=team-a,team-b",
         "--workers=4",
         "--health-port=9090",
         "--lease-name=respawn-all",
@@ -170,14 +172,39 @@ def test_no_rule_reaches_secrets_or_wildcards(render: Render, values: list[str])
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
 
 
-def test_watch_namespace_moves_job_permissions_into_a_role(render: Render) -> None:
-    rendered = render("--set", "controller.watchNamespace=team-a")
-    assert "--namespace=team-a" in controller_args(rendered)
+def test_watch_namespaces_move_job_permissions_into_a_role_in_each(render: Render) -> None:
+    rendered = render("--set", "controller.watchNamespaces={team-a,team-b}")
+    assert "--namespace=team-a,team-b" in controller_args(rendered)
     assert rules_by_resource(rendered, "ClusterRole", "respawn") == {"nodes": {"list", "watch"}}
-    role = rendered.one("Role", "respawn")
-    assert role["metadata"]["namespace"] == "team-a"
-    assert rules_by_resource(rendered, "Role", "respawn") == JOB_RULES
-    assert rendered.one("RoleBinding", "respawn")["metadata"]["namespace"] == "team-a"
+    roles = [r for r in rendered.of_kind("Role") if r["metadata"]["name"] == "respawn"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert all(rules_by_resource(Rendered([r]), "Role", "respawn") == JOB_RULES for r in roles)
+    bindings = [b for b in rendered.of_kind("RoleBinding") if b["metadata"]["name"] == "respawn"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    pods = rendered.one("ValidatingAdmissionPolicy", "respawn-controller-pods")
+    assert "object.metadata.namespace in ['team-a','team-b']" in [
+        v["expression"] for v in pods["spec"]["validations"]
+    ]
+
+
+def test_admission_opt_outs_drop_only_their_checks(render: Render) -> None:
+    def expressions(rendered: Rendered, policy: str) -> str:
+        return " ".join(
+            v["expression"] for v in rendered.one("ValidatingAdmissionPolicy", policy)["spec"]["validations"]
+        )
+
+    default = render()
+    assert "check('use')" in expressions(default, "respawn-trainingjob-author")
+    assert "hostPath" in expressions(default, "respawn-controller-pods")
+    assert "'kube-system'" in expressions(default, "respawn-controller-pods")
+    opted = render(
+        "--set", "admission.trainingJobs.checkServiceAccount=false",
+        "--set", "admission.controllerPods.allowHostAccess=true",
+    )  # fmt: skip
+    author = expressions(opted, "respawn-trainingjob-author")
+    assert "check('use')" not in author and "check('create')" in author and "outputDir" in author
+    assert "hostPath" not in expressions(opted, "respawn-controller-pods")
+    assert not render("--set", "admission.enabled=false").kinds() & {"ValidatingAdmissionPolicy"}
 
 
 def test_device_faults_off_drops_kube_system_access(render: Render) -> None:

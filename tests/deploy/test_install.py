@@ -67,7 +67,7 @@ def test_install_with_every_option(
         "-f",
         str(ALL_OPTIONS),
         "--set",
-        f"crds.enabled=false,fullnameOverride={name},controller.watchNamespace={namespace}",
+        f"crds.enabled=false,fullnameOverride={name},controller.watchNamespaces={{{namespace}}}",
         "--set",
         f"dashboards.namespace={namespace},serviceAccount.name={name}",
     )
@@ -136,7 +136,7 @@ def test_every_object_of_the_chart_passes_server_side_dry_run(
         "-f",
         str(ALL_OPTIONS),
         "--set",
-        f"controller.watchNamespace={namespace},dashboards.namespace={namespace}",
+        f"controller.watchNamespaces={{{namespace}}},dashboards.namespace={namespace}",
     )
     assert rendered.returncode == 0, rendered.stderr
     result = subprocess.run(

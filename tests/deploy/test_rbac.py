@@ -58,7 +58,9 @@ def installed(
     namespace: str,
 ) -> Installed:
     """The chart with default values (the CRD is the session's), or watching only `namespace`."""
-    extra = ["--set", f"controller.watchNamespace={namespace}"] if request.param == "one-namespace" else []
+    extra = (
+        ["--set", f"controller.watchNamespaces={{{namespace}}}"] if request.param == "one-namespace" else []
+    )
     result = helm_release(namespace, "--set", "crds.enabled=false", *extra)
     assert result.returncode == 0, result.stderr
     name = namespace if "respawn" in namespace else f"{namespace}-respawn"

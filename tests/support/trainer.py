@@ -120,7 +120,8 @@ def controller_env(output_dir: Path, *, attempt: int, rank: int = 0, replicas: i
     data-parallel gang reads (`start_gang` sets those for 127.0.0.1)."""
     job = parse_job(
         {
-            "metadata": {"name": "job", "namespace": "test", "uid": "u"},
+            # The job's directory lies under its namespace's (controller.api.paths.check_tenant).
+            "metadata": {"name": "job", "namespace": output_dir.name, "uid": "u"},
             "spec": {
                 "replicas": replicas,
                 "template": {"spec": {"containers": [{"name": "trainer", "image": "t"}]}},

@@ -103,7 +103,17 @@ def test_commit_writes_file_network_copy_and_meta(tmp_path: Path) -> None:
     meta = read_meta(rank0)
     assert meta is not None and (meta.last_epoch, meta.last_step, meta.last_global_step) == (1, 1, 1)
     assert meta.checkpoints[0].size == (rank0 / "job_rank_0-1_1.ckpt").stat().st_size
-    assert oct((rank0 / "job_rank_0-1_1.ckpt").stat().st_mode & 0o777) == "0o644"
+    # Nothing for other users (tenants share the volume), whatever the umask.
+    modes = {p.relative_to(tmp_path).as_posix(): oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*")}
+    assert modes == {
+        "checkpoint": "0o750",
+        "checkpoint/rank_0": "0o750",
+        "checkpoint/rank_0/job_rank_0-1_1.ckpt": "0o640",
+        "checkpoint/rank_0/meta.json": "0o640",
+        "checkpoint_network": "0o750",
+        "checkpoint_network/rank_0": "0o750",
+        "checkpoint_network/rank_0/job_rank_0-1_1.ckpt": "0o640",
+    }
 
 
 def test_records_name_the_attempt_that_wrote_them(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from respawn_protocol.resolve import Check, ResolveError, resolve
 from trainer_image.checkpoint.commit import (
     atomic_write_bytes,
     fsync_dir,
+    make_dirs,
     publish,
     publish_and_digest,
     remove_stale_temps,
@@ -84,7 +85,7 @@ class Checkpointer:
         self.network_dir = rank_dir(network_root(output_dir), rank)
         self.faults = faults or FaultPlan()
         for d in (self.dir, self.network_dir):
-            d.mkdir(parents=True, exist_ok=True)
+            make_dirs(d)
             for stale in remove_stale_temps(d):
                 log.info("removed stale temp file %s", stale)
         self.base = rank_prefix(monitor.prefix, rank)

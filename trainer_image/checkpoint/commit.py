@@ -14,6 +14,21 @@ from pathlib import Path
 from respawn_protocol.digest import sha256_stream
 from respawn_protocol.layout import TEMP_PREFIX
 
+# No access for other users: jobs of other tenants may share the volume (docs/security.md). The
+# group keeps read access, for a controller or tool running in the job's group (fsGroup).
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+# Set by the entry point: what MindSpore and the logs write is not world-readable either.
+UMASK = 0o027
+
+
+def make_dirs(path: Path) -> None:
+    """`mkdir -p` whose new directories get DIR_MODE whatever the umask."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=DIR_MODE, exist_ok=True)
+        os.chmod(directory, DIR_MODE)
+
 
 def temp_path(final: Path) -> Path:
     # Keep the extension last: MindSpore appends one to paths that lack it.
@@ -40,7 +55,7 @@ def publish(tmp: Path, final: Path) -> None:
     """Make a fully written temp file durable under its final name. Never overwrites."""
     if final.exists():
         raise FileExistsError(f"refusing to overwrite {final}")
-    os.chmod(tmp, 0o644)  # MindSpore leaves 0400, which other readers (the controller) cannot open
+    os.chmod(tmp, FILE_MODE)  # MindSpore leaves 0400, which other readers (the controller) cannot open
     fsync_file(tmp)
     os.replace(tmp, final)
     fsync_dir(final.parent)
@@ -49,7 +64,7 @@ def publish(tmp: Path, final: Path) -> None:
 def atomic_write_bytes(final: Path, data: bytes) -> None:
     """Replace `final` atomically (used for meta.json, which is rewritten on every commit)."""
     tmp = temp_path(final)
-    with open(tmp, "wb") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

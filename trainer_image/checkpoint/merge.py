@@ -29,7 +29,13 @@ from typing import Any
 
 from respawn_protocol.digest import sha256_file
 from respawn_protocol.layout import TEMP_PREFIX, CheckpointName, StepKey
-from trainer_image.checkpoint.commit import atomic_write_bytes, fsync_dir, publish_and_digest, temp_path
+from trainer_image.checkpoint.commit import (
+    atomic_write_bytes,
+    fsync_dir,
+    make_dirs,
+    publish_and_digest,
+    temp_path,
+)
 from trainer_image.checkpoint.progress import EXTRA_PREFIX
 from trainer_image.config import ConfigError
 
@@ -81,7 +87,7 @@ def write_strategy(
 ) -> None:
     """`output_dir/strategy/ckpt_strategy_rank_N.json`: what this rank's checkpoints hold."""
     directory = output_dir / STRATEGY_DIR
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     body = strategy_body(
         rank=rank,
         world_size=world_size,
@@ -236,7 +242,7 @@ def unify(
     merged = merge_params(shards, sources, read)
     ext = shards[0].suffix.lstrip(".")
     name = CheckpointName("unified", key, ext).name
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dirs(directory)
     final = directory / name
     _clear(directory)
     tmp = temp_path(final)

@@ -58,8 +58,8 @@ app.kubernetes.io/component: controller
 
 {{/* The controller's command line; mirrors `python -m controller --help`. */}}
 {{- define "respawn.args" -}}
-{{- with .Values.controller.watchNamespace }}
-- --namespace={{ . }}
+{{- with .Values.controller.watchNamespaces }}
+- --namespace={{ join "," . }}
 {{- end }}
 - --workers={{ .Values.controller.workers }}
 - --health-port={{ .Values.controller.healthPort }}
