@@ -7,12 +7,17 @@ A file under its final name is therefore always complete and durable. A crash le
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from respawn_protocol.digest import sha256_stream
 from respawn_protocol.layout import TEMP_PREFIX
+
+# Held while a commit record (or any file replaced in place) is written; a process that cuts itself
+# off takes it first (training/stop.py), so it never leaves in the middle of one.
+COMMITTING = threading.Lock()
 
 
 def temp_path(final: Path) -> Path:
@@ -48,13 +53,14 @@ def publish(tmp: Path, final: Path) -> None:
 
 def atomic_write_bytes(final: Path, data: bytes) -> None:
     """Replace `final` atomically (used for meta.json, which is rewritten on every commit)."""
-    tmp = temp_path(final)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
+    with COMMITTING:
+        tmp = temp_path(final)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
 
 
 def publish_and_digest(tmp: Path, final: Path) -> str:

@@ -117,6 +117,7 @@ def run(
         from trainer_image.training.parallel import Cluster
 
         cluster = Cluster.join(config, rank=rank, world_size=world_size, environ=os.environ)
+        stop.share(cluster.any_of)  # the gang stops after the same step
     try:
         gang = Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
         return _train(config, gang, stop, started=started)
