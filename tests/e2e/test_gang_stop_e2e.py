@@ -8,6 +8,7 @@ checkpoint interval is far longer than the run: only the stop can have saved the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -22,7 +23,7 @@ from tests.support.poll import wait_for
 pytestmark = pytest.mark.slow
 
 
-def starts(records: list[dict]) -> list[int]:
+def starts(records: list[dict[str, Any]]) -> list[int]:
     """Indices of the first record of each start."""
     return [i for i, r in enumerate(records) if "resumed_from" in r]
 
@@ -52,7 +53,7 @@ def test_an_evicted_rank_stops_the_gang_and_both_resume_from_the_same_step_losin
     stopped_at, resumed_at = [], []
     for rank in (0, 1):
         records = losses(shared_root, namespace, "gang", rank)
-        first, second = starts(records)
+        _, second = starts(records)
         stopped_at.append(records[second - 1]["global_step"])  # the last step of attempt 0
         resumed = records[second]["resumed_from"]
         assert resumed is not None, (rank, records[second])

@@ -74,6 +74,7 @@ class Cluster:
                 f"{contract.MS_WORKER_NUM}={environ[contract.MS_WORKER_NUM]} but "
                 f"{contract.WORLD_SIZE}={world_size}"
             )
+        log.info("joining the cluster as rank %d of %d", rank, world_size)
         scheduler = _start_scheduler(environ) if rank == 0 else None
         cluster = cls(rank, world_size, scheduler)
         try:
