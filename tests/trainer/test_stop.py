@@ -11,11 +11,14 @@ import sys
 import textwrap
 import threading
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from respawn_protocol.contract import ExitCode
 from tests.support import REPO
+from trainer_image.training import loop
 from trainer_image.training.stop import STOP_FACTOR, STOP_FLOOR, StopRequest, step_deadline
 
 # The child trains one quick step (the end of the first step arms the handler), reports "ready"
@@ -174,3 +177,28 @@ def test_install_defaults_sigterm_until_the_first_step_ends_and_uninstall_restor
         assert armed is stop
         assert signal.getsignal(signal.SIGTERM) is before
     assert not [t for t in threading.enumerate() if t.name == "stop-watcher"]
+
+
+def test_a_stop_between_steps_still_commits_the_last_finished_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank that trains alone signalled after its step's save check (logging, fetching the next
+    batch): no step starts, and the loop commits the last finished one rather than exit without it."""
+    saved: list[int] = []
+    progress = SimpleNamespace(data_step=0, global_step=0)
+    state: Any = SimpleNamespace(
+        stream=SimpleNamespace(batches=lambda start_step, epochs: iter(range(10))),
+        progress=progress,
+        epochs=1,
+        checkpointer=SimpleNamespace(save=lambda p: saved.append(p.global_step)),
+        saved_at=0,
+    )
+    stop = StopRequest()
+
+    def step(state: Any, batch: int, stop: StopRequest) -> None:
+        stop.end_step()
+        progress.global_step += 1
+        if progress.global_step == 3:
+            stop._signal(signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "_step", step)
+    loop._steps(state, stop)
+    assert (progress.global_step, saved, state.saved_at) == (3, [3], 3)
