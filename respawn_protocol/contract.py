@@ -71,11 +71,14 @@ class ExitCode(enum.IntEnum):
     FAILED = 1
     """Unexpected failure (crash, I/O error, lost peer). Retryable: restart and resume."""
     STOPPED = 75
-    """Stopped on request (SIGTERM) after committing a checkpoint of the last finished step.
+    """Stopped on request (SIGTERM to this rank, or to a peer of its data-parallel gang) after
+    committing a checkpoint of the last finished step, the same step on every rank of the gang.
     Nothing was lost; restart to continue. Like EX_TEMPFAIL."""
     TERMINATED = 143
-    """Stopped by SIGTERM with no new checkpoint: none was configured, or the step in progress could
-    not finish (a lost peer). The last committed checkpoint is the resume point. Retryable."""
+    """Stopped by SIGTERM with no new checkpoint: during start-up, before the first step ended (the
+    signal's default action, 128 + 15: nothing new to save), with no checkpoint configured, or when
+    the step in progress could not finish (a lost peer). The last committed checkpoint is the resume
+    point. Retryable."""
     CONFIG_ERROR = 78
     """Permanent: invalid config, bad path, missing or unreadable data or checkpoint the user named.
     Retrying with the same inputs fails the same way. Like EX_CONFIG."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -42,6 +43,9 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Start-up: SIGTERM ends the process at once, even if a parent left it ignored; the first step's
+    # end arms the stop handler (trainer_image/training/stop.py).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.setdefault("GLOG_v", "3")  # MindSpore: errors only
     os.umask(UMASK)  # nothing this rank (or MindSpore) writes is world-readable: the volume is shared
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -124,6 +124,32 @@ def test_a_survivor_of_a_lost_peer_stops_on_sigterm_without_waiting_for_the_hear
     assert not (out / "checkpoint" / "rank_0" / "meta.json").exists()
 
 
+def test_a_sigterm_to_one_rank_stops_the_gang_after_the_same_step_and_both_commit_it(
+    tmp_path: Path, trainer_env: dict[str, str]
+) -> None:
+    """An eviction signals one rank only: the ranks exchange their stop flags after every step, so
+    both commit the same last step and exit STOPPED, rank 0 because its peer asked; nothing is lost."""
+    from respawn_protocol.meta import read_meta
+
+    out = tmp_path / "out"
+    config = parallel_config(out, runner_config__epochs=100, callbacks__0__save_checkpoint_steps=10_000)
+    path = write_config(tmp_path / "run.yaml", config)
+    gang = start_gang(Launcher(trainer_env), path)
+    try:
+        wait_for("the gang to train", lambda: len(step_lines(out, 1)) >= 3, WAIT, interval=FAST)
+        gang[1].proc.send_signal(signal.SIGTERM)
+        for p in gang:
+            assert p.wait(WAIT) == ExitCode.STOPPED, p.output()[-3000:]
+    finally:
+        for p in gang:
+            p.kill()
+    assert "a peer of the gang is stopping" in gang[0].output()
+    last = [step_lines(out, rank)[-1]["global_step"] for rank in range(WORLD)]
+    metas = [read_meta(out / "checkpoint" / f"rank_{rank}") for rank in range(WORLD)]
+    assert [m.last_global_step if m else None for m in metas] == last
+    assert last[0] == last[1] >= 3
+
+
 def checkpoint_bytes(out: Path, rank: int) -> int:
     """Size of the rank's file of the final step."""
     (path,) = (out / "checkpoint" / f"rank_{rank}").glob("*-2_5.ckpt")

@@ -7,6 +7,7 @@ A file under its final name is therefore always complete and durable. A crash le
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +21,9 @@ FILE_MODE = 0o640
 DIR_MODE = 0o750
 # Set by the entry point: what MindSpore and the logs write is not world-readable either.
 UMASK = 0o027
+# Held while a commit record (or any file replaced in place) is written; a process that cuts itself
+# off takes it first (training/stop.py), so it never leaves in the middle of one.
+COMMITTING = threading.Lock()
 
 
 def make_dirs(path: Path) -> None:
@@ -63,13 +67,14 @@ def publish(tmp: Path, final: Path) -> None:
 
 def atomic_write_bytes(final: Path, data: bytes) -> None:
     """Replace `final` atomically (used for meta.json, which is rewritten on every commit)."""
-    tmp = temp_path(final)
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
+    with COMMITTING:
+        tmp = temp_path(final)
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
 
 
 def publish_and_digest(tmp: Path, final: Path) -> str:

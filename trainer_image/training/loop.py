@@ -126,6 +126,7 @@ def run(
         reporter.phase("import", joining - started)
         cluster = Cluster.join(config, rank=rank, world_size=world_size, environ=os.environ)
         reporter.phase("rendezvous", time.perf_counter() - joining)
+        stop.share(cluster.any_of)  # the gang stops after the same step
     try:
         gang = Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
         return _train(config, gang, stop, started=started, reporter=reporter)
@@ -309,13 +310,17 @@ def _open(
 
 
 def _steps(state: _Run, stop: StopRequest) -> None:
-    """Step through the rest of the data; no step starts after a stop is requested."""
+    """Step through the rest of the data; no step starts after a stop is requested, and the last
+    finished step is committed even when the request came between steps (after `_step`'s check)."""
     for batch in state.stream.batches(start_step=state.progress.data_step, epochs=state.epochs):
         if not stop.begin_step():
             break
         _step(state, batch, stop)
         if stop.requested:
             break
+    if stop.requested and state.checkpointer is not None and state.saved_at != state.progress.global_step:
+        state.checkpointer.save(state.progress)
+        state.saved_at = state.progress.global_step
 
 
 def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:

@@ -28,7 +28,13 @@ from trainer_image.config import ConfigError, TrainerConfig
 
 log = logging.getLogger("trainer_image.training.parallel")
 
-_SCHEDULER = "from mindspore.communication import init; init()"
+# The scheduler ignores SIGTERM: a pod's whole process group may get it (the local node agent sends
+# it to the group), and the gang still needs the scheduler until the ranks have agreed to stop. It
+# ends with rank 0 (PR_SET_PDEATHSIG, `close`).
+_SCHEDULER = (
+    "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "from mindspore.communication import init; init()"
+)
 _NO_STEP = (-1, -1)
 SCHEDULER_LOOKUP_TIMEOUT = 300.0  # rank 0's pod gets its DNS record when it starts; wait for it
 
@@ -45,6 +51,7 @@ class Cluster:
         self.rank = rank
         self.world_size = world_size
         self.scheduler = scheduler
+        self._all_gather: Any = None
 
     @classmethod
     def join(
@@ -67,6 +74,7 @@ class Cluster:
                 f"{contract.MS_WORKER_NUM}={environ[contract.MS_WORKER_NUM]} but "
                 f"{contract.WORLD_SIZE}={world_size}"
             )
+        log.info("joining the cluster as rank %d of %d", rank, world_size)
         scheduler = _start_scheduler(environ) if rank == 0 else None
         cluster = cls(rank, world_size, scheduler)
         try:
@@ -94,7 +102,9 @@ class Cluster:
         import numpy as np
         from mindspore import Tensor, ops
 
-        out = ops.AllGather()(Tensor(np.array(values, dtype=np.int64)))
+        if self._all_gather is None:
+            self._all_gather = ops.AllGather()
+        out = self._all_gather(Tensor(np.array(values, dtype=np.int64)))
         flat = [int(v) for v in out.asnumpy().reshape(-1)]
         n = len(values)
         return [tuple(flat[i * n : (i + 1) * n]) for i in range(self.world_size)]
@@ -105,6 +115,10 @@ class Cluster:
         answers = self.gather(_NO_STEP if key is None else (key.epoch, key.step))
         oldest = min(answers)
         return (None if oldest == _NO_STEP else StepKey(oldest[0], oldest[1])), len(set(answers)) == 1
+
+    def any_of(self, flag: bool) -> bool:
+        """Whether any rank passed True: the stop agreement after each step (stop.py)."""
+        return any(v == (1,) for v in self.gather((int(flag),)))
 
     def barrier(self, ok: bool) -> bool:
         """Wait for every rank; True if every rank reported `ok`."""
