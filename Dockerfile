@@ -3,32 +3,27 @@
 #   docker build --target controller -t respawn/controller:0.1.0 .
 #   docker build --target trainer    -t respawn/trainer:0.1.0 .
 #
-# Layers from least to most often changed: the pinned dependencies (read from pyproject.toml
-# alone, so editing the source never reinstalls them), then the source. Build tools and pip's
-# work stay in the build stages; the images run as the non-root user 65532 (the chart's
-# runAsUser), from /app on PYTHONPATH.
+# Layers from least to most often changed: the locked dependencies (requirements/, so editing the
+# source never reinstalls them), then the source. Build tools and pip's work stay in the build
+# stages; the images run as the non-root user 65532 (the chart's runAsUser), from /app on
+# PYTHONPATH. Release builds pin the base image by digest:
+#   --build-arg PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest of the tag when released>
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
-# -- requirements: the pinned dependencies of each image, from pyproject.toml --------------------
-FROM ${PYTHON_IMAGE} AS requirements
-WORKDIR /src
-COPY pyproject.toml ./
-RUN python -c "import tomllib; \
-project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-runtime = project['dependencies']; \
-open('controller.txt', 'w').write('\n'.join(runtime) + '\n'); \
-open('trainer.txt', 'w').write('\n'.join(runtime + project['optional-dependencies']['trainer']) + '\n')"
-
-# -- a virtual environment per image, built outside the final image -----------------------------
+# -- a virtual environment per image, built outside the final image ------------------------------
+# Only from the lock files: every package pinned with the hashes of its files (hack/lock.sh), so
+# nothing floats and a tampered download fails the build.
 FROM ${PYTHON_IMAGE} AS controller-venv
-COPY --from=requirements /src/controller.txt /tmp/requirements.txt
+COPY requirements/controller.txt /tmp/requirements.txt
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+        --require-hashes --no-deps -r /tmp/requirements.txt
 
 FROM ${PYTHON_IMAGE} AS trainer-venv
-COPY --from=requirements /src/trainer.txt /tmp/requirements.txt
+COPY requirements/trainer.txt /tmp/requirements.txt
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
+    && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+        --require-hashes --no-deps -r /tmp/requirements.txt
 
 # -- what both images share ---------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

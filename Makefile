@@ -5,12 +5,19 @@ BIN     = $(VENV)/bin
 
 .PHONY: demo test lint typecheck unit assets cluster clean
 
-# A Python environment with the project and its pinned dev tools, rebuilt when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# A Python environment with the project and every locked dependency: exact versions with their
+# hashes (requirements/dev.txt), nothing resolved at install time. Rebuilt when either changes.
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip==25.3
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
+
+# requirements/*.txt re-resolved from pyproject.toml's pins, with hashes (hack/lock.sh).
+.PHONY: lock
+lock: $(VENV)/.installed
+	bash hack/lock.sh
 
 # etcd, kube-apiserver, kube-controller-manager built from Go modules; cached outside the repo.
 assets: $(VENV)/.installed
