@@ -192,6 +192,7 @@ def to_dict(config: TrainerConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ validation
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.]+$")
+MAX_KEEP_CHECKPOINTS = 10_000  # one meta.json record each: ~4 MB, under safefs.META_MAX_BYTES
 
 
 def validate(c: TrainerConfig) -> None:
@@ -232,6 +233,10 @@ def validate(c: TrainerConfig) -> None:
         where = f"callbacks[{i}]"
         positive(f"{where}.save_checkpoint_steps", m.save_checkpoint_steps)
         positive(f"{where}.keep_checkpoint_max", m.keep_checkpoint_max)
+        if m.keep_checkpoint_max > MAX_KEEP_CHECKPOINTS:  # meta.json must stay under safefs.META_MAX_BYTES
+            raise ConfigError(
+                f"{where}.keep_checkpoint_max: at most {MAX_KEEP_CHECKPOINTS}, got {m.keep_checkpoint_max}"
+            )
         if not _PREFIX.match(m.prefix):
             raise ConfigError(
                 f"{where}.prefix: only letters, digits, '_' and '.' are allowed, got {m.prefix!r}"
