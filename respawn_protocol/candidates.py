@@ -150,7 +150,7 @@ def _mtime(path: Path) -> float:
 
 def gang_size(views: dict[int, RankView], key: StepKey, legacy: int) -> int:
     """How many ranks wrote step `key`: from the lowest rank whose meta.json records it, else `legacy`
-    (every rank folder; older records do not say)."""
+    (the rank folders `rank_folders` found; older records do not say)."""
     for rank in sorted(views):
         candidate = views[rank].candidates.get(key)
         if candidate is not None and candidate.record is not None and candidate.record.world_size:

@@ -89,7 +89,8 @@ def resolve(
 ) -> Resolution:
     """Resolve `load_checkpoint` + `resume_training` to one file per rank of the gang that wrote it.
 
-    `world_size=None` discovers the ranks from the `rank_N/` folders. `missing_ok` treats a
+    `world_size=None` discovers the ranks from the `rank_N/` folders (by name, from rank_0 on while
+    they hold checkpoint content). `missing_ok` treats a
     nonexistent directory as empty (the job's own checkpoint directory before the first save).
     `exclude` lists files that failed to load, so the next older step is chosen. `at_most` ignores
     steps newer than it (the ranks of a gang agreeing on the oldest of their answers). A step written

@@ -32,7 +32,8 @@ LINE_MAX_BYTES = 64 << 10
 MAX_ENTRIES = 1 << 19
 
 _NO_LINKS = "respawn never follows links under its directories"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_PATH (Linux): a directory is walked through even if it may only be searched, not listed.
+_DIR_FLAGS = (getattr(os, "O_PATH", 0) or os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -88,7 +89,7 @@ def _is_symlink(name: str, dir_fd: int) -> bool:
 @contextlib.contextmanager
 def _walk(root: Path, parts: list[str], *, create: bool = False) -> Iterator[int]:
     """A descriptor of `root/parts...`, each component opened without following links."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open(root, _DIR_FLAGS & ~os.O_NOFOLLOW)  # the root is trusted as given
     try:
         shown = root
         for part in parts:
@@ -107,16 +108,12 @@ def _walk(root: Path, parts: list[str], *, create: bool = False) -> Iterator[int
 def ensure_dir(root: Path, path: Path, *, create: bool = True) -> None:
     """Make `path` (under `root`) a directory, creating missing components, following no link.
     With `create=False` only check what exists: a missing component ends the check."""
-    parts = relative_parts(root, path)
-    if create:
-        with _walk(root, parts, create=True):
+    try:
+        with _walk(root, relative_parts(root, path), create=create):
             return
-    for i in range(len(parts)):
-        try:
-            with _walk(root, parts[: i + 1]):
-                pass
-        except FileNotFoundError:
-            return
+    except FileNotFoundError:
+        if create:
+            raise
 
 
 @contextlib.contextmanager
