@@ -1,6 +1,7 @@
 """`respawn plot`: the loss per global step of one rank across every start in its steps.jsonl, with
 each failure (the last step before a start that redoes steps) and each resume (the checkpoint step a
-start loaded) marked, optionally over a reference run of the same job."""
+start loaded) marked, optionally over a reference run of the same job. Logs are streamed
+(respawn_cli/history.py): memory grows by 24 bytes per step, not with the file."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from respawn_cli import history
-from respawn_protocol.steplog import effective_steps, read_steps
 
 
 @dataclass(frozen=True)
@@ -27,27 +28,27 @@ class PlotSummary:
 
 
 def plot(output_dir: Path, out: Path, *, rank: int = 0, reference: Path | None = None) -> PlotSummary:
-    path = history.steps_path(output_dir, rank)
-    records = read_steps(path)
-    if not records:
+    path, starts, points = history.load_points(output_dir, rank)
+    if not starts:
         raise ValueError(f"no steps in {path}")
-    starts = history.split_starts(records)
     resumes = history.resumes(starts)
-    ref_records = read_steps(history.steps_path(reference, rank)) if reference is not None else []
-    if reference is not None and not ref_records:
-        raise ValueError(f"no steps in {history.steps_path(reference, rank)}")
+    ref_points = None
+    if reference is not None:
+        ref_path, ref_starts, ref_points = history.load_points(reference, rank)
+        if not ref_starts:
+            raise ValueError(f"no steps in {ref_path}")
 
     # The Agg canvas directly: no pyplot, no global backend state, no display needed.
     fig = Figure(figsize=(11, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    if ref_records:
-        _draw_reference(ax, ref_records)
-    _draw_starts(ax, starts)
+    if ref_points is not None:
+        _draw_reference(ax, ref_points)
+    _draw_starts(ax, starts, points)
     _draw_resumes(ax, starts, resumes)
 
-    summary = _summary(starts, resumes, records, ref_records)
-    ax.set_title(_title(path, summary, with_reference=bool(ref_records)), fontsize=11)
+    summary = _summary(starts, resumes, points, ref_points)
+    ax.set_title(_title(path, summary, with_reference=ref_points is not None), fontsize=11)
     ax.set_xlabel("global step")
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.3)
@@ -58,19 +59,32 @@ def plot(output_dir: Path, out: Path, *, rank: int = 0, reference: Path | None =
     return summary
 
 
-def _draw_reference(ax: Axes, ref_records: list[dict[str, Any]]) -> None:
-    ref = effective_steps(ref_records)
-    xs = sorted(ref)
-    ax.plot(xs, [ref[x]["loss"] for x in xs], color="0.7", linewidth=4, label="reference", zorder=1)
+def _effective(points: history.Points) -> tuple[np.ndarray, np.ndarray]:
+    """Each global step once, ascending, with the position of the last record written for it (the
+    one on the surviving history)."""
+    steps = np.frombuffer(points.steps, dtype=np.int64)
+    order = np.argsort(steps, kind="stable")  # equal steps keep file order: the last one is last
+    ordered = steps[order]
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = ordered[1:] != ordered[:-1]
+    return ordered[last], order[last].astype(np.int32)  # positions < MAX_POINTS
 
 
-def _draw_starts(ax: Axes, starts: list[history.Start]) -> None:
+def _draw_reference(ax: Axes, ref: history.Points) -> None:
+    xs, last = _effective(ref)
+    ys = np.frombuffer(ref.losses, dtype=np.float64)[last]
+    ax.plot(xs, ys, color="0.7", linewidth=4, label="reference", zorder=1)
+
+
+def _draw_starts(ax: Axes, starts: list[history.Start], points: history.Points) -> None:
     """One line per start, labelled with where it began."""
     colors = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
+    all_xs = np.frombuffer(points.steps, dtype=np.int64)
+    all_ys = np.frombuffer(points.losses, dtype=np.float64)
     for start in starts:
         color = colors[start.index % len(colors)]
-        xs = [r["global_step"] for r in start.records]
-        ys = [r["loss"] for r in start.records]
+        xs = all_xs[start.offset : start.offset + start.count]
+        ys = all_ys[start.offset : start.offset + start.count]
         if not start.marked and start.index == 0:
             origin = "start 0"
         elif start.resumed_from is None:
@@ -95,8 +109,8 @@ def _draw_resumes(ax: Axes, starts: list[history.Start], resumes: list[history.R
     for i, res in enumerate(resumes):
         prev = starts[res.start - 1]
         base = res.from_step if res.from_step is not None else 0
-        if res.failed_at is not None and prev.records:
-            _draw_failure(ax, res, base, prev.records[-1]["loss"], labelled=failure_labelled)
+        if res.failed_at is not None and prev.last_loss is not None:
+            _draw_failure(ax, res, base, prev.last_loss, labelled=failure_labelled)
             failure_labelled = True
         ax.axvline(
             base,
@@ -162,17 +176,31 @@ def _title(path: Path, summary: PlotSummary, *, with_reference: bool) -> str:
 def _summary(
     starts: list[history.Start],
     resumes: list[history.Resume],
-    records: list[dict[str, Any]],
-    ref_records: list[dict[str, Any]],
+    points: history.Points,
+    ref_points: history.Points | None,
 ) -> PlotSummary:
     compared = mismatched = 0
-    if ref_records:
-        ref = effective_steps(ref_records)
-        mine = effective_steps(records)
-        for step, record in mine.items():
-            if step in ref:
-                compared += 1
-                a, b = record.get("loss_bits"), ref[step].get("loss_bits")
-                same = a == b if a is not None and b is not None else record["loss"] == ref[step]["loss"]
-                mismatched += not same
+    if ref_points is not None:
+        mine_steps, mine_last = _effective(points)
+        ref_steps, ref_last = _effective(ref_points)
+        for lo in range(0, len(mine_steps), _CHUNK):  # bounded temporaries
+            chunk = mine_steps[lo : lo + _CHUNK]
+            at = np.minimum(np.searchsorted(ref_steps, chunk), len(ref_steps) - 1)
+            hit = ref_steps[at] == chunk
+            a, b = mine_last[lo : lo + _CHUNK][hit], ref_last[at[hit]]
+            bits_a, bits_b = _column(points.bits, a), _column(ref_points.bits, b)
+            same = np.where(
+                (bits_a >= 0) & (bits_b >= 0),
+                bits_a == bits_b,
+                _column(points.losses, a) == _column(ref_points.losses, b),
+            )
+            compared += len(a)
+            mismatched += int(np.count_nonzero(~same))
     return PlotSummary(len(starts), len(resumes), sum(r.steps_redone for r in resumes), compared, mismatched)
+
+
+_CHUNK = 1 << 16
+
+
+def _column(values: Any, at: np.ndarray) -> np.ndarray:
+    return np.frombuffer(values, dtype=np.int64 if values.typecode == "q" else np.float64)[at]

@@ -11,6 +11,7 @@ from typing import Any
 from kubernetes import client
 
 from respawn_cli import history
+from respawn_protocol import safefs
 from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from respawn_protocol.meta import MetaError, read_meta
 from respawn_protocol.report import STARTUP_PHASES
@@ -189,33 +190,47 @@ def _set_results(attempts: dict[int, Attempt], current: int, phase: str) -> None
 
 
 def inspect_output(output_dir: Path) -> OnDisk:
+    """What is on disk, read as the trainer's resolver reads it (respawn_protocol.safefs: no link
+    below `output_dir` followed, no file read whole but meta.json, within its cap)."""
     complete_step: int | None = None
     files: dict[int, str] = {}
     warnings: list[str] = []
+    checkpoint = output_dir / "checkpoint"
     try:
-        resolution = last_complete(output_dir / "checkpoint")
+        safefs.ensure_dir(output_dir, checkpoint, create=False)
+        resolution = last_complete(checkpoint)
         complete_step = resolution.global_step
         files = {rank: path.name for rank, path in resolution.files.items()}
         warnings.extend(resolution.warnings)
     except (OSError, ValueError) as exc:
         warnings.append(f"checkpoint directory: {exc}")
-    ranks = []
-    for rank in history.ranks(output_dir):
-        info = RankFiles(rank)
-        try:
-            meta = read_meta(output_dir / "checkpoint" / f"rank_{rank}")
-        except (OSError, MetaError) as exc:
-            meta = None
-            info.problem = f"meta.json: {exc}"
-        if meta is not None:
-            info.checkpoints = [r.global_step for r in meta.checkpoints]
-            info.committed = meta.last_global_step
-        starts = history.load(output_dir, rank)
-        info.steps_logged = sum(len(s.records) for s in starts)
-        info.last_step = starts[-1].last_step if starts else None
-        info.resumes = history.resumes(starts)
-        ranks.append(info)
+    try:
+        ranks = [_rank_files(output_dir, rank) for rank in history.ranks(output_dir)]
+    except (OSError, ValueError) as exc:
+        ranks = []
+        warnings.append(f"rank folders: {exc}")
     return OnDisk(str(output_dir), complete_step, files, ranks, warnings)
+
+
+def _rank_files(output_dir: Path, rank: int) -> RankFiles:
+    info = RankFiles(rank)
+    try:
+        meta = read_meta(output_dir / "checkpoint" / f"rank_{rank}", root=output_dir)
+    except (OSError, MetaError) as exc:
+        meta = None
+        info.problem = f"meta.json: {exc}"
+    if meta is not None:
+        info.checkpoints = [r.global_step for r in meta.checkpoints]
+        info.committed = meta.last_global_step
+    try:
+        starts = history.load(output_dir, rank)
+    except (OSError, ValueError) as exc:
+        info.problem = f"steps.jsonl: {exc}"
+        return info
+    info.steps_logged = sum(s.count for s in starts)
+    info.last_step = starts[-1].last_step if starts else None
+    info.resumes = history.resumes(starts)
+    return info
 
 
 # ------------------------------------------------------------------------------------------ rendering

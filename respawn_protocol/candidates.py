@@ -3,23 +3,30 @@
 Scanning only lists and reads (meta.json, directory entries, mtimes); whether a candidate is intact
 is validity.py's question, and which step to resume from is resolve.py's.
 
-- `rank_folders`: which `rank_N/` folders to read, and the gang size assumed for steps whose
-  records do not say (older meta.json).
+- `rank_folders`: which `rank_N/` folders to read (looked up by name, never by listing the root),
+  and the gang size assumed for steps whose records do not say (older meta.json).
 - `scan_rank`: a rank's candidates. A step recorded in meta.json is the recorded file; a step on
   disk but unrecorded (a crash before the commit, or no meta.json at all) is its newest file.
-  Symlinks leading outside the directory are ignored, with a warning.
+  Symlinks (files or rank folders, wherever they lead) are ignored, with a warning; listings are
+  bounded (`safefs.scan`).
 - `gang_size`, `one_attempt`: which ranks a step needs, and whether their files belong together.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from respawn_protocol.layout import StepKey, is_inside, is_plain_name, parse_name, rank_dir, rank_of_dir
+from respawn_protocol.contract import META_FILE
+from respawn_protocol.layout import StepKey, is_plain_name, parse_name, rank_dir
 from respawn_protocol.meta import Meta, MetaError, Record, read_meta
+from respawn_protocol.safefs import iter_entries, scan
+
+# The CRD's largest gang: 4096 pods x 64 ranks per pod. A rank folder past it is not a rank.
+MAX_RANKS = 4096 * 64
 
 
 @dataclass(frozen=True)
@@ -35,43 +42,56 @@ class RankView:
     meta: Meta | None
 
 
-def rank_folders(root: Path, world_size: int | None) -> tuple[range, int]:
-    """The rank folders to read, and the gang size assumed for steps whose records do not say."""
-    found: dict[int, bool] = {}
-    for entry in os.scandir(root):
-        rank = rank_of_dir(entry.name)
-        if rank is not None and entry.is_dir() and is_inside(Path(entry.path), root):
-            found[rank] = _has_checkpoint_content(Path(entry.path))
-    if world_size is None:
-        n = max(found) + 1 if found else 0
-        return range(n), n
-    with_content = max((r for r, content in found.items() if content), default=-1) + 1
-    n = max(world_size, with_content)
+def rank_folders(root: Path, world_size: int | None, warnings: list[str]) -> tuple[range, int]:
+    """The rank folders to read, and the gang size assumed for steps whose records do not say.
+
+    Looked up by name, never by listing `root`: ranks `0..world_size-1`, then the folders after
+    them for as long as each holds checkpoint content (the ranks of an earlier, larger gang), at
+    most `MAX_RANKS`. So many empty or unrelated entries in `root` cost nothing."""
+    n = world_size or 0
+    while n < MAX_RANKS and _has_checkpoint_content(rank_dir(root, n), warnings):
+        n += 1
     return range(n), n
 
 
-def _has_checkpoint_content(directory: Path) -> bool:
-    return any(parse_name(n) is not None or n == "meta.json" for n in os.listdir(directory))
+def _has_checkpoint_content(directory: Path, warnings: list[str]) -> bool:
+    try:
+        mode = os.lstat(directory).st_mode
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(mode):
+        warnings.append(f"{directory} is a symlink; ignored (links are never followed)")
+        return False
+    if not stat.S_ISDIR(mode):
+        return False
+    return any(parse_name(e.name) is not None or e.name == META_FILE for e in iter_entries(directory))
 
 
 def has_loose_checkpoints(root: Path, formats: Collection[str]) -> bool:
     """Checkpoint files directly in `root`, not in `rank_N/` folders."""
-    return any((p := parse_name(n)) is not None and p.ext in formats for n in os.listdir(root))
+    return any((p := parse_name(e.name)) is not None and p.ext in formats for e in iter_entries(root))
 
 
 def scan_rank(root: Path, rank: int, formats: Collection[str], warnings: list[str]) -> RankView:
+    """A rank's candidates; a folder that is a symlink is ignored, with a warning."""
     directory = rank_dir(root, rank)
-    if not directory.is_dir():
-        return RankView({}, None)
-    if not is_inside(directory, root):
-        warnings.append(f"{directory} leads outside {root}; ignored")
-        return RankView({}, None)
     try:
-        meta = read_meta(directory)
-    except MetaError as e:
-        warnings.append(f"ignoring unreadable meta.json: {e}")
-        meta = None
-    on_disk = _files_on_disk(root, directory, formats, warnings)
+        mode = os.lstat(directory).st_mode
+    except FileNotFoundError:
+        return RankView({}, None)
+    if stat.S_ISLNK(mode):
+        warnings.append(f"{directory} is a symlink; ignored (links are never followed)")
+        return RankView({}, None)
+    if not stat.S_ISDIR(mode):
+        return RankView({}, None)
+    entries = scan(directory)
+    meta = None
+    if any(e.name == META_FILE for e in entries):
+        try:
+            meta = read_meta(directory, root=root)
+        except MetaError as e:
+            warnings.append(f"ignoring unreadable meta.json: {e}")
+    on_disk = _files_on_disk(entries, formats, warnings)
     candidates: dict[StepKey, Candidate] = {}
     for record in _records(meta, directory, formats, warnings):
         path = directory / record.file
@@ -87,19 +107,19 @@ def scan_rank(root: Path, rank: int, formats: Collection[str], warnings: list[st
 
 
 def _files_on_disk(
-    root: Path, directory: Path, formats: Collection[str], warnings: list[str]
+    entries: list[os.DirEntry[str]], formats: Collection[str], warnings: list[str]
 ) -> dict[StepKey, list[Path]]:
-    """The rank folder's checkpoint files of the wanted formats, by step."""
+    """The rank folder's checkpoint files of the wanted formats, by step; symlinks are ignored."""
     on_disk: dict[StepKey, list[Path]] = {}
-    for entry in os.scandir(directory):
+    for entry in entries:
         parsed = parse_name(entry.name)
         if parsed is None or parsed.ext not in formats:
             continue
         path = Path(entry.path)
-        if entry.is_symlink() and not is_inside(path, root):
-            warnings.append(f"{path} is a symlink leading outside {root}; ignored")
+        if entry.is_symlink():
+            warnings.append(f"{path} is a symlink; ignored (links are never followed)")
             continue
-        if entry.is_file():
+        if entry.is_file(follow_symlinks=False):
             on_disk.setdefault(parsed.key, []).append(path)
     return on_disk
 
@@ -123,14 +143,14 @@ def _records(
 
 def _mtime(path: Path) -> float:
     try:
-        return path.stat().st_mtime
+        return path.lstat().st_mtime
     except OSError:
         return 0.0
 
 
 def gang_size(views: dict[int, RankView], key: StepKey, legacy: int) -> int:
     """How many ranks wrote step `key`: from the lowest rank whose meta.json records it, else `legacy`
-    (every rank folder; older records do not say)."""
+    (the rank folders `rank_folders` found; older records do not say)."""
     for rank in sorted(views):
         candidate = views[rank].candidates.get(key)
         if candidate is not None and candidate.record is not None and candidate.record.world_size:

@@ -16,16 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from respawn_protocol import contract
+from respawn_protocol.safefs import UnsafePath, check_no_links, scan
 
 EXTENSIONS = ("ckpt", "safetensors")
 TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"^(?P<prefix>[^/\\]+)-(?P<epoch>\d+)_(?P<step>\d+)\.(?P<ext>ckpt|safetensors)$")
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 _RANK_IN_PREFIX = re.compile(r"_rank_\d+")
-
-
-class UnsafePath(ValueError):
-    """A name from config or meta.json that would leave the checkpoint directory."""
 
 
 @dataclass(frozen=True, order=True)
@@ -86,8 +83,8 @@ def next_run_prefix(rank_dir: Path, base: str) -> str:
     """MindFormers' auto-increment: `base`, else `base_1`, `base_2`, ... whichever has no files yet."""
     used: set[str] = set()
     if rank_dir.is_dir():
-        for entry in os.listdir(rank_dir):
-            parsed = parse_name(entry)
+        for entry in scan(rank_dir):
+            parsed = parse_name(entry.name)
             if parsed is not None:
                 used.add(parsed.prefix)
     if base not in used:
@@ -131,16 +128,9 @@ def is_plain_name(name: str) -> bool:
 
 
 def safe_child(directory: Path, name: str, *, within: Path) -> Path:
-    """`directory/name`, refusing names and symlinks that lead outside `within`."""
+    """`directory/name`, refusing names that are not plain and symlinks anywhere below `within`."""
     if not is_plain_name(name):
         raise UnsafePath(f"{name!r} is not a plain file name")
     path = directory / name
-    if not is_inside(path, within):
-        raise UnsafePath(f"{path} resolves outside {within}")
+    check_no_links(within, path)
     return path
-
-
-def is_inside(path: Path, root: Path) -> bool:
-    real = os.path.realpath(path)
-    real_root = os.path.realpath(root)
-    return os.path.commonpath([real, real_root]) == real_root

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from respawn_protocol import safefs
 from respawn_protocol.contract import META_FILE
 from respawn_protocol.layout import StepKey
 
@@ -67,11 +68,13 @@ def meta_path(rank_dir: Path) -> Path:
     return rank_dir / META_FILE
 
 
-def read_meta(rank_dir: Path) -> Meta | None:
-    """None if absent; MetaError if present but unreadable or malformed."""
+def read_meta(rank_dir: Path, *, root: Path | None = None) -> Meta | None:
+    """None if absent; MetaError if present but unreadable or malformed, a symlink, not a regular
+    file, or beyond `safefs.META_MAX_BYTES`. `root`: the directory from which no component of the
+    path may be a symlink (default: the rank folder itself)."""
     path = meta_path(rank_dir)
     try:
-        raw = json.loads(path.read_bytes())
+        raw = json.loads(safefs.read_regular(path, root=root or rank_dir, limit=safefs.META_MAX_BYTES))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:

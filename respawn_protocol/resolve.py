@@ -16,7 +16,8 @@ Rules, in MindFormers' terms:
   - Nothing there (empty, or only empty `rank_N/` folders): random initialisation.
 - A damaged file or a meta.json naming a missing file makes it fall back to the next older complete step,
   with a warning. Random initialisation happens only when no complete step exists at all.
-- No name from config or meta.json may lead outside the directory.
+- No name from config or meta.json may lead outside the directory, and no symlink below it is
+  followed (`safefs`): a linked rank folder or file is ignored, or refused if named explicitly.
 
 This module selects; candidates.py scans the rank folders (one candidate file per step and rank),
 validity.py checks a file as cheaply as `Check` says.
@@ -49,6 +50,7 @@ from respawn_protocol.layout import (
     safe_child,
     substitute_rank,
 )
+from respawn_protocol.safefs import UnsafeFile
 from respawn_protocol.validity import Check, invalid
 
 __all__ = ["Check", "Resolution", "ResolveError", "last_complete", "resolve"]
@@ -87,7 +89,8 @@ def resolve(
 ) -> Resolution:
     """Resolve `load_checkpoint` + `resume_training` to one file per rank of the gang that wrote it.
 
-    `world_size=None` discovers the ranks from the `rank_N/` folders. `missing_ok` treats a
+    `world_size=None` discovers the ranks from the `rank_N/` folders (by name, from rank_0 on while
+    they hold checkpoint content). `missing_ok` treats a
     nonexistent directory as empty (the job's own checkpoint directory before the first save).
     `exclude` lists files that failed to load, so the next older step is chosen. `at_most` ignores
     steps newer than it (the ranks of a gang agreeing on the oldest of their answers). A step written
@@ -102,12 +105,16 @@ def resolve(
         if missing_ok and not root.exists():
             return Resolution("none")
         raise ResolveError(f"load_checkpoint {root} does not exist")
-    ranks, legacy = rank_folders(root, world_size)
-    directory = _Directory(root, ranks, legacy, formats, check, warnings=[])
-    if isinstance(resume_training, str):
-        res = _resolve_named(directory, resume_training)
-    else:
-        res = _resolve_latest(directory, set(exclude), at_most)
+    warnings: list[str] = []
+    try:
+        ranks, legacy = rank_folders(root, world_size, warnings)
+        directory = _Directory(root, ranks, legacy, formats, check, warnings)
+        if isinstance(resume_training, str):
+            res = _resolve_named(directory, resume_training)
+        else:
+            res = _resolve_latest(directory, set(exclude), at_most)
+    except UnsafeFile as e:  # too many entries, a symlinked component named explicitly
+        raise ResolveError(f"load_checkpoint {root}: {e}") from e
     if world_size is not None and res.world_size not in (None, world_size) and not resize:
         raise ResolveError(
             f"{root}: step {res.key} was written by {res.world_size} ranks but the world size is "

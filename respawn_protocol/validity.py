@@ -14,6 +14,7 @@ from pathlib import Path
 
 from respawn_protocol.digest import sha256_file
 from respawn_protocol.meta import Record
+from respawn_protocol.safefs import UnsafeFile, lstat_regular, open_regular
 
 _MAX_SAFETENSORS_HEADER = 100 << 20
 
@@ -27,11 +28,11 @@ class Check(enum.Enum):
 def invalid(path: Path, record: Record | None, check: Check) -> str | None:
     """Why this file is unusable, or None."""
     try:
-        st = path.stat()
+        st = lstat_regular(path)
     except OSError as e:
         return f"unreadable ({e.strerror})"
-    if not path.is_file():
-        return "not a regular file"
+    except UnsafeFile as e:
+        return str(e)
     if check is Check.EXISTS:
         return None
     if record is not None:
@@ -50,7 +51,7 @@ def invalid(path: Path, record: Record | None, check: Check) -> str | None:
 def _safetensors_problem(path: Path, size: int) -> str | None:
     """A truncated safetensors file is detectable from its header alone."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             head = f.read(8)
             if len(head) < 8:
                 return "truncated header"

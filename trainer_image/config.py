@@ -192,12 +192,34 @@ def to_dict(config: TrainerConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ validation
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_.]+$")
+MAX_KEEP_CHECKPOINTS = 10_000  # one meta.json record each: ~4 MB, under safefs.META_MAX_BYTES
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{name}: must be >= 1, got {value}")
+
+
+def _validate_monitors(c: TrainerConfig) -> None:
+    monitors = [cb for cb in c.callbacks if isinstance(cb, CheckpointMonitor)]
+    if len(monitors) > 1:
+        raise ConfigError("callbacks: at most one CheckpointMonitor")
+    for i, m in enumerate(monitors):
+        where = f"callbacks[{i}]"
+        _positive(f"{where}.save_checkpoint_steps", m.save_checkpoint_steps)
+        _positive(f"{where}.keep_checkpoint_max", m.keep_checkpoint_max)
+        if m.keep_checkpoint_max > MAX_KEEP_CHECKPOINTS:  # meta.json must stay under safefs.META_MAX_BYTES
+            raise ConfigError(
+                f"{where}.keep_checkpoint_max: at most {MAX_KEEP_CHECKPOINTS}, got {m.keep_checkpoint_max}"
+            )
+        if not _PREFIX.match(m.prefix):
+            raise ConfigError(
+                f"{where}.prefix: only letters, digits, '_' and '.' are allowed, got {m.prefix!r}"
+            )
 
 
 def validate(c: TrainerConfig) -> None:
-    def positive(name: str, value: int) -> None:
-        if value < 1:
-            raise ConfigError(f"{name}: must be >= 1, got {value}")
+    positive = _positive
 
     positive("runner_config.epochs", c.runner_config.epochs)
     positive("runner_config.batch_size", c.runner_config.batch_size)
@@ -225,17 +247,7 @@ def validate(c: TrainerConfig) -> None:
         raise ConfigError("train_dataset.data_loader.num_samples: must be >= 0")
     if c.train_dataset.data_loader.type == "SyntheticDataset" and c.train_dataset.data_loader.num_samples < 1:
         raise ConfigError("train_dataset.data_loader.num_samples: SyntheticDataset needs a positive count")
-    monitors = [cb for cb in c.callbacks if isinstance(cb, CheckpointMonitor)]
-    if len(monitors) > 1:
-        raise ConfigError("callbacks: at most one CheckpointMonitor")
-    for i, m in enumerate(monitors):
-        where = f"callbacks[{i}]"
-        positive(f"{where}.save_checkpoint_steps", m.save_checkpoint_steps)
-        positive(f"{where}.keep_checkpoint_max", m.keep_checkpoint_max)
-        if not _PREFIX.match(m.prefix):
-            raise ConfigError(
-                f"{where}.prefix: only letters, digits, '_' and '.' are allowed, got {m.prefix!r}"
-            )
+    _validate_monitors(c)
     if isinstance(c.resume_training, str) and (
         "/" in c.resume_training or "\\" in c.resume_training or c.resume_training in ("", ".", "..")
     ):

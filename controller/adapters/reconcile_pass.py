@@ -144,8 +144,9 @@ class ReconcilePass:
             self._checkpoints.track(key, job.spec.output_dir, job.spec.world_size)
             if not job.status.phase.terminal and attempt_ending(pods):
                 # A trainer commits before it exits, but its last events may still be in the
-                # observer's queue: read the disk so the terminal status and the failure's
-                # steps lost see that commit.
+                # observer's queue: ask for a fresh read so the terminal status and the failure's
+                # steps lost see that commit. The observer's thread reads; this waits a bounded
+                # time (none while the filesystem is stuck) and a late answer requeues the job.
                 self._checkpoints.refresh(key)
         plan = decide(job, pods, self._observe(job, pods), self._now())
         self._apply(_Target(job.raw), plan)

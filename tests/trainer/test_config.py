@@ -62,6 +62,10 @@ def test_shipped_configs_parse() -> None:
             "train_dataset.data_loader.dataset_dir: expected str",
         ),
         ({"runner_config": {"epochs": 0}}, "runner_config.epochs: must be >= 1"),
+        (
+            {"callbacks": [{"type": "CheckpointMonitor", "keep_checkpoint_max": 10_001}]},
+            "callbacks[0].keep_checkpoint_max: at most 10000",
+        ),
     ],
 )
 def test_rejects_with_the_key_named(raw: dict, message: str) -> None:

@@ -241,7 +241,19 @@ def test_symlinks_leading_outside_are_ignored(tmp_path: Path) -> None:
     os.symlink(other, ckpt / "rank_1")
     key, warnings = latest(ckpt, world_size=1)
     assert key == StepKey(1, 1)
-    assert any("symlink leading outside" in w for w in warnings)
+    assert any("job_rank_0-1_5.ckpt is a symlink; ignored" in w for w in warnings)
+    assert any("rank_1 is a symlink; ignored" in w for w in warnings)
+
+
+def test_symlinks_staying_inside_are_ignored_too(tmp_path: Path) -> None:
+    """A link that stays inside is not followed either: one rule, no realpath to get wrong."""
+    job = Job(tmp_path, world=2)
+    job.commit(1, 1)
+    os.symlink(job.path(0, 1, 1), tmp_path / "rank_0" / "job_rank_0-1_5.ckpt")
+    os.symlink(tmp_path / "rank_1", tmp_path / "rank_2")
+    key, warnings = latest(tmp_path, world_size=2)
+    assert key == StepKey(1, 1)
+    assert any("job_rank_0-1_5.ckpt is a symlink; ignored" in w for w in warnings)
 
 
 def test_named_step_with_rank_substitution(tmp_path: Path) -> None:
@@ -285,7 +297,7 @@ def test_named_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
     Job(ckpt).commit(1, 1)
     (tmp_path / "secret.ckpt").write_bytes(b"x" * 100)
     os.symlink(tmp_path / "secret.ckpt", ckpt / "rank_0" / "job_rank_0-1_7.ckpt")
-    with pytest.raises(ResolveError, match="outside"):
+    with pytest.raises(ResolveError, match="is a symlink"):
         resolve(ckpt, "job_rank_0-1_7.ckpt")
 
 

@@ -31,12 +31,12 @@ from respawn_protocol.resolve import Check, ResolveError, resolve
 from trainer_image.checkpoint.commit import (
     atomic_write_bytes,
     fsync_dir,
-    make_dirs,
     publish,
     publish_and_digest,
     remove_stale_temps,
     temp_path,
 )
+from trainer_image.checkpoint.confine import make_dir
 from trainer_image.checkpoint.faults import FaultPlan
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.checkpoint.prune import doomed, retained
@@ -85,7 +85,8 @@ class Checkpointer:
         self.network_dir = rank_dir(network_root(output_dir), rank)
         self.faults = faults or FaultPlan()
         for d in (self.dir, self.network_dir):
-            make_dirs(d)
+            make_dir(output_dir, d)  # ConfigError for a symlinked folder, before anything is touched
+        for d in (self.dir, self.network_dir):
             for stale in remove_stale_temps(d):
                 log.info("removed stale temp file %s", stale)
         self.base = rank_prefix(monitor.prefix, rank)

@@ -27,15 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from respawn_protocol import safefs
 from respawn_protocol.digest import sha256_file
 from respawn_protocol.layout import TEMP_PREFIX, CheckpointName, StepKey
-from trainer_image.checkpoint.commit import (
-    atomic_write_bytes,
-    fsync_dir,
-    make_dirs,
-    publish_and_digest,
-    temp_path,
-)
+from trainer_image.checkpoint.commit import atomic_write_bytes, fsync_dir, publish_and_digest, temp_path
+from trainer_image.checkpoint.confine import make_dir
 from trainer_image.checkpoint.progress import EXTRA_PREFIX
 from trainer_image.config import ConfigError
 
@@ -86,8 +82,7 @@ def write_strategy(
     output_dir: Path, *, rank: int, world_size: int, saved: set[str], batch_size: int, remove_redundancy: bool
 ) -> None:
     """`output_dir/strategy/ckpt_strategy_rank_N.json`: what this rank's checkpoints hold."""
-    directory = output_dir / STRATEGY_DIR
-    make_dirs(directory)
+    directory = make_dir(output_dir, output_dir / STRATEGY_DIR)
     body = strategy_body(
         rank=rank,
         world_size=world_size,
@@ -104,7 +99,7 @@ def read_strategies(strategy_dir: Path, world_size: int) -> dict[int, Strategy]:
     for rank in range(world_size):
         path = strategy_path(strategy_dir, rank)
         try:
-            raw = json.loads(path.read_bytes())
+            raw = json.loads(safefs.read_regular(path, root=strategy_dir, limit=safefs.STRATEGY_MAX_BYTES))
             strategy = Strategy(
                 rank=int(raw["rank"]),
                 world_size=int(raw["world_size"]),
@@ -182,7 +177,8 @@ class UnifiedMeta:
 
 def read_unified_meta(directory: Path) -> UnifiedMeta | None:
     try:
-        raw = json.loads((directory / META).read_bytes())
+        data = safefs.read_regular(directory / META, root=directory.parent, limit=safefs.META_MAX_BYTES)
+        raw = json.loads(data)
         return UnifiedMeta(
             file=str(raw["file"]),
             key=StepKey(int(raw["epoch"]), int(raw["step"])),
@@ -208,10 +204,10 @@ def reusable(directory: Path, key: StepKey, shards: Mapping[int, Path]) -> Path 
         return None
     path = directory / meta.file
     try:
-        if path.stat().st_size != meta.size or sha256_file(path) != meta.sha256:
+        if safefs.lstat_regular(path).st_size != meta.size or sha256_file(path) != meta.sha256:
             log.warning("the merged %s does not match its meta.json; merging again", path)
             return None
-    except OSError:
+    except (OSError, safefs.UnsafeFile):
         return None
     return path
 
@@ -242,7 +238,7 @@ def unify(
     merged = merge_params(shards, sources, read)
     ext = shards[0].suffix.lstrip(".")
     name = CheckpointName("unified", key, ext).name
-    make_dirs(directory)
+    make_dir(output_dir, directory)
     final = directory / name
     _clear(directory)
     tmp = temp_path(final)

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from respawn_protocol.layout import step_log_path
 from respawn_protocol.resolve import Check, Resolution
 from respawn_protocol.steplog import StepLog
+from trainer_image.checkpoint.confine import check_output_dir, open_step_log
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import ConfigError, TrainerConfig
 from trainer_image.training.report import Reporter
@@ -138,8 +138,9 @@ def run(
 def _check_before_import(
     config: TrainerConfig, *, rank: int, world_size: int, job_checkpoint_dir: Path | None
 ) -> None:
-    """Resolve before the slow imports: a bad name or a world-size change without auto_trans_ckpt
-    fails in a fraction of a second, having touched nothing."""
+    """Resolve before the slow imports: a bad name, a world-size change without auto_trans_ckpt or
+    a symlinked folder in output_dir fails in a fraction of a second, having touched nothing."""
+    check_output_dir(Path(config.output_dir), rank)
     _, early = resolve_start(
         config, job_checkpoint_dir, rank=rank, world_size=world_size, check=Check.SIZE, quiet=True
     )
@@ -297,7 +298,7 @@ def _open(
         resumed_from=resumed_from(resolution, progress, rank=gang.rank, world_size=gang.world_size),
         checkpointer=checkpointer,
         save_every=monitor.save_checkpoint_steps if monitor is not None else 0,
-        steplog=StepLog(step_log_path(output_dir, gang.rank)),
+        steplog=open_step_log(output_dir, gang.rank),
         started=started,
         epochs=epochs,
         end=epochs * stream.steps_per_epoch,
