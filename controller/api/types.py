@@ -113,6 +113,7 @@ class JobStatus:
     uncounted_restarts: int = 0
     budget_used: int = 0  # counted restarts since the job last made progress
     consecutive_failures: int = 0  # any restart since the last progress; drives the backoff
+    rapid_restarts: int = 0  # restarts in a row of attempts that lived < RAPID_WINDOW (core/policy/restart.py)
     next_attempt_after: str | None = None
     failure_seen_at: str | None = None  # the failure that led to the current attempt
     checkpoint_step_at_restart: int | None = None
@@ -260,6 +261,7 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         uncounted_restarts=int(status.get("uncountedRestarts", 0)),
         budget_used=int(status.get("budgetUsed", 0)),
         consecutive_failures=int(status.get("consecutiveFailures", 0)),
+        rapid_restarts=int(status.get("rapidRestarts", 0)),
         next_attempt_after=status.get("nextAttemptAfter"),
         failure_seen_at=status.get("failureSeenAt"),
         checkpoint_step_at_restart=opt_int(status.get("checkpointStepAtRestart")),
@@ -340,6 +342,7 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
         "uncountedRestarts": status.uncounted_restarts,
         "budgetUsed": status.budget_used,
         "consecutiveFailures": status.consecutive_failures,
+        "rapidRestarts": status.rapid_restarts or None,
         "nextAttemptAfter": status.next_attempt_after,
         "failureSeenAt": status.failure_seen_at,
         "checkpointStepAtRestart": status.checkpoint_step_at_restart,
