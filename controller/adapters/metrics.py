@@ -4,6 +4,7 @@ depth) are computed at scrape time from the controller's state, never from a tim
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -100,6 +101,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._namespaces: set[str] = set()
+        self._lock = threading.Lock()
+        self._restart_labels: dict[tuple[str, str], set[tuple[str, str]]] = {}  # job -> (reason, class)
         self.restarts = Counter(
             "respawn_restarts",
             "Whole-job restarts, by failure reason and whether they used the restart budget.",
@@ -133,6 +136,19 @@ class Metrics:
         # rate()/increase(), and a dashboard panel would show no data until the first error.
         for kind in ("conflict", "error"):
             self.reconcile_errors.labels(kind)
+
+    def record_restart(self, namespace: str, job: str, reason: str, counted: bool) -> None:
+        kind = "counted" if counted else "uncounted"
+        with self._lock:
+            self._restart_labels.setdefault((namespace, job), set()).add((reason, kind))
+            self.restarts.labels(namespace, job, reason, kind).inc()
+
+    def forget_job(self, namespace: str, job: str) -> None:
+        """The job is gone: drop its series, so the exposition does not grow with every job ever
+        run (the per-namespace histograms stay)."""
+        with self._lock:
+            for reason, kind in self._restart_labels.pop((namespace, job), ()):
+                self.restarts.remove(namespace, job, reason, kind)
 
     def seen_namespace(self, namespace: str) -> None:
         """Create the namespace's histogram series at zero: a series born at its first sample hides

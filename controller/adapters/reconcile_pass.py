@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,6 +44,8 @@ from controller.runtime.informer_group import InformerGroup
 
 log = logging.getLogger(__name__)
 EXPECTATION_TIMEOUT = 30.0
+BATCH_MAX = 64  # pods created at once, at most (and bodies built and held at once)
+CREATE_THREADS = 16  # requests in flight for one batch (shared by the workers)
 POD_BY_JOB = "job"
 POD_BY_NODE = "node"
 
@@ -103,6 +106,7 @@ class ReconcilePass:
         self._monotonic = monotonic
         self._expectations: dict[str, _Expectation] = {}
         self._overlay: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=CREATE_THREADS, thread_name_prefix="create")
 
     def job(self, key: str) -> dict[str, Any] | None:
         cached = self._caches.jobs.get(key)
@@ -127,6 +131,8 @@ class ReconcilePass:
     def _reconcile(self, key: str) -> float | None:
         body = self.job(key)
         if body is None:
+            namespace, _, name = key.rpartition("/")
+            self._metrics.forget_job(namespace, name)
             self._expectations.pop(key, None)
             if self._checkpoints is not None:
                 self._checkpoints.untrack(key)
@@ -202,23 +208,45 @@ class ReconcilePass:
         except Exception as failed:  # the API may be what failed: never mask the original error
             log.warning("could not report a reconcile error", extra={"job": key, "error": str(failed)})
 
-    def _create_gang(self, job: _Target, bodies: tuple[dict[str, Any], ...]) -> None:
+    def _create_gang(self, job: _Target, step: CreatePods) -> None:
         """Create every pod of the gang, or none: a partial gang cannot rendezvous, so the pods
-        made before a refusal (quota, admission, a name held by a foreign object) are removed."""
-        made: list[dict[str, Any]] = []
+        made before a refusal (quota, admission, a name held by a foreign object) are removed.
+
+        In growing batches, as Kubernetes' Job controller does (1, 2, 4, ... up to BATCH_MAX, the
+        pods of a batch in parallel): a gang the API refuses costs one request, not thousands, and
+        only one batch of bodies is ever built and held. Of what was made only names and uids are
+        kept."""
+        made: list[tuple[str, str | None]] = []
         try:
-            for pod in bodies:
-                name = pod["metadata"]["name"]
-                made.append(self._writer.create_pod(job.namespace, pod))
-        except Exception as exc:
-            for created in made:
-                meta = created["metadata"]
-                self._writer.delete_pod(job.namespace, meta["name"], uid=meta.get("uid"))
-            if isinstance(exc, ApiException):
-                raise CreateRefused(f"pod {job.namespace}/{name}: {api_message(exc)}") from exc
+            for batch in slow_start(step.indices, BATCH_MAX):
+                made += self._create_batch(job, [step.body(i) for i in batch])
+        except Exception:
+            for name, uid in made:
+                self._writer.delete_pod(job.namespace, name, uid=uid)
             raise
-        names = frozenset(p["metadata"]["name"] for p in made)
+        names = frozenset(name for name, _ in made)
         self._expectations[job.key] = _Expectation(names, self._monotonic() + EXPECTATION_TIMEOUT)
+
+    def _create_batch(self, job: _Target, bodies: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+        """Send one batch at once and return what was made. On a refusal, once every request of
+        the batch has answered, the batch's own pods are removed and the first refusal raised."""
+        futures = [self._pool.submit(self._writer.create_pod, job.namespace, body) for body in bodies]
+        made: list[tuple[str, str | None]] = []
+        failed: tuple[str, BaseException] | None = None
+        for body, future in zip(bodies, futures, strict=True):
+            try:
+                meta = future.result()["metadata"]
+                made.append((meta["name"], meta.get("uid")))
+            except Exception as exc:
+                failed = failed or (body["metadata"]["name"], exc)
+        if failed is None:
+            return made
+        for name, uid in made:
+            self._writer.delete_pod(job.namespace, name, uid=uid)
+        name, refusal = failed
+        if isinstance(refusal, ApiException):
+            raise CreateRefused(f"pod {job.namespace}/{name}: {api_message(refusal)}") from refusal
+        raise refusal
 
     def _apply(self, job: _Target, plan: Plan) -> None:
         for step in plan.steps:
@@ -233,14 +261,13 @@ class ReconcilePass:
                 case EnsureReportAccess(objects):
                     for body in objects:
                         self._writer.ensure_owned(job.namespace, body)
-                case CreatePods(bodies):
-                    self._create_gang(job, bodies)
+                case CreatePods():
+                    self._create_gang(job, step)
                 case EmitEvent(type_, reason, message):
                     self._writer.emit_event(job.body, type_=type_, reason=reason, message=message)
                     log.info(message, extra={"job": job.key, "reason": reason})
                 case RecordRestart(reason, counted, steps_lost):
-                    kind = "counted" if counted else "uncounted"
-                    self._metrics.restarts.labels(job.namespace, job.name, reason, kind).inc()
+                    self._metrics.record_restart(job.namespace, job.name, reason, counted)
                     if steps_lost is not None:
                         self._metrics.steps_lost.labels(job.namespace).observe(max(0, steps_lost))
                 case RecordRecovery(seconds):
@@ -256,3 +283,11 @@ def _describe(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, ApiException):
         return "APIError", api_message(exc)
     return "InternalError", f"{type(exc).__name__}: {exc}"
+
+
+def slow_start(items: Sequence[int], cap: int) -> Iterator[Sequence[int]]:
+    """`items` in batches of 1, 2, 4, ... up to `cap`."""
+    size, start = 1, 0
+    while start < len(items):
+        yield items[start : start + size]
+        start, size = start + size, min(size * 2, cap)

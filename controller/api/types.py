@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.api.constants import DEFAULT_MOUNT_PATH, Action, Phase
+from controller.api.limits import check_template_size, check_world_size
 from controller.api.paths import InvalidSpec, check_path, check_tenant
 
 
@@ -113,6 +114,9 @@ class JobStatus:
     uncounted_restarts: int = 0
     budget_used: int = 0  # counted restarts since the job last made progress
     consecutive_failures: int = 0  # any restart since the last progress; drives the backoff
+    rapid_restarts: int = (
+        0  # restarts in a row of attempts that lived < RAPID_WINDOW (core/policy/restart.py)
+    )
     next_attempt_after: str | None = None
     failure_seen_at: str | None = None  # the failure that led to the current attempt
     checkpoint_step_at_restart: int | None = None
@@ -172,6 +176,7 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
     names = [c.get("name") for c in containers]
     if not names:
         raise InvalidSpec("spec.template.spec.containers must list the trainer container")
+    check_template_size(template)
     trainer = spec.get("trainerContainer") or names[0]
     if trainer not in names:
         raise InvalidSpec(f"spec.trainerContainer {trainer!r} is not a container of the template ({names})")
@@ -181,8 +186,10 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
     output_dir = spec.get("outputDir") or f"{namespace}/{name}"
     check_path("spec.outputDir", output_dir, absolute=False)
     check_tenant(output_dir, namespace)
+    replicas, ranks_per_pod = int(spec["replicas"]), _ranks_per_pod(spec.get("ranksPerPod", 1))
+    check_world_size(replicas, ranks_per_pod)
     return JobSpec(
-        replicas=int(spec["replicas"]),
+        replicas=replicas,
         template=template,
         trainer_container=trainer,
         mount_path=mount_path,
@@ -190,7 +197,7 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         output_dir=output_dir,
         scheduler_port=int(spec.get("schedulerPort", 8118)),
         failure_policy=parse_failure_policy(spec.get("failurePolicy") or {}),
-        ranks_per_pod=_ranks_per_pod(spec.get("ranksPerPod", 1)),
+        ranks_per_pod=ranks_per_pod,
     )
 
 
@@ -260,6 +267,7 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         uncounted_restarts=int(status.get("uncountedRestarts", 0)),
         budget_used=int(status.get("budgetUsed", 0)),
         consecutive_failures=int(status.get("consecutiveFailures", 0)),
+        rapid_restarts=int(status.get("rapidRestarts", 0)),
         next_attempt_after=status.get("nextAttemptAfter"),
         failure_seen_at=status.get("failureSeenAt"),
         checkpoint_step_at_restart=opt_int(status.get("checkpointStepAtRestart")),
@@ -340,6 +348,7 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
         "uncountedRestarts": status.uncounted_restarts,
         "budgetUsed": status.budget_used,
         "consecutiveFailures": status.consecutive_failures,
+        "rapidRestarts": status.rapid_restarts or None,
         "nextAttemptAfter": status.next_attempt_after,
         "failureSeenAt": status.failure_seen_at,
         "checkpointStepAtRestart": status.checkpoint_step_at_restart,

@@ -3,10 +3,12 @@ input of the applier, which carries them out in order and decides nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from controller.api.types import JobStatus
+from controller.api.types import JobStatus, TrainingJob
+from controller.core import podspec
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,24 @@ class EnsureReportAccess:
 
 @dataclass(frozen=True)
 class CreatePods:
-    """One step for the gang, so the pass can expect all of its pods before deciding again."""
+    """One step for the gang, so the pass can expect all of its pods before deciding again. It
+    names the pods (their indices) and how to build them; the applier builds each body only when
+    it sends it (`body`), a batch at a time: a gang of 4,096 pods of a large template is never in
+    memory at once."""
 
-    bodies: tuple[dict[str, Any], ...]
+    job: TrainingJob
+    attempt: int
+    replicas: int
+    indices: tuple[int, ...]
+    avoid_nodes: tuple[str, ...] = ()
+
+    def body(self, index: int) -> dict[str, Any]:
+        return podspec.worker_pod(
+            self.job, attempt=self.attempt, rank=index, replicas=self.replicas, avoid_nodes=self.avoid_nodes
+        )
+
+    def bodies(self) -> Iterator[dict[str, Any]]:
+        return (self.body(i) for i in self.indices)
 
 
 @dataclass(frozen=True)
@@ -102,7 +119,7 @@ class Plan:
 
     @property
     def create_pods(self) -> list[dict[str, Any]]:
-        return [body for step in self.of(CreatePods) for body in step.bodies]
+        return [body for step in self.of(CreatePods) for body in step.bodies()]
 
     @property
     def delete_pods(self) -> list[DeletePod]:

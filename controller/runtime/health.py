@@ -10,6 +10,11 @@
 - `/metrics` is prometheus-client's own exposition of the given registry (content negotiation
   included), so the text format is never hand-written here.
 
+Bounded: each connection gets REQUEST_TIMEOUT seconds per read or write (a client that connects
+and sends nothing is dropped then), and at most MAX_CONNECTIONS are served at once; one beyond
+that is closed at once, so half-open connections cost neither a thread each nor memory, and the
+server answers again as soon as they time out.
+
 Each check is a named callable returning True when healthy (an exception counts as a failure).
 The body lists every check as `[+]name ok` / `[-]name failed`, as Kubernetes components do.
 The server runs in a daemon thread from `start()`; port 0 binds a free port, see `port`.
@@ -21,12 +26,43 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 Check = Callable[[], bool]
+MAX_CONNECTIONS = 32
+REQUEST_TIMEOUT = 3.0
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` of them; the rest are closed unread."""
+
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connections is accepted (and closed), not stalled
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int
+    ) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Informer(Protocol):
@@ -58,14 +94,18 @@ class HealthServer:
         port: int = 8081,
         registry: CollectorRegistry | None = None,
         logger: logging.Logger | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self._address = (host, port)
+        self._max_connections = max_connections
+        self._request_timeout = request_timeout
         # prometheus-client's default registry holds the process and platform collectors.
         self._registry = registry if registry is not None else REGISTRY
         self._log = logger or logging.getLogger(__name__)
         self._lock = threading.Lock()
         self._checks: dict[str, dict[str, Check]] = {"/healthz": {}, "/readyz": {}}
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _BoundedServer | None = None
         self._thread: threading.Thread | None = None
 
     def add_liveness_check(self, name: str, check: Check) -> None:
@@ -86,8 +126,7 @@ class HealthServer:
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("health server already started")
-        self._server = ThreadingHTTPServer(self._address, self._handler_class())
-        self._server.daemon_threads = True
+        self._server = _BoundedServer(self._address, self._handler_class(), self._max_connections)
         # A short poll interval keeps `stop()` prompt; the idle wake-ups cost nothing measurable.
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -129,6 +168,8 @@ class HealthServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = server._request_timeout  # socket timeout of each read and write
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path in ("/healthz", "/readyz"):

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client import generate_latest
 
 from controller.adapters.kubewriter import KubeWriter
 from controller.app import Controller
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from tests.support.kube import create_job, get_job, job_pods, run_attempt, running_controller, set_phase
 from tests.support.manifests import played_job
 from tests.support.poll import wait_for
@@ -56,6 +58,31 @@ def test_failure_restarts_the_gang_and_success_completes(
     wait_for("Succeeded", lambda: get_job(api_client, namespace, "gang")["status"]["phase"] == "Succeeded")
     events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
     assert {"Restarting", "Succeeded"} <= {e.reason for e in events}
+
+
+def test_a_deleted_jobs_restart_series_are_deleted_too(
+    api_client: client.ApiClient, namespace: str, start_controller: Callable[..., Controller]
+) -> None:
+    controller = start_controller()
+    create_job(api_client, namespace, played_job("gone"))
+    create_job(api_client, namespace, played_job("kept"))
+    for job in ("gone", "kept"):
+        run_attempt(api_client, namespace, job, 0)
+        set_phase(api_client, namespace, f"{job}-a0-1", "Failed", exit_code=137)
+        run_attempt(api_client, namespace, job, 1)
+
+    def restarts(job: str) -> float | None:
+        labels = {"namespace": namespace, "trainingjob": job, "reason": "Error", "class": "counted"}
+        return controller.registry.get_sample_value("respawn_restarts_total", labels)
+
+    assert restarts("gone") == restarts("kept") == 1
+    client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "gone"
+    )
+    wait_for("the deleted job's series gone", lambda: restarts("gone") is None)
+    assert restarts("kept") == 1
+    exposition = generate_latest(controller.registry).decode()
+    assert 'trainingjob="gone"' not in exposition and 'trainingjob="kept"' in exposition
 
 
 def test_permanent_exit_code_fails_the_job(

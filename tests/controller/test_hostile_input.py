@@ -129,6 +129,11 @@ CASES = [
         {"progressGraceSeconds": -1},
         "progressGraceSeconds in body should be greater than",
     ),
+    (
+        "spec",
+        {**VALID["spec"], "replicas": 4096, "ranksPerPod": 17},
+        "the gang may have at most 65536 ranks (replicas x ranksPerPod)",
+    ),
     ("spec.schedulerPort", 80, "spec.schedulerPort in body should be greater than or equal to 1024"),
     ("metadata.name", "Job-With-Caps", "a lowercase RFC 1123 subdomain"),
     ("metadata.name", "j" * 50, "the name must be a DNS-1035 label of at most 40 characters"),

@@ -36,13 +36,13 @@ def job(**spec: Any) -> Any:
         {
             "metadata": {"name": "llm", "namespace": "ns", "uid": "u"},
             "spec": {
-                **spec,
                 "replicas": 2,
                 "template": copy.deepcopy(TEMPLATE),
                 "sharedVolume": {
                     "volume": {"persistentVolumeClaim": {"claimName": "c"}},
                     "mountPath": "/mnt/s",
                 },
+                **spec,
             },
         }
     )
@@ -194,3 +194,21 @@ def test_an_output_directory_outside_the_jobs_namespace_is_an_invalid_spec(outpu
     with pytest.raises(InvalidSpec, match=r"must lie under the job's namespace directory 'ns/'"):
         job(outputDir=output_dir)
     assert job(outputDir="ns").spec.output_dir == "ns"
+
+
+def test_a_template_over_256_kib_is_an_invalid_spec_that_says_why() -> None:
+    template = copy.deepcopy(TEMPLATE)
+    template["metadata"] = {"annotations": {f"a{i}": "x" * 4000 for i in range(64)}}  # the CRD allows it
+    job(template=template)  # 250 KiB: fine
+    template["spec"]["containers"][0]["env"].append({"name": "BIG", "value": "y" * 20_000})
+    with pytest.raises(
+        InvalidSpec, match=r"spec.template is 27\d KiB as JSON, more than the 256 KiB allowed"
+    ):
+        job(template=template)
+
+
+def test_a_gang_of_more_than_65536_ranks_is_an_invalid_spec() -> None:
+    job(replicas=4096, ranksPerPod=16)
+    said = r"spec\.replicas x spec\.ranksPerPod is 69632, more than 65536 ranks"
+    with pytest.raises(InvalidSpec, match=said):
+        job(replicas=4096, ranksPerPod=17)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -92,3 +96,32 @@ def test_stop_frees_the_port(registry: CollectorRegistry) -> None:
     again = HealthServer(host="127.0.0.1", port=port, registry=registry)
     again.start()
     again.stop()
+
+
+def test_half_open_connections_neither_pile_up_threads_nor_stop_the_probes(
+    registry: CollectorRegistry,
+) -> None:
+    health = HealthServer(
+        host="127.0.0.1", port=0, registry=registry, max_connections=16, request_timeout=1.0
+    )
+    health.start()
+    threads_before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(300):  # connect, send nothing
+            idle.append(socket.create_connection(("127.0.0.1", health.port), timeout=5))
+        time.sleep(0.3)
+        assert threading.active_count() - threads_before <= 16
+        started = time.monotonic()
+        while True:
+            try:
+                assert fetch(health, "/healthz")[0] == 200
+                break
+            except (OSError, http.client.HTTPException):
+                assert time.monotonic() - started < 5, "/healthz never answered"
+                time.sleep(0.1)
+        assert threading.active_count() - threads_before <= 16
+    finally:
+        for sock in idle:
+            sock.close()
+        health.stop()

@@ -5,12 +5,19 @@ startup policy creates the next attempt once the old one is gone and the backoff
 Counted restarts use the budget; progress of the new attempt (a checkpoint newer than the one it
 resumed from) gives one back and resets the backoff. A counted exit whose device fault is
 reported only after its restart was recorded is converted to that fault's (`reattribute`).
+
+Bounds the job's own policy cannot lift (a restart creates and deletes every pod of the gang, so a
+loop of them is load on the API server that every tenant shares): no restart sooner than
+BACKOFF_FLOOR after the failure, even with `initialSeconds: 0`; and a run of RAPID_FREE rapid
+restarts (attempts that failed less than RAPID_WINDOW after they were created, counted or not, a
+refund notwithstanding) is followed by the controller's own doubling backoff, RAPID_INITIAL up to
+RAPID_MAX, until an attempt lives through RAPID_WINDOW.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from controller.api.constants import Action, Phase, Reason
 from controller.api.types import FailurePolicy, FailureRecord, JobStatus
@@ -24,12 +31,34 @@ from controller.core.policy.failures import Failure, Verdict, classify
 from controller.core.timefmt import format_time, parse_time
 
 MAX_FAULTY_NODES = 16
+BACKOFF_FLOOR = 1.0  # seconds between a failure and the next attempt, at least
+RAPID_WINDOW = 600.0  # an attempt that fails sooner than this after it was created restarts rapidly
+RAPID_FREE = 5  # rapid restarts in a row with the job's own backoff only
+RAPID_INITIAL = 10.0  # then the controller's: 10 s, 20 s, ... up to RAPID_MAX
+RAPID_MAX = 600.0
 
 
 def backoff_seconds(consecutive_failures: int, *, initial: float, maximum: float) -> float:
     if consecutive_failures <= 0 or initial <= 0:
         return 0.0
     return min(initial * 2 ** (consecutive_failures - 1), maximum)
+
+
+def rapid_restarts(status: JobStatus, now: datetime) -> int:
+    """The run of rapid restarts this restart makes: 0 when the failing attempt lived through
+    RAPID_WINDOW, else one more than before (an attempt of unknown age counts as rapid)."""
+    created = parse_time(status.attempt_created_at)
+    if created is not None and (now - created).total_seconds() >= RAPID_WINDOW:
+        return 0
+    return status.rapid_restarts + 1
+
+
+def restart_delay(consecutive: int, rapid: int, policy: FailurePolicy) -> float:
+    """Seconds from the failure to the next attempt: the job's backoff, the floor, and past
+    RAPID_FREE rapid restarts the controller's own backoff, whichever is longest."""
+    own = backoff_seconds(consecutive, initial=policy.backoff_initial, maximum=policy.backoff_max)
+    storm = backoff_seconds(rapid - RAPID_FREE, initial=RAPID_INITIAL, maximum=RAPID_MAX)
+    return max(BACKOFF_FLOOR, own, storm)
 
 
 def refund(status: JobStatus, obs: Observations) -> JobStatus:
@@ -95,8 +124,8 @@ def fail_attempt(ctx: Context, status: JobStatus, verdict: Verdict) -> Transitio
 
 def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[Step, ...]) -> Transition:
     f, policy, counted = verdict.failure, ctx.policy, verdict.counted
-    consecutive = status.consecutive_failures + 1
-    delay = backoff_seconds(consecutive, initial=policy.backoff_initial, maximum=policy.backoff_max)
+    consecutive, rapid = status.consecutive_failures + 1, rapid_restarts(status, ctx.now)
+    delay = restart_delay(consecutive, rapid, policy)
     if verdict.faulty_node and policy.avoid_faulty_nodes:
         status = devices.avoid(status, verdict.faulty_node, ctx.now, MAX_FAULTY_NODES)
     step = ctx.obs.checkpoint.step if ctx.obs.checkpoint else None
@@ -117,6 +146,7 @@ def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[
         uncounted_restarts=status.uncounted_restarts + (not counted),
         budget_used=status.budget_used + counted,
         consecutive_failures=consecutive,
+        rapid_restarts=rapid,
         next_attempt_after=format_time(ctx.now + timedelta(seconds=delay)),
         failure_seen_at=status.failure_seen_at or format_time(ctx.now),
         checkpoint_step_at_restart=step,

@@ -46,15 +46,12 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
     replicas = job.spec.replicas
     existing = {rank_of(p) for p in ctx.current}
     avoid = status.faulty_nodes if job.spec.failure_policy.avoid_faulty_nodes else ()
-    bodies = tuple(
-        podspec.worker_pod(job, attempt=status.attempt, rank=rank, replicas=replicas, avoid_nodes=avoid)
-        for rank in range(replicas)
-        if rank not in existing
-    )
+    missing = tuple(rank for rank in range(replicas) if rank not in existing)
     changes: tuple[Step, ...] = (EnsureService(podspec.headless_service(job)),)
-    if bodies:
+    if missing:
         access = podspec.report_access(job, attempt=status.attempt, replicas=replicas)
-        changes += (EnsureReportAccess(access), CreatePods(bodies))
+        create = CreatePods(job, status.attempt, replicas, missing, tuple(avoid))
+        changes += (EnsureReportAccess(access), create)
     # The trainer resolves its resume point with the same function the observer uses.
     resumed = ctx.obs.checkpoint.step if ctx.obs.checkpoint is not None else status.checkpoint_step_at_restart
     created = dataclasses.replace(

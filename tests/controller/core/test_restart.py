@@ -141,3 +141,52 @@ def test_only_the_current_attempts_commit_refunds(written_by: int | None, step: 
     _, before = context(job({**status, "budgetUsed": 1}))
     after = restart.refund(before, Observations(checkpoint=CheckpointRef(step=step, attempt=written_by)))
     assert (after.budget_used == 0) is refunded and (after.consecutive_failures == 0) is refunded
+
+
+STOPPED = Failure(Reason.STOPPED, "exit 75", NOW, "llm-a0-1", "node-1", 75)
+ZERO = {"maxRestarts": 2, "backoff": {"initialSeconds": 0, "maxSeconds": 0}}
+
+
+@pytest.mark.parametrize(
+    ("age", "rapid_before", "rapid_after", "delay"),
+    [
+        # initialSeconds 0: never sooner than the floor, even for an uncounted reason.
+        (5, 0, 1, restart.BACKOFF_FLOOR),
+        (5, restart.RAPID_FREE - 1, restart.RAPID_FREE, restart.BACKOFF_FLOOR),
+        # Past RAPID_FREE rapid restarts in a row, the controller's own backoff doubles.
+        (5, restart.RAPID_FREE, restart.RAPID_FREE + 1, restart.RAPID_INITIAL),
+        (5, restart.RAPID_FREE + 1, restart.RAPID_FREE + 2, 2 * restart.RAPID_INITIAL),
+        (5, restart.RAPID_FREE + 20, restart.RAPID_FREE + 21, restart.RAPID_MAX),
+        # An attempt that lived through the window ends the run.
+        (restart.RAPID_WINDOW, restart.RAPID_FREE + 20, 0, restart.BACKOFF_FLOOR),
+        (None, restart.RAPID_FREE, restart.RAPID_FREE + 1, restart.RAPID_INITIAL),  # age unknown
+    ],
+)
+def test_uncounted_restarts_are_rate_limited_whatever_the_jobs_backoff(
+    age: float | None, rapid_before: int, rapid_after: int, delay: float
+) -> None:
+    status: dict[str, Any] = {**RUNNING, "rapidRestarts": rapid_before, "consecutiveFailures": 0}
+    if age is not None:
+        status["attemptCreatedAt"] = format_time(NOW - timedelta(seconds=age))
+    ctx, before = context(job(status, failurePolicy=ZERO), [pod(0), pod(1)])
+    t = restart.fail_attempt(ctx, before, Verdict(STOPPED, Action.RESTART_JOB_IGNORE_BUDGET))
+    assert t.status.rapid_restarts == rapid_after and t.requeue_after == delay
+    assert t.status.next_attempt_after == format_time(NOW + timedelta(seconds=delay))
+
+
+@pytest.mark.parametrize(
+    ("consecutive", "rapid", "expected"),
+    [(1, 0, 10), (3, 0, 40), (1, restart.RAPID_FREE + 3, 4 * restart.RAPID_INITIAL), (0, 0, 1)],
+)
+def test_the_longest_of_the_jobs_backoff_the_floor_and_the_storm_backoff_wins(
+    consecutive: int, rapid: int, expected: float
+) -> None:
+    ctx, _ = context(job(RUNNING))
+    assert restart.restart_delay(consecutive, rapid, ctx.policy) == expected
+
+
+def test_a_refund_does_not_end_a_run_of_rapid_restarts() -> None:
+    status = {**RUNNING, "attempt": 1, "consecutiveFailures": 1, "rapidRestarts": 7, "budgetUsed": 1}
+    _, before = context(job(status))
+    after = restart.refund(before, Observations(checkpoint=CheckpointRef(step=3, attempt=1)))
+    assert after.consecutive_failures == 0 and after.rapid_restarts == 7

@@ -47,7 +47,7 @@ def test_create_attempt_makes_the_service_and_the_missing_ranks() -> None:
     role = next(o for o in access.objects if o["kind"] == "Role")
     # The workers may patch this attempt's pods, all of them (a rank created earlier reports too).
     assert role["rules"][0]["resourceNames"] == ["llm-a2-0", "llm-a2-1"]
-    assert isinstance(create, CreatePods) and [b["metadata"]["name"] for b in create.bodies] == ["llm-a2-0"]
+    assert isinstance(create, CreatePods) and [b["metadata"]["name"] for b in create.bodies()] == ["llm-a2-0"]
     assert t.notices == (EmitEvent("Normal", "AttemptCreated", "attempt 2: 2 workers"),)
     assert (t.status.replicas, t.status.start_time) == (2, format_time(NOW))
 
@@ -73,7 +73,7 @@ def test_faulty_nodes_are_avoided_unless_turned_off() -> None:
     for policy, avoided in (({}, True), ({"avoidFaultyNodes": False}, False)):
         ctx, st = context(job(status, failurePolicy=policy))
         [create] = [c for c in startup.create_attempt(ctx, st).changes if isinstance(c, CreatePods)]
-        assert ("affinity" in create.bodies[0]["spec"]) is avoided
+        assert ("affinity" in create.body(create.indices[0])["spec"]) is avoided
 
 
 @pytest.mark.parametrize(
