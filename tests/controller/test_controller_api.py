@@ -56,8 +56,14 @@ def test_failure_restarts_the_gang_and_success_completes(
     for rank in (0, 1):
         set_phase(api_client, namespace, f"gang-a1-{rank}", "Succeeded", exit_code=0)
     wait_for("Succeeded", lambda: get_job(api_client, namespace, "gang")["status"]["phase"] == "Succeeded")
-    events = client.CoreV1Api(api_client).list_namespaced_event(namespace).items
-    assert {"Restarting", "Succeeded"} <= {e.reason for e in events}
+    # The event follows the status write that says Succeeded.
+    core = client.CoreV1Api(api_client)
+    wait_for(
+        "the Restarting and Succeeded events",
+        lambda: (
+            {"Restarting", "Succeeded"} <= {e.reason for e in core.list_namespaced_event(namespace).items}
+        ),
+    )
 
 
 def test_a_deleted_jobs_restart_series_are_deleted_too(
