@@ -22,6 +22,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Settings]:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--health-port", type=int, default=8081, help="port of /healthz, /readyz and /metrics")
     p.add_argument("--health-host", default="0.0.0.0")
+    p.add_argument(
+        "--metrics-auth",
+        type=_boolean,
+        default=True,
+        metavar="true|false",
+        help="serve /metrics only to a bearer token allowed to get it (TokenReview, SubjectAccessReview); "
+        "false: to anyone who can connect, e.g. for local development on 127.0.0.1 (default: true)",
+    )
     p.add_argument("--no-leader-election", action="store_true")
     p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
     p.add_argument("--lease-name", default="respawn-controller")
@@ -46,6 +54,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Settings]:
         **given, leader_election=not args.no_leader_election, device_faults=not args.no_device_faults
     )
     return args, settings
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,7 @@ from controller.runtime.health import HealthServer, informer_checks
 from controller.runtime.informer import Informer
 from controller.runtime.informer_group import InformerGroup
 from controller.runtime.leader import LeaderElector
+from controller.runtime.metrics_auth import KubeReviewer, MetricsAuth
 from controller.runtime.store import index_by_field, index_by_label, object_key
 from controller.runtime.workqueue import WorkQueue
 from respawn_protocol.crd import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
@@ -51,6 +52,8 @@ class Settings:
     shared_root: Path | None = None  # read-only mount of the shared volume, for checkpoint awareness
     checkpoint_poll_interval: float | None = None
     device_faults: bool = True
+    # /metrics only for a bearer token allowed `get` on the URL (TokenReview + SubjectAccessReview).
+    metrics_auth: bool = True
 
 
 class Controller:
@@ -82,8 +85,13 @@ class Controller:
             now=lambda: datetime.now(UTC),
         )
         self.health = HealthServer(
-            host=settings.health_host, port=settings.health_port, registry=self.registry
+            host=settings.health_host,
+            port=settings.health_port,
+            registry=self.registry,
+            metrics_auth=MetricsAuth(KubeReviewer(api)) if settings.metrics_auth else None,
         )
+        if not settings.metrics_auth:
+            log.warning("/metrics is served without authentication", extra={"host": settings.health_host})
         self.elector = self._elector(api, settings) if settings.leader_election else None
         self.metrics.watch_state(
             self._job_samples,

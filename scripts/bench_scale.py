@@ -174,6 +174,7 @@ def main() -> int:
                 str(port),
                 "--health-host",
                 "127.0.0.1",
+                "--metrics-auth=false",  # local, on loopback: read /metrics without a token
                 "--workers",
                 "4",
                 "--log-level",

@@ -118,6 +118,7 @@ def main() -> int:
                 str(health),
                 "--health-host",
                 "127.0.0.1",
+                "--metrics-auth=false",  # local, on loopback: read /metrics without a token
             ],
             stdout=controller_log,
             stderr=subprocess.STDOUT,

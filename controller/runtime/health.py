@@ -8,7 +8,10 @@
   stall, as the new pod could not become ready until the old leader exits, and the old one is not
   removed until the new one is ready. Nothing routes traffic to the controller on readiness.
 - `/metrics` is prometheus-client's own exposition of the given registry (content negotiation
-  included), so the text format is never hand-written here.
+  included), so the text format is never hand-written here. With `metrics_auth` (the controller's
+  default, `controller/runtime/metrics_auth.py`) it is served only to a bearer token whose identity
+  may `get` the non-resource URL `/metrics`: 401 / 403 otherwise. The probes stay open: kubelet
+  sends no credentials, and they reveal nothing but check names.
 
 Bounded: each connection gets REQUEST_TIMEOUT seconds per read or write (a client that connects
 and sends nothing is dropped then), and at most MAX_CONNECTIONS are served at once; one beyond
@@ -30,6 +33,8 @@ from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from controller.runtime.metrics_auth import MetricsAuth
 
 Check = Callable[[], bool]
 MAX_CONNECTIONS = 32
@@ -96,8 +101,10 @@ class HealthServer:
         logger: logging.Logger | None = None,
         max_connections: int = MAX_CONNECTIONS,
         request_timeout: float = REQUEST_TIMEOUT,
+        metrics_auth: MetricsAuth | None = None,
     ) -> None:
         self._address = (host, port)
+        self._metrics_auth = metrics_auth
         self._max_connections = max_connections
         self._request_timeout = request_timeout
         # prometheus-client's default registry holds the process and platform collectors.
@@ -115,6 +122,10 @@ class HealthServer:
     def add_readiness_check(self, name: str, check: Check) -> None:
         with self._lock:
             self._checks["/readyz"][name] = check
+
+    @property
+    def metrics_auth(self) -> MetricsAuth | None:
+        return self._metrics_auth
 
     @property
     def port(self) -> int:
@@ -176,13 +187,29 @@ class HealthServer:
                     healthy, text = server.run_checks(path)
                     self._send(200 if healthy else 503, text.encode(), "text/plain; charset=utf-8")
                 elif path == "/metrics":
-                    body, content_type = server._metrics(self.headers.get("Accept", ""))
-                    self._send(200, body, content_type)
+                    self._serve_metrics(path)
                 else:
                     self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
+            def _serve_metrics(self, path: str) -> None:
+                if server.metrics_auth is not None:
+                    decision = server.metrics_auth.check(self.headers.get("Authorization"), path)
+                    if decision.status != 200:
+                        text = "text/plain; charset=utf-8"
+                        challenge = (
+                            {"WWW-Authenticate": 'Bearer realm="respawn"'} if decision.status == 401 else {}
+                        )
+                        self._send(decision.status, decision.message.encode(), text, challenge)
+                        return
+                body, content_type = server._metrics(self.headers.get("Accept", ""))
+                self._send(200, body, content_type)
+
+            def _send(
+                self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

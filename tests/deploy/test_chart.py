@@ -160,13 +160,29 @@ def test_rbac_grants_exactly_what_the_controller_uses(render: Render) -> None:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "respawn", "namespace": "respawn-system"}
         ]
-        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+        if binding["metadata"]["name"] == "respawn-auth-delegator":  # TokenReview, SubjectAccessReview
+            assert binding["roleRef"] == {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:auth-delegator",
+            }
+        else:
+            assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+    assert {b["metadata"]["name"] for b in rendered.of_kind("ClusterRoleBinding")} == {
+        "respawn",
+        "respawn-auth-delegator",
+    }
+    reader = rendered.one("ClusterRole", "respawn-metrics-reader")  # bound to nobody by default
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
 
 
 @pytest.mark.parametrize("values", [[], ["-f", str(ALL_OPTIONS)]], ids=["defaults", "all-options"])
 def test_no_rule_reaches_secrets_or_wildcards(render: Render, values: list[str]) -> None:
     for role in render(*values).of_kind("ClusterRole") + render(*values).of_kind("Role"):
         for rule in role["rules"]:
+            if "nonResourceURLs" in rule:  # the metrics reader
+                assert (rule["nonResourceURLs"], rule["verbs"]) == (["/metrics"], ["get"])
+                continue
             assert "secrets" not in rule["resources"]
             assert "*" not in rule["resources"] + rule["verbs"] + rule["apiGroups"]
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
@@ -232,6 +248,68 @@ def test_rbac_and_service_account_can_be_brought_by_the_user(render: Render) -> 
         "RoleBinding",
     }
     assert rendered.one("Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
+
+
+# -- /metrics: who may read it, and who may reach it ------------------------------------------
+
+
+def test_metrics_auth_is_on_and_can_be_turned_off(render: Render) -> None:
+    on = render(*PROMETHEUS_OPERATOR, "--set", "metrics.serviceMonitor.enabled=true")
+    assert not [a for a in controller_args(on) if a.startswith("--metrics-auth")], "on: the default"
+    assert on.one("ClusterRoleBinding", "respawn-auth-delegator")
+    endpoint = on.one("ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    off = render(
+        *PROMETHEUS_OPERATOR,
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.auth.enabled=false",
+    )  # fmt: skip
+    assert "--metrics-auth=false" in controller_args(off)
+    assert [b["metadata"]["name"] for b in off.of_kind("ClusterRoleBinding")] == ["respawn"]
+    assert "bearerTokenFile" not in off.one("ServiceMonitor")["spec"]["endpoints"][0]
+
+
+def test_the_metrics_reader_is_bound_to_the_subjects_given(render: Render) -> None:
+    rendered = render(
+        "--set", "metrics.reader.subjects[0].kind=ServiceAccount",
+        "--set", "metrics.reader.subjects[0].name=prometheus",
+        "--set", "metrics.reader.subjects[0].namespace=monitoring",
+    )  # fmt: skip
+    binding = rendered.one("ClusterRoleBinding", "respawn-metrics-reader")
+    assert binding["roleRef"]["name"] == "respawn-metrics-reader"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}
+    ]
+    none = render("--set", "metrics.reader.create=false").of_kind("ClusterRole")
+    assert [r["metadata"]["name"] for r in none] == ["respawn"]
+
+
+def test_network_policy_admits_only_the_given_peers_to_the_metrics_port_and_reaches_only_the_api(
+    render: Render,
+) -> None:
+    assert "NetworkPolicy" not in render().kinds()
+    closed = render("--set", "networkPolicy.enabled=true").one("NetworkPolicy")["spec"]
+    assert closed["policyTypes"] == ["Ingress", "Egress"]
+    assert closed["ingress"] == [], "no peers given: nothing but the probes"
+    assert closed["egress"] == [
+        {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
+    ]
+    rendered = render("-f", str(ALL_OPTIONS))
+    policy = rendered.one("NetworkPolicy")["spec"]
+    assert (
+        policy["podSelector"]["matchLabels"] == rendered.one("Deployment")["spec"]["selector"]["matchLabels"]
+    )
+    [ingress] = policy["ingress"]
+    assert ingress["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+    assert policy["egress"] == [
+        {
+            "ports": [{"port": 6443, "protocol": "TCP"}],
+            "to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}, {"ipBlock": {"cidr": "10.0.0.11/32"}}],
+        }
+    ]
 
 
 # -- optional pieces ---------------------------------------------------------------------------
@@ -309,6 +387,12 @@ def test_crd_keep_policy_follows_the_value(render: Render) -> None:
         (["--set", "metrics.serviceMonitor.interval=soon"], "/metrics/serviceMonitor/interval"),
         (["--set", "tolerations[0].efect=NoSchedule"], "additional properties 'efect' not allowed"),
         (["--set", "replicaCount=0"], "/replicaCount"),
+        (
+            ["--set", "networkPolicy.metricsFrom[0].namespaceSelecter.matchLabels.a=b"],
+            "additional properties 'namespaceSelecter' not allowed",
+        ),
+        (["--set", "networkPolicy.apiServer.cidrs[0]=apiserver"], "/networkPolicy/apiServer/cidrs/0"),
+        (["--set", "metrics.reader.subjects[0].kind=Robot"], "/metrics/reader/subjects/0"),
     ],
     ids=lambda v: v if isinstance(v, str) else v[-1],
 )

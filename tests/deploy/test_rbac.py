@@ -23,8 +23,11 @@ from kubernetes.client.rest import ApiException
 from devcluster.controlplane import ControlPlane, free_port
 from tests.support.deploy import (
     allowed,
+    http_get,
     http_status,
     lease_holder,
+    may_get_url,
+    metrics_reader,
     service_account_kubeconfig,
     spawn_controller,
 )
@@ -40,6 +43,7 @@ GROUP = "training.respawn.dev"
 @dataclass(frozen=True)
 class Installed:
     release: str
+    fullname: str  # the prefix of the chart's objects
     namespace: str  # the release's, where the ServiceAccount and the Lease live
     service_account: str
     watch_namespace: str | None
@@ -68,6 +72,7 @@ def installed(
     pod = deployment.spec.template.spec
     return Installed(
         release=namespace,
+        fullname=name,
         namespace=namespace,
         service_account=pod.service_account_name,
         watch_namespace=namespace if extra else None,
@@ -183,6 +188,12 @@ def test_identity_gets_exactly_the_chart_permissions(
     assert not can(api_client, user, "get", "configmaps", "kube-system", "kubeadm-config")
     assert not can(api_client, user, "list", "configmaps", other)
 
+    # /metrics: the controller asks the API server about a scraper's token (system:auth-delegator),
+    # and may not read metrics itself.
+    assert can(api_client, user, "create", "tokenreviews.authentication.k8s.io")
+    assert can(api_client, user, "create", "subjectaccessreviews.authorization.k8s.io")
+    assert not may_get_url(api_client, user, "/metrics")
+
     lease = "leases.coordination.k8s.io"
     assert can(api_client, user, "create", lease, ns)
     for verb in ("get", "update"):
@@ -260,6 +271,11 @@ def test_controller_drives_a_restart_with_exactly_the_chart_rbac(
         timeout=30,
     )
     assert lease == "respawn-test-0"
+    # /metrics as the chart serves it: to Prometheus's token (bound to the chart's reader role) only.
+    assert http_status(port, "/metrics") == 401
+    with metrics_reader(api_client, ns, cluster_role=f"{installed.fullname}-metrics-reader") as token:
+        status, body = http_get(port, "/metrics", token=token)
+        assert status == 200 and "respawn_leader 1.0" in body
 
     create_job(api_client, ns, played_job("rbac"))
     run_attempt(api_client, ns, "rbac", 0)

@@ -40,6 +40,7 @@ from tests.support.deploy import (
     allowed,
     http_get,
     lease_holder,
+    metrics_reader,
     service_account_kubeconfig,
     spawn_controller,
 )
@@ -66,6 +67,7 @@ NO_EVENTS = "no events are recorded"
 NODE_LOSS_MISSED = "a lost node goes unnoticed: no restart, node not avoided"
 DEVICE_FAULT_MISSED = "a device fault goes unnoticed: no restart, node not avoided"
 FOREIGN_UNNAMED = "a foreign Service or pod holding a job's name is not named on the job"
+NO_METRICS = "/metrics is served to nobody: the controller cannot check a scraper's token (500)"
 
 
 # -- the chart's rules, verb by verb ------------------------------------------------------------
@@ -106,7 +108,7 @@ def without(rules: Rules, removed: str | None) -> Rules:
 
 @dataclass(frozen=True)
 class Chart:
-    rules: Rules  # "ClusterRole", "Role leader-election", "Role device-faults"
+    rules: Rules  # "ClusterRole", "ClusterRole system:auth-delegator", "Role leader-election", ...
     args: list[str]  # the Deployment's container args
     lease_name: str
 
@@ -143,9 +145,12 @@ def chart(helm: Helm, plane: ControlPlane, admin: client.ApiClient) -> Chart:
 
     pod = client.AppsV1Api(admin).read_namespaced_deployment("respawn", RELEASE_NAMESPACE).spec.template.spec
     args = list(pod.containers[0].args)
+    delegator = rbac.read_cluster_role_binding("respawn-auth-delegator").role_ref.name
     return Chart(
         rules={
             "ClusterRole": rules(rbac.read_cluster_role("respawn")),
+            # Bound by the chart, not written by it: the built-in role's rules, as this API server has them.
+            f"ClusterRole {delegator}": rules(rbac.read_cluster_role(delegator)),
             "Role leader-election": rules(
                 rbac.read_namespaced_role("respawn-leader-election", RELEASE_NAMESPACE)
             ),
@@ -169,14 +174,16 @@ def grant(admin: client.ApiClient, namespace: str, rules: Rules) -> str:
             namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
         )
     subject = [{"kind": "ServiceAccount", "name": "respawn", "namespace": namespace}]
-    rbac.create_cluster_role({"metadata": {"name": namespace}, "rules": rules["ClusterRole"]})
-    rbac.create_cluster_role_binding(
-        {
-            "metadata": {"name": namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": namespace},
-            "subjects": subject,
-        }
-    )
+    for label in (label for label in rules if label.startswith("ClusterRole")):
+        name = "-".join([namespace, *label.replace(":", "-").split()[1:]])
+        rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules[label]})
+        rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "subjects": subject,
+            }
+        )
     for label, where in (("Role leader-election", namespace), ("Role device-faults", "kube-system")):
         rbac.create_namespaced_role(where, {"metadata": {"name": namespace}, "rules": rules[label]})
         rbac.create_namespaced_role_binding(
@@ -195,9 +202,16 @@ def grant(admin: client.ApiClient, namespace: str, rules: Rules) -> str:
 
 def access_checks(rules: Rules, user: str, namespace: str) -> dict[str, tuple[str, ...]]:
     """For each verb in `rules`, the SubjectAccessReview arguments that it allows."""
-    scope = {"ClusterRole": namespace, "Role leader-election": namespace, "Role device-faults": "kube-system"}
+    scope = {"Role leader-election": namespace, "Role device-faults": "kube-system"}
     return {
-        verb_id(label, group, resource, verb): (user, verb, group, resource, scope[label], name)
+        verb_id(label, group, resource, verb): (
+            user,
+            verb,
+            group,
+            resource,
+            scope.get(label, namespace),
+            name,
+        )
         for label, role_rules in rules.items()
         for rule in role_rules
         for group in rule["apiGroups"]
@@ -472,6 +486,22 @@ def reports_foreign_objects(run: Run) -> str | None:
     return None
 
 
+def serves_metrics(run: Run) -> str | None:
+    """Prometheus, with a token of an account bound to the chart's metrics reader ClusterRole,
+    scrapes /metrics; the controller asks the API server who that is and whether it may."""
+    mark = run.log_size()
+    with metrics_reader(run.admin, run.namespace, cluster_role="respawn-metrics-reader") as token:
+
+        def scraped() -> bool:
+            status, body = http_get(run.port, "/metrics", token=token)
+            return status == 200 and "respawn_workqueue_depth" in body
+
+        def refused() -> bool:
+            return any("msg=metrics request not reviewed" in r for r in run.refusals(mark))
+
+        return None if run.step(NO_METRICS, scraped, refused) else NO_METRICS
+
+
 FEATURES: dict[str, Callable[[Run], str | None]] = {
     f.__name__: f
     for f in (
@@ -483,6 +513,7 @@ FEATURES: dict[str, Callable[[Run], str | None]] = {
         avoids_lost_nodes,
         avoids_faulty_devices,
         reports_foreign_objects,
+        serves_metrics,
     )
 }
 
@@ -540,6 +571,13 @@ CASES: dict[str, Case] = {
     f"Role {LEASES}:update": Case("keeps_leadership", LOSES_LEASE, "attempt failed (403)"),
     "Role configmaps:list": Case("starts", NEVER_READY, "informer=device-configmaps"),
     "Role configmaps:watch": Case("avoids_faulty_devices", DEVICE_FAULT_MISSED, "informer=device-configmaps"),
+    # system:auth-delegator, bound while metrics.auth.enabled (the default).
+    "ClusterRole tokenreviews.authentication.k8s.io:create": Case(
+        "serves_metrics", NO_METRICS, "cannot create resource tokenreviews"
+    ),
+    "ClusterRole subjectaccessreviews.authorization.k8s.io:create": Case(
+        "serves_metrics", NO_METRICS, "cannot create resource subjectaccessreviews"
+    ),
 }
 
 

@@ -2,10 +2,13 @@
 of the Grafana dashboard (helm/respawn/dashboards/respawn-training-jobs.json) returns data.
 
 The controller runs in-process, the node agent runs the pods, and Prometheus (Debian's binary; .ci/run
-installs it) scrapes `/metrics` every second. The job's workers are a small stand-in trainer (below):
-it writes steps.jsonl and commits checkpoints the way the trainer does, so the controller's checkpoint
-awareness, steps-lost and time-to-recover metrics all see a real failure: rank 1 is SIGKILLed after a
-checkpoint at step 5 and step 8, the gang restarts and resumes from step 5. The job is held running
+installs it) scrapes `/metrics` every second, as the chart serves it: only to a bearer token whose
+identity may `get` /metrics (a ServiceAccount bound to such a ClusterRole, its token from the
+TokenRequest API, given to Prometheus as `authorization.credentials_file`). The job's workers are a
+small stand-in trainer (below): it writes steps.jsonl and commits checkpoints the way the trainer
+does, so the controller's checkpoint awareness, steps-lost and time-to-recover metrics all see a
+real failure: rank 1 is SIGKILLed after a checkpoint at step 5 and step 8, the gang restarts and
+resumes from step 5. The job is held running
 (the stand-in waits for a `release` file) while the dashboard is evaluated, because the checkpoint
 age of a finished job is not exported.
 """
@@ -32,7 +35,8 @@ from controller.app import Controller
 from devcluster.controlplane import free_port
 from respawn_cli.__main__ import main as respawn
 from tests.support import REPO
-from tests.support.kube import create_job, job_status
+from tests.support.deploy import metrics_reader
+from tests.support.kube import create_job, job_status, running_controller
 from tests.support.manifests import training_job
 from tests.support.nodeagent import NodeAgentHandle
 from tests.support.poll import poll, wait_for
@@ -107,7 +111,28 @@ class Prometheus:
 
 
 @pytest.fixture
-def prometheus(shared_controller: Controller, tmp_path: Path) -> Iterator[Prometheus]:
+def shared_controller(
+    api_client: client.ApiClient, namespace: str, shared_root: Path
+) -> Iterator[Controller]:
+    """As tests.support.fixtures', with /metrics authentication on, as the chart runs it."""
+    with running_controller(
+        api_client, namespace, shared=shared_root, device_faults=False, metrics_auth=True
+    ) as controller:
+        yield controller
+
+
+@pytest.fixture
+def prometheus_token(api_client: client.ApiClient, namespace: str, tmp_path: Path) -> Iterator[Path]:
+    """A file holding a token of ServiceAccount `prometheus`, allowed to get /metrics."""
+    with metrics_reader(api_client, namespace, "prometheus") as token:
+        path = tmp_path / "prometheus-token"
+        path.write_text(token)
+        path.chmod(0o600)
+        yield path
+
+
+@pytest.fixture
+def prometheus(shared_controller: Controller, prometheus_token: Path, tmp_path: Path) -> Iterator[Prometheus]:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("the prometheus binary is not on PATH: apt-get install prometheus (.ci/run does)")
@@ -124,6 +149,8 @@ def prometheus(shared_controller: Controller, tmp_path: Path) -> Iterator[Promet
                         # As the chart's ServiceMonitor: the metrics' own `job` label (the
                         # TrainingJob) wins over the scrape job's.
                         "honor_labels": True,
+                        # As the ServiceMonitor's bearerTokenFile: Prometheus's own token.
+                        "authorization": {"credentials_file": str(prometheus_token)},
                         "static_configs": [{"targets": [f"127.0.0.1:{shared_controller.health.port}"]}],
                     }
                 ],

@@ -75,8 +75,10 @@ def running_controller(
     prepare: Callable[[Controller], None] | None = None,
     **settings: Any,
 ) -> Iterator[Controller]:
-    """The controller in this process for one namespace, health on a free port, no leader election
-    unless `settings` say otherwise; `prepare` sees it before it starts. Stopped on the way out."""
+    """The controller in this process for one namespace, health on a free loopback port, no leader
+    election and no /metrics authentication unless `settings` say otherwise (`metrics_auth=True`:
+    tests that scrape as Prometheus would, tests/controller/test_metrics_auth.py); `prepare` sees it
+    before it starts. Stopped on the way out."""
     controller = Controller(
         api,
         Settings(
@@ -87,6 +89,7 @@ def running_controller(
                 "health_host": "127.0.0.1",
                 "shared_root": shared,
                 "device_faults": device_faults,
+                "metrics_auth": False,
                 **settings,
             }
         ),

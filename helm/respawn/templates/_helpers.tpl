@@ -63,6 +63,9 @@ app.kubernetes.io/component: controller
 {{- end }}
 - --workers={{ .Values.controller.workers }}
 - --health-port={{ .Values.controller.healthPort }}
+{{- if not .Values.metrics.auth.enabled }}
+- --metrics-auth=false
+{{- end }}
 {{- if .Values.leaderElection.enabled }}
 - --lease-name={{ .Values.leaderElection.leaseName }}
 {{- else }}
