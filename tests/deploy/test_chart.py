@@ -63,6 +63,10 @@ def test_defaults_render_the_controller_and_its_permissions(render: Render) -> N
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == "respawn/controller:0.1.0"
+    digest = "sha256:" + "ab" * 32
+    pinned = render("--set", f"image.digest={digest}", "--set", "image.tag=0.1.0")
+    by_digest = pinned.one("Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert by_digest == f"respawn/controller@{digest}", "a digest wins over the tag"
     assert container["args"] == [
         "--workers=2",
         "--health-port=8081",
@@ -393,6 +397,7 @@ def test_crd_keep_policy_follows_the_value(render: Render) -> None:
         ),
         (["--set", "networkPolicy.apiServer.cidrs[0]=apiserver"], "/networkPolicy/apiServer/cidrs/0"),
         (["--set", "metrics.reader.subjects[0].kind=Robot"], "/metrics/reader/subjects/0"),
+        (["--set", "image.digest=latest"], "/image/digest"),
     ],
     ids=lambda v: v if isinstance(v, str) else v[-1],
 )

@@ -52,8 +52,13 @@ app.kubernetes.io/component: controller
 {{- end }}
 {{- end }}
 
+{{/* The controller image: by digest when one is set (what runs is then exactly what was built). */}}
 {{- define "respawn.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* The controller's command line; mirrors `python -m controller --help`. */}}
