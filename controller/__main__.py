@@ -30,6 +30,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Settings]:
         help="serve /metrics only to a bearer token allowed to get it (TokenReview, SubjectAccessReview); "
         "false: to anyone who can connect, e.g. for local development on 127.0.0.1 (default: true)",
     )
+    p.add_argument("--tls-cert-file", type=Path, help="serve the health/metrics port over HTTPS: certificate")
+    p.add_argument("--tls-key-file", type=Path, help="... and its key (reloaded when the files change)")
     p.add_argument("--no-leader-election", action="store_true")
     p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
     p.add_argument("--lease-name", default="respawn-controller")

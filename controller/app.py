@@ -28,6 +28,7 @@ from controller.runtime.informer_group import InformerGroup
 from controller.runtime.leader import LeaderElector
 from controller.runtime.metrics_auth import KubeReviewer, MetricsAuth
 from controller.runtime.store import index_by_field, index_by_label, object_key
+from controller.runtime.tls import ReloadingContext
 from controller.runtime.workqueue import WorkQueue
 from respawn_protocol.crd import GROUP, LABEL_JOB, LABEL_MANAGED_BY, MANAGED_BY, PLURAL, VERSION
 
@@ -54,6 +55,16 @@ class Settings:
     device_faults: bool = True
     # /metrics only for a bearer token allowed `get` on the URL (TokenReview + SubjectAccessReview).
     metrics_auth: bool = True
+    # HTTPS on the health/metrics port (a bearer token must not cross the network in clear text).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
+def _tls(settings: Settings) -> ReloadingContext | None:
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if (cert is None) != (key is None):
+        raise ValueError("--tls-cert-file and --tls-key-file go together")
+    return ReloadingContext(cert, key) if cert is not None and key is not None else None
 
 
 class Controller:
@@ -89,6 +100,7 @@ class Controller:
             port=settings.health_port,
             registry=self.registry,
             metrics_auth=MetricsAuth(KubeReviewer(api)) if settings.metrics_auth else None,
+            tls=_tls(settings),
         )
         if not settings.metrics_auth:
             log.warning("/metrics is served without authentication", extra={"host": settings.health_host})

@@ -13,6 +13,9 @@
   may `get` the non-resource URL `/metrics`: 401 / 403 otherwise. The probes stay open: kubelet
   sends no credentials, and they reveal nothing but check names.
 
+With `tls` (controller/runtime/tls.py) the port speaks HTTPS only, probes included; the handshake
+runs in the connection's thread under the same timeout.
+
 Bounded: each connection gets REQUEST_TIMEOUT seconds per read or write (a client that connects
 and sends nothing is dropped then), and at most MAX_CONNECTIONS are served at once; one beyond
 that is closed at once, so half-open connections cost neither a thread each nor memory, and the
@@ -26,6 +29,7 @@ The server runs in a daemon thread from `start()`; port 0 binds a free port, see
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +39,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from controller.runtime.metrics_auth import MetricsAuth
+from controller.runtime.tls import ReloadingContext
 
 Check = Callable[[], bool]
 MAX_CONNECTIONS = 32
@@ -48,10 +53,29 @@ class _BoundedServer(ThreadingHTTPServer):
     request_queue_size = 128  # listen backlog: a burst of connections is accepted (and closed), not stalled
 
     def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_connections: int,
+        tls: ReloadingContext | None = None,
     ) -> None:
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._tls = tls
+
+    def get_request(self) -> tuple[Any, Any]:
+        connection, address = super().get_request()
+        if self._tls is None:
+            return connection, address
+        # The handshake happens in the connection's own thread, under its timeout (Handler.setup):
+        # a client that never finishes one holds a slot, not the accept loop.
+        wrapped = self._tls.current().wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return wrapped, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A failed handshake or a dropped client: not worth a traceback on stderr."""
+        log = logging.getLogger(__name__)
+        log.debug("connection from %s ended in an error", client_address, exc_info=True)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -102,8 +126,10 @@ class HealthServer:
         max_connections: int = MAX_CONNECTIONS,
         request_timeout: float = REQUEST_TIMEOUT,
         metrics_auth: MetricsAuth | None = None,
+        tls: ReloadingContext | None = None,
     ) -> None:
         self._address = (host, port)
+        self._tls = tls
         self._metrics_auth = metrics_auth
         self._max_connections = max_connections
         self._request_timeout = request_timeout
@@ -137,7 +163,7 @@ class HealthServer:
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("health server already started")
-        self._server = _BoundedServer(self._address, self._handler_class(), self._max_connections)
+        self._server = _BoundedServer(self._address, self._handler_class(), self._max_connections, self._tls)
         # A short poll interval keeps `stop()` prompt; the idle wake-ups cost nothing measurable.
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -180,6 +206,11 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             timeout = server._request_timeout  # socket timeout of each read and write
+
+            def setup(self) -> None:
+                super().setup()
+                if isinstance(self.connection, ssl.SSLSocket):
+                    self.connection.do_handshake()  # bounded by `timeout`, set by super().setup()
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]

@@ -273,6 +273,32 @@ def test_metrics_auth_is_on_and_can_be_turned_off(render: Render) -> None:
     assert "bearerTokenFile" not in off.one("ServiceMonitor")["spec"]["endpoints"][0]
 
 
+def test_metrics_tls_serves_https_from_the_secret_and_prometheus_checks_it(render: Render) -> None:
+    rendered = render(
+        *PROMETHEUS_OPERATOR,
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.tls.secretName=respawn-metrics-tls",
+    )  # fmt: skip
+    args = controller_args(rendered)
+    assert {"--tls-cert-file=/etc/respawn/tls/tls.crt", "--tls-key-file=/etc/respawn/tls/tls.key"} <= set(
+        args
+    )
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert {"name": "tls", "mountPath": "/etc/respawn/tls", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "tls", "secret": {"secretName": "respawn-metrics-tls"}} in pod["volumes"]
+    endpoint = rendered.one("ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "serverName": "respawn-metrics.respawn-system.svc",
+        "ca": {"secret": {"name": "respawn-metrics-tls", "key": "ca.crt"}},
+    }
+    plain = render()
+    assert not [a for a in controller_args(plain) if a.startswith("--tls")], "plain HTTP without a Secret"
+
+
 def test_the_metrics_reader_is_bound_to_the_subjects_given(render: Render) -> None:
     rendered = render(
         "--set", "metrics.reader.subjects[0].kind=ServiceAccount",

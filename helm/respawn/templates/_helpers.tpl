@@ -71,6 +71,10 @@ app.kubernetes.io/component: controller
 {{- if not .Values.metrics.auth.enabled }}
 - --metrics-auth=false
 {{- end }}
+{{- if .Values.metrics.tls.secretName }}
+- --tls-cert-file=/etc/respawn/tls/tls.crt
+- --tls-key-file=/etc/respawn/tls/tls.key
+{{- end }}
 {{- if .Values.leaderElection.enabled }}
 - --lease-name={{ .Values.leaderElection.leaseName }}
 {{- else }}
