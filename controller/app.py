@@ -23,7 +23,7 @@ from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX
 from controller.core.observations import node_state
 from controller.core.timefmt import parse_time
 from controller.runtime.health import HealthServer, informer_checks
-from controller.runtime.informer import Informer
+from controller.runtime.informer import DELETED, Informer
 from controller.runtime.informer_group import InformerGroup
 from controller.runtime.leader import LeaderElector
 from controller.runtime.metrics_auth import KubeReviewer, MetricsAuth
@@ -151,8 +151,10 @@ class Controller:
             configmaps.on_event(self._on_configmap)
         return Caches(jobs=jobs, pods=pods, nodes=nodes, device_configmaps=configmaps)
 
-    def _on_pod(self, _type: str, pod: dict[str, Any], _old: dict[str, Any] | None) -> None:
+    def _on_pod(self, type_: str, pod: dict[str, Any], _old: dict[str, Any] | None) -> None:
         for key in index_by_label(LABEL_JOB)(pod):
+            if type_ == DELETED:
+                self.reconciler.departed(key, pod)
             self.queue.add(key)
 
     def _jobs_on_node(self, node: str) -> set[str]:

@@ -44,6 +44,10 @@ from controller.runtime.informer_group import InformerGroup
 
 log = logging.getLogger(__name__)
 EXPECTATION_TIMEOUT = 30.0
+# A deleted pod's last state is kept this long for its trainers' reports: a stopping rank reports
+# its final commit moments before its pod is gone, and a pass may first run after that.
+DEPARTED_SECONDS = 120.0
+DEPARTED_PER_JOB = 256
 BATCH_MAX = 64  # pods created at once, at most (and bodies built and held at once)
 CREATE_THREADS = 16  # requests in flight for one batch (shared by the workers)
 POD_BY_JOB = "job"
@@ -105,6 +109,7 @@ class ReconcilePass:
         self._now = now
         self._monotonic = monotonic
         self._expectations: dict[str, _Expectation] = {}
+        self._departed: dict[str, list[tuple[float, dict[str, Any]]]] = {}
         self._overlay: dict[str, tuple[str, dict[str, Any]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=CREATE_THREADS, thread_name_prefix="create")
 
@@ -120,6 +125,19 @@ class ReconcilePass:
         del self._overlay[key]
         return cached
 
+    def departed(self, key: str, pod: dict[str, Any]) -> None:
+        """A pod of job `key` left the cache (the informer's final state of it)."""
+        kept = [p for p in self._departed.get(key, []) if self._monotonic() - p[0] < DEPARTED_SECONDS]
+        self._departed[key] = [*kept, (self._monotonic(), pod)][-DEPARTED_PER_JOB:]
+
+    def _recently_departed(self, key: str) -> tuple[dict[str, Any], ...]:
+        kept = [p for p in self._departed.get(key, []) if self._monotonic() - p[0] < DEPARTED_SECONDS]
+        if kept:
+            self._departed[key] = kept
+        else:
+            self._departed.pop(key, None)
+        return tuple(pod for _, pod in kept)
+
     def reconcile(self, key: str) -> float | None:
         """Returns seconds after which to look again without an event, or None."""
         started = time.perf_counter()
@@ -134,6 +152,7 @@ class ReconcilePass:
             namespace, _, name = key.rpartition("/")
             self._metrics.forget_job(namespace, name)
             self._expectations.pop(key, None)
+            self._departed.pop(key, None)
             if self._checkpoints is not None:
                 self._checkpoints.untrack(key)
             return None
@@ -184,12 +203,14 @@ class ReconcilePass:
                 configmap = configmaps.get(f"{CONFIGMAP_NAMESPACE}/{CONFIGMAP_PREFIX}{name}")
                 if configmap is not None and (report := node_report(configmap)) is not None:
                     reports[name] = report
+        departed = self._recently_departed(job.key)
         if self._checkpoints is None:
-            return Observations(nodes=nodes, device_reports=reports)
+            return Observations(nodes=nodes, device_reports=reports, departed=departed)
         snap = self._checkpoints.snapshot(job.key)
         return Observations(
             nodes=nodes,
             device_reports=reports,
+            departed=departed,
             progress_tracked=True,
             checkpoint=snap.checkpoint,
             last_progress=snap.last_progress,

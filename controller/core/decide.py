@@ -33,7 +33,8 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
     )
     owned = [p for p in pod_list if pods.owned_by(p, job.uid)]
     ranks = (status.replicas or job.spec.replicas) * (status.ranks_per_pod or job.spec.ranks_per_pod)
-    summary = reports.summarize(owned, world_size=ranks, attempt=status.attempt)
+    gone = [p for p in obs.departed if pods.owned_by(p, job.uid)]
+    summary = reports.summarize([*owned, *gone], world_size=ranks, attempt=status.attempt)
     status, obs = progress.observe(status, obs, summary)
     status = restart.refund(status, obs)
     current, older = pods.split_attempts(owned, status.attempt)

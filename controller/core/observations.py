@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,6 +25,9 @@ class Observations:
     # nodes of the job's pods, its faultyNodes and its last failure; a node without a readable
     # ConfigMap is absent (unknown)
     device_reports: Mapping[str, NodeReport] = field(default_factory=dict)
+    # Pods of the job deleted in the last minutes, as last seen: read only for their trainers'
+    # reports (a stopping rank's final commit may come moments before its pod is gone).
+    departed: Sequence[Mapping[str, Any]] = ()
     # From the checkpoint observer; None when the controller does not mount the shared volume.
     progress_tracked: bool = False  # without it, a hang cannot be told from a quiet healthy job
     checkpoint: CheckpointRef | None = None

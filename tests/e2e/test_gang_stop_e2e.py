@@ -32,7 +32,7 @@ def starts(records: list[dict[str, Any]]) -> list[int]:
 def test_an_evicted_rank_stops_the_gang_and_both_resume_from_the_same_step_losing_none(
     api_client: client.ApiClient,
     namespace: str,
-    shared_controller: Controller,
+    job_controller: Controller,
     shared_root: Path,
     node_agent: NodeAgentHandle,
     evicted: int,
@@ -62,3 +62,6 @@ def test_an_evicted_rank_stops_the_gang_and_both_resume_from_the_same_step_losin
     assert 10 <= stopped_at[0] < total, "the eviction came after the end"
     assert stopped_at[0] == stopped_at[1], "both ranks stopped after the same step"
     assert resumed_at == stopped_at, "both ranks resumed from it: 0 steps lost"
+    # The controller mounts nothing: it knew of the final commit from the ranks' reports, made
+    # moments before their pods were gone.
+    assert status["resumedFromStep"] == stopped_at[0], status

@@ -15,7 +15,7 @@ from controller.core.observations import Observations
 from controller.core.policy import progress
 from controller.core.timefmt import format_time, parse_time
 from respawn_protocol.report import annotation_key
-from tests.support.core_inputs import pod
+from tests.support.core_inputs import job, pod, run
 
 AT = "2026-11-23T11:59:00.000Z"
 AT_TIME = datetime(2026, 11, 23, 11, 59, tzinfo=UTC)
@@ -142,3 +142,15 @@ def test_heartbeats_reach_the_status_only_every_few_minutes(
     assert obs.last_step == 9 and obs.last_progress == parse_time(new_time), (
         "the hang clock sees every report"
     )
+
+
+def test_a_final_commit_reported_moments_before_the_pod_was_deleted_still_counts() -> None:
+    """An evicted gang commits its last step and its pods are gone before the next pass; the
+    informer's final state of each (Observations.departed) still carries the reports."""
+    body = job({"phase": "Restarting", "attempt": 1, "replicas": 2, "lastCompleteCheckpoint": {"step": 10}})
+    gone = [reported(r, 0, commit=commit(37)) for r in (0, 1)]
+    stranger = reported(1, 0, commit=commit(5, attempt=3))  # would win rank 1 if it were the job's
+    stranger["metadata"]["ownerReferences"] = [{"controller": True, "uid": "another-job"}]
+    plan = run(body, [], Observations(departed=[*gone, stranger]))
+    assert plan.status is not None and plan.status.last_complete_checkpoint is not None
+    assert plan.status.last_complete_checkpoint.step == 37, "another job's pod is not this job's report"
