@@ -14,8 +14,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.api.constants import Phase
+from controller.api.timings import PHASES
 
 RECOVERY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 STEPS_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 
 
@@ -116,6 +118,21 @@ class Metrics:
             buckets=RECOVERY_BUCKETS,
             registry=registry,
         )
+        self.recovery = Histogram(
+            "respawn_recovery_seconds",
+            "From a failure to the first step the next attempt finished (status.lastRecovery).",
+            ["namespace"],
+            buckets=RECOVERY_BUCKETS,
+            registry=registry,
+        )
+        self.recovery_phase = Histogram(
+            "respawn_recovery_phase_seconds",
+            "Each phase of a recovery: detect, teardown, podStart, processStart, import, rendezvous, "
+            "load, compile, firstStep (which includes compile).",
+            ["namespace", "phase"],
+            buckets=PHASE_BUCKETS,
+            registry=registry,
+        )
         self.steps_lost = Histogram(
             "respawn_steps_lost",
             "Training steps redone after a failure: last step seen minus the resumed checkpoint step.",
@@ -143,6 +160,12 @@ class Metrics:
             self._restart_labels.setdefault((namespace, job), set()).add((reason, kind))
             self.restarts.labels(namespace, job, reason, kind).inc()
 
+    def record_recovery(self, namespace: str, phases: dict[str, float], total: float) -> None:
+        self.recovery.labels(namespace).observe(total)
+        for phase, seconds in phases.items():
+            if phase in PHASES:  # the label set stays bounded whatever a trainer reports
+                self.recovery_phase.labels(namespace, phase).observe(seconds)
+
     def forget_job(self, namespace: str, job: str) -> None:
         """The job is gone: drop its series, so the exposition does not grow with every job ever
         run (the per-namespace histograms stay)."""
@@ -156,6 +179,9 @@ class Metrics:
         if namespace not in self._namespaces:
             self._namespaces.add(namespace)
             self.time_to_recover.labels(namespace)
+            self.recovery.labels(namespace)
+            for phase in PHASES:
+                self.recovery_phase.labels(namespace, phase)
             self.steps_lost.labels(namespace)
 
     def watch_state(

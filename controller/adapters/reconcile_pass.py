@@ -35,6 +35,7 @@ from controller.core.plan import (
     EnsureService,
     Plan,
     RecordRecovery,
+    RecordRecoveryPhases,
     RecordRestart,
     WriteStatus,
 )
@@ -293,6 +294,8 @@ class ReconcilePass:
                         self._metrics.steps_lost.labels(job.namespace).observe(max(0, steps_lost))
                 case RecordRecovery(seconds):
                     self._metrics.time_to_recover.labels(job.namespace).observe(seconds)
+                case RecordRecoveryPhases(phases, total):
+                    self._metrics.record_recovery(job.namespace, phases, total)
 
 
 def _describe(exc: Exception) -> tuple[str, str]:

@@ -14,6 +14,15 @@ from typing import Any
 from controller.api.constants import DEFAULT_MOUNT_PATH, Action, Phase
 from controller.api.limits import check_template_size, check_world_size
 from controller.api.paths import InvalidSpec, check_path, check_tenant
+from controller.api.timings import (
+    Recovery,
+    StartupTimes,
+    opt_int,
+    parse_recovery,
+    parse_startup,
+    recovery_to_dict,
+    startup_to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -86,14 +95,6 @@ class ProgressRef:
 
 
 @dataclass(frozen=True)
-class StartupTimes:
-    """Seconds per start-up phase of an attempt, the slowest rank's (import, rendezvous, ...)."""
-
-    attempt: int | None
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class FailureRecord:
     time: str
     reason: str
@@ -126,6 +127,7 @@ class JobStatus:
     last_complete_checkpoint: CheckpointRef | None = None
     last_progress: ProgressRef | None = None
     startup: StartupTimes | None = None
+    last_recovery: Recovery | None = None
     resumed_from_step: int | None = None
     observed_generation: int | None = None
     replicas: int | None = None  # replicas (pods) of the current attempt
@@ -250,10 +252,6 @@ def _parse_rule(index: int, rule: dict[str, Any]) -> Rule:
     return Rule(action, reasons=frozenset(reasons or ()))
 
 
-def opt_int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def parse_status(status: dict[str, Any]) -> JobStatus:
     checkpoint = status.get("lastCompleteCheckpoint")
     try:
@@ -284,7 +282,8 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get("step"), int)
         else None,
         last_progress=_progress(status.get("lastProgress")),
-        startup=_startup(status.get("startup")),
+        startup=parse_startup(status.get("startup")),
+        last_recovery=parse_recovery(status.get("lastRecovery")),
         resumed_from_step=opt_int(status.get("resumedFromStep")),
         observed_generation=opt_int(status.get("observedGeneration")),
         replicas=opt_int(status.get("replicas")),
@@ -318,18 +317,6 @@ def _progress(value: Any) -> ProgressRef | None:
     if not isinstance(value, dict) or not isinstance(value.get("step"), int):
         return None
     return ProgressRef(int(value["step"]), str(value.get("time", "")), opt_int(value.get("attempt")))
-
-
-def _startup(value: Any) -> StartupTimes | None:
-    if not isinstance(value, dict):
-        return None
-    seconds = value.get("seconds")
-    phases = (
-        {k: float(v) for k, v in seconds.items() if isinstance(v, int | float)}
-        if isinstance(seconds, dict)
-        else {}
-    )
-    return StartupTimes(opt_int(value.get("attempt")), phases)
 
 
 def _times(value: Any) -> dict[str, str]:
@@ -380,7 +367,9 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
     if (p := status.last_progress) is not None:
         body["lastProgress"] = _compact({"step": p.step, "time": p.time, "attempt": p.attempt})
     if (t := status.startup) is not None:
-        body["startup"] = _compact({"attempt": t.attempt, "seconds": dict(t.seconds)})
+        body["startup"] = startup_to_dict(t)
+    if status.last_recovery is not None:
+        body["lastRecovery"] = recovery_to_dict(status.last_recovery)
     return _compact(body)
 
 

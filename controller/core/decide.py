@@ -20,7 +20,16 @@ from controller.core import pods, reports
 from controller.core.context import Context, Transition
 from controller.core.observations import Observations
 from controller.core.plan import EmitEvent, Plan, Step, WriteStatus
-from controller.core.policy import conditions, devices, failures, progress, restart, startup, success
+from controller.core.policy import (
+    conditions,
+    devices,
+    failures,
+    progress,
+    recovery,
+    restart,
+    startup,
+    success,
+)
 
 
 def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, now: datetime) -> Plan:
@@ -36,6 +45,7 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
     gone = [p for p in obs.departed if pods.owned_by(p, job.uid)]
     summary = reports.summarize([*owned, *gone], world_size=ranks, attempt=status.attempt)
     status, obs = progress.observe(status, obs, summary)
+    status, recovered = recovery.complete(status)
     status = restart.refund(status, obs)
     current, older = pods.split_attempts(owned, status.attempt)
     ctx = Context(job, obs, now, current, older)
@@ -52,8 +62,8 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
         transition = startup.create_attempt(ctx, status)
     else:
         transition = _watch_attempt(ctx, status)
-    if converted:
-        transition = dataclasses.replace(transition, notices=converted + transition.notices)
+    if converted or recovered:
+        transition = dataclasses.replace(transition, notices=converted + recovered + transition.notices)
     return _ordered(job.status, cleanup, transition)
 
 

@@ -80,6 +80,14 @@ class RecordRecovery:
     seconds: float  # from the failure seen to all workers of the next attempt running
 
 
+@dataclass(frozen=True)
+class RecordRecoveryPhases:
+    """A restart timed to the next trained step (core/policy/recovery.py), for metrics."""
+
+    seconds: dict[str, float]  # per phase
+    total: float  # the failure -> the first step of the next attempt finished
+
+
 Step = (
     DeletePod
     | EnsureService
@@ -89,6 +97,7 @@ Step = (
     | EmitEvent
     | RecordRestart
     | RecordRecovery
+    | RecordRecoveryPhases
 )
 S = TypeVar(
     "S",
@@ -100,6 +109,7 @@ S = TypeVar(
     EmitEvent,
     RecordRestart,
     RecordRecovery,
+    RecordRecoveryPhases,
 )
 
 

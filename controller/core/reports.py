@@ -9,11 +9,13 @@ count only for the current attempt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from controller.api.types import CheckpointRef, ProgressRef, StartupTimes
 from controller.core.pods import Pod, attempt_of
+from controller.core.timefmt import parse_time
 from respawn_protocol.report import Commit, Report, reports_of
 
 
@@ -44,11 +46,26 @@ def _complete(commits: dict[int, Commit], world_size: int) -> CheckpointRef | No
 
 
 def _startup(reports: list[Report], world_size: int, attempt: int) -> StartupTimes | None:
-    timed = {r.rank: r.startup for r in reports if r.startup}
+    timed = {r.rank: r for r in reports if r.startup}
     if world_size < 1 or set(timed) != set(range(world_size)):
         return None
-    phases = {phase for times in timed.values() for phase in times}
-    return StartupTimes(attempt, {p: max(t.get(p, 0.0) for t in timed.values()) for p in sorted(phases)})
+    phases = {phase for r in timed.values() for phase in r.startup}
+    return StartupTimes(
+        attempt,
+        {p: max(r.startup.get(p, 0.0) for r in timed.values()) for p in sorted(phases)},
+        _latest(r.started_at for r in timed.values()),
+        _latest(r.ready_at for r in timed.values()),
+    )
+
+
+def _latest(times: Iterable[str | None]) -> str | None:
+    """The latest of the ranks' wall-clock times; None unless every rank gave one."""
+    latest: tuple[datetime, str] | None = None
+    for text in times:
+        if text is None or (at := parse_time(text)) is None:
+            return None
+        latest = max(latest, (at, text)) if latest else (at, text)
+    return latest[1] if latest else None
 
 
 def summarize(pods: Sequence[Pod], *, world_size: int, attempt: int) -> Summary:

@@ -23,7 +23,7 @@ from controller.core.plan import (
     Step,
 )
 from controller.core.pods import Pod, container_status, node_of, phase_of, rank_of
-from controller.core.policy import conditions
+from controller.core.policy import conditions, recovery
 from controller.core.policy.failures import Failure
 from controller.core.timefmt import format_time, parse_time
 
@@ -80,7 +80,7 @@ def running(ctx: Context, status: JobStatus) -> Transition | None:
     if seen is not None:
         notices += (RecordRecovery((ctx.now - seen).total_seconds()),)
     up = dataclasses.replace(
-        status,
+        recovery.begin(ctx, status),
         phase=Phase.RUNNING,
         running_since=status.running_since or format_time(ctx.now),
         failure_seen_at=None,
