@@ -17,7 +17,14 @@ from prometheus_client import CollectorRegistry
 from controller.adapters.checkpoint_observer import CheckpointObserver
 from controller.adapters.kubewriter import Conflict, ForeignObject, KubeWriter
 from controller.adapters.metrics import JobSample, Metrics
-from controller.adapters.reconcile_pass import POD_BY_JOB, POD_BY_NODE, Caches, CreateRefused, ReconcilePass
+from controller.adapters.reconcile_pass import (
+    JOB_BY_NAMESPACE,
+    POD_BY_JOB,
+    POD_BY_NODE,
+    Caches,
+    CreateRefused,
+    ReconcilePass,
+)
 from controller.api.types import parse_status
 from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX
 from controller.core.observations import node_state
@@ -144,6 +151,7 @@ class Controller:
             else None
         )
         jobs.add_index(JOB_BY_LEFT_NODE, _nodes_left)
+        jobs.add_index(JOB_BY_NAMESPACE, index_by_field("metadata", "namespace"))
         jobs.on_event(lambda _type, obj, _old: self.queue.add(object_key(obj)))
         pods.on_event(self._on_pod)
         nodes.on_event(self._on_node)
@@ -203,6 +211,9 @@ class Controller:
                     checkpoint_time=committed.timestamp() if committed else None,
                     restarts=status.restarts,
                     uncounted_restarts=status.uncounted_restarts,
+                    suggested_interval=status.checkpoint_interval.seconds
+                    if status.checkpoint_interval
+                    else None,
                 )
             )
         return samples

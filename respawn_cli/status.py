@@ -87,6 +87,7 @@ class Report:
     progress: dict[str, Any] | None = None  # status.lastProgress: rank 0's reported step
     startup: dict[str, Any] | None = None  # status.startup: seconds per start-up phase
     recovery: dict[str, Any] | None = None  # status.lastRecovery: the last restart, timed
+    interval: dict[str, Any] | None = None  # status.checkpointInterval: the suggested interval
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +138,9 @@ def build(job: dict[str, Any], events: list[Any]) -> Report:
         progress=status.get("lastProgress") if isinstance(status.get("lastProgress"), dict) else None,
         startup=status.get("startup") if isinstance(status.get("startup"), dict) else None,
         recovery=status.get("lastRecovery") if isinstance(status.get("lastRecovery"), dict) else None,
+        interval=status.get("checkpointInterval")
+        if isinstance(status.get("checkpointInterval"), dict)
+        else None,
     )
 
 
@@ -268,6 +272,8 @@ def render(report: Report) -> str:
         add(f"  Start-up:     attempt {report.startup.get('attempt')}: {phases}")
     if report.recovery:
         add(f"  Recovery:     {_recovery(report.recovery)}")
+    if report.interval:
+        add(f"  Interval:     {_interval(report.interval)}")
     if report.last_failure:
         add(f"  Last failure: {_describe(report.last_failure)}")
     for cond in report.conditions:
@@ -348,6 +354,20 @@ def _recovery(r: dict[str, Any]) -> str:
         else f"attempt {r.get('attempt')} running, its first step not yet reported"
     )
     return f"{head} ({r.get('reason') or '?'}): {phases}" if phases else head
+
+
+def _interval(a: dict[str, Any]) -> str:
+    """status.checkpointInterval in a line: the suggestion and what it is computed from."""
+    try:
+        seconds, mtbf, save = float(a["seconds"]), float(a["mtbfSeconds"]), float(a["saveSeconds"])
+        steps, failures = int(a["steps"]), int(a["failures"])
+    except (KeyError, TypeError, ValueError):
+        return "unreadable"
+    whose = "this job" if a.get("basis") == "job" else "the namespace's jobs"
+    return (
+        f"checkpoint every {steps} steps (~{seconds:.0f}s) suggested: MTBF {mtbf:.0f}s over "
+        f"{failures} failure(s) of {whose}, {save:.2f}s per save"
+    )
 
 
 def _describe(f: Failure) -> str:

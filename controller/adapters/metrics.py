@@ -30,6 +30,7 @@ class JobSample:
     checkpoint_time: float | None  # unix seconds
     restarts: int = 0
     uncounted_restarts: int = 0
+    suggested_interval: float | None = None  # status.checkpointInterval.seconds
 
 
 class _StateCollector(Collector):
@@ -64,6 +65,11 @@ class _StateCollector(Collector):
             "Restarts of the job so far, from its status; class = counted / uncounted.",
             labels=["namespace", "trainingjob", "class"],
         )
+        interval = GaugeMetricFamily(
+            "respawn_checkpoint_interval_suggested_seconds",
+            "The checkpoint interval the job's failures and save cost suggest: sqrt(2 x save cost x MTBF).",
+            labels=["namespace", "trainingjob"],
+        )
         counts = {p.value: 0 for p in Phase}
         for job in self._jobs():
             counts[job.phase] = counts.get(job.phase, 0) + 1
@@ -73,6 +79,8 @@ class _StateCollector(Collector):
                 age.add_metric([job.namespace, job.name], max(0.0, now - job.checkpoint_time))
             if job.checkpoint_step is not None:
                 step.add_metric([job.namespace, job.name], job.checkpoint_step)
+            if job.suggested_interval is not None:
+                interval.add_metric([job.namespace, job.name], job.suggested_interval)
         for phase, count in counts.items():
             phases.add_metric([phase], count)
         depth = GaugeMetricFamily("respawn_workqueue_depth", "Job keys waiting to be reconciled.")
@@ -80,7 +88,7 @@ class _StateCollector(Collector):
         # A follower's queue fills from its informers and never drains; dashboards filter on this.
         leader = GaugeMetricFamily("respawn_leader", "1 on the replica that reconciles, 0 on followers.")
         leader.add_metric([], 1.0 if self._leading() else 0.0)
-        yield from (phases, age, step, restarts, depth, leader)
+        yield from (phases, age, step, restarts, interval, depth, leader)
 
 
 class _RequestsCollector(Collector):
@@ -97,6 +105,25 @@ class _RequestsCollector(Collector):
         for kind, count in sorted(self._requests().items()):
             family.add_metric([kind], count)
         yield family
+
+
+def _recovery_histograms(registry: CollectorRegistry) -> tuple[Histogram, Histogram]:
+    total = Histogram(
+        "respawn_recovery_seconds",
+        "From a failure to the first step the next attempt finished (status.lastRecovery).",
+        ["namespace"],
+        buckets=RECOVERY_BUCKETS,
+        registry=registry,
+    )
+    phases = Histogram(
+        "respawn_recovery_phase_seconds",
+        "Each phase of a recovery: detect, teardown, podStart, processStart, import, rendezvous, "
+        "load, compile, firstStep (which includes compile).",
+        ["namespace", "phase"],
+        buckets=PHASE_BUCKETS,
+        registry=registry,
+    )
+    return total, phases
 
 
 class Metrics:
@@ -118,21 +145,7 @@ class Metrics:
             buckets=RECOVERY_BUCKETS,
             registry=registry,
         )
-        self.recovery = Histogram(
-            "respawn_recovery_seconds",
-            "From a failure to the first step the next attempt finished (status.lastRecovery).",
-            ["namespace"],
-            buckets=RECOVERY_BUCKETS,
-            registry=registry,
-        )
-        self.recovery_phase = Histogram(
-            "respawn_recovery_phase_seconds",
-            "Each phase of a recovery: detect, teardown, podStart, processStart, import, rendezvous, "
-            "load, compile, firstStep (which includes compile).",
-            ["namespace", "phase"],
-            buckets=PHASE_BUCKETS,
-            registry=registry,
-        )
+        self.recovery, self.recovery_phase = _recovery_histograms(registry)
         self.steps_lost = Histogram(
             "respawn_steps_lost",
             "Training steps redone after a failure: last step seen minus the resumed checkpoint step.",

@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 from controller.adapters.checkpoint_observer import CheckpointObserver
 from controller.adapters.kubewriter import ForeignObject, KubeWriter, api_message
 from controller.adapters.metrics import Metrics
+from controller.api.constants import Phase
 from controller.api.types import InvalidSpec, TrainingJob, parse_job, status_to_dict
 from controller.core.decide import decide, decide_error, decide_invalid
 from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX, NodeReport, node_report
@@ -40,6 +41,7 @@ from controller.core.plan import (
     WriteStatus,
 )
 from controller.core.policy.success import attempt_ending
+from controller.core.timefmt import parse_time
 from controller.runtime.informer import Informer
 from controller.runtime.informer_group import InformerGroup
 
@@ -53,6 +55,7 @@ BATCH_MAX = 64  # pods created at once, at most (and bodies built and held at on
 CREATE_THREADS = 16  # requests in flight for one batch (shared by the workers)
 POD_BY_JOB = "job"
 POD_BY_NODE = "node"
+JOB_BY_NAMESPACE = "namespace"
 
 
 class CreateRefused(Exception):
@@ -205,18 +208,39 @@ class ReconcilePass:
                 if configmap is not None and (report := node_report(configmap)) is not None:
                     reports[name] = report
         departed = self._recently_departed(job.key)
+        failures = self._namespace_failures(job)
         if self._checkpoints is None:
-            return Observations(nodes=nodes, device_reports=reports, departed=departed)
+            return Observations(
+                nodes=nodes, device_reports=reports, departed=departed, namespace_failures=failures
+            )
         snap = self._checkpoints.snapshot(job.key)
         return Observations(
             nodes=nodes,
             device_reports=reports,
             departed=departed,
+            namespace_failures=failures,
             progress_tracked=True,
             checkpoint=snap.checkpoint,
             last_progress=snap.last_progress,
             last_step=snap.last_step,
         )
+
+    def _namespace_failures(self, job: TrainingJob) -> tuple[float, int]:
+        """The other jobs of the namespace: (seconds they have run, their failures), for the MTBF of
+        a running job that has not failed yet (core/policy/interval.py); read only then."""
+        s = job.status
+        if s.phase is not Phase.RUNNING or s.restarts + s.uncounted_restarts:
+            return (0.0, 0)
+        now, ran, failures = self._now(), 0.0, 0
+        for body in self._caches.jobs.by_index(JOB_BY_NAMESPACE, job.namespace):
+            other = body.get("status") or {}
+            started = parse_time(other.get("startTime"))
+            ended = parse_time(other.get("completionTime")) or now
+            if body["metadata"].get("uid") == job.uid or started is None:
+                continue
+            ran += max(0.0, (ended - started).total_seconds())
+            failures += int(other.get("restarts") or 0) + int(other.get("uncountedRestarts") or 0)
+        return (ran, failures)
 
     def report(self, key: str, exc: Exception) -> None:
         """Say on the job why its last pass failed (condition and Warning event); best effort, the

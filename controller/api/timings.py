@@ -1,5 +1,6 @@
-"""Timings in status: `startup` (an attempt's start-up phases, as the trainers report them) and
-`lastRecovery` (the last restart timed from the failure to the next trained step)."""
+"""Timings in status: `startup` (an attempt's start-up phases, as the trainers report them),
+`lastRecovery` (the last restart timed from the failure to the next trained step) and
+`checkpointInterval` (the interval that failures and save costs suggest)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,42 @@ def recovery_to_dict(r: Recovery) -> dict[str, Any]:
     if r.total is not None:
         body["totalSeconds"] = round(r.total, 3)
     return body
+
+
+@dataclass(frozen=True)
+class IntervalAdvice:
+    """Young/Daly: checkpoint every sqrt(2 x save cost x MTBF) seconds."""
+
+    seconds: float
+    steps: int  # `seconds` in global steps of the reported step time
+    mtbf: float  # seconds between failures, observed
+    save_cost: float  # seconds training stands still per save, reported
+    failures: int  # the failures the MTBF is measured from
+    basis: str  # "job": this job's failures; "namespace": its namespace's, while the job has none
+
+
+def parse_interval(value: Any) -> IntervalAdvice | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return IntervalAdvice(
+            seconds=float(value["seconds"]),
+            steps=int(value["steps"]),
+            mtbf=float(value["mtbfSeconds"]),
+            save_cost=float(value["saveSeconds"]),
+            failures=int(value["failures"]),
+            basis=str(value["basis"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def interval_to_dict(a: IntervalAdvice) -> dict[str, Any]:
+    return {
+        "seconds": round(a.seconds, 1),
+        "steps": a.steps,
+        "mtbfSeconds": round(a.mtbf, 1),
+        "saveSeconds": round(a.save_cost, 4),
+        "failures": a.failures,
+        "basis": a.basis,
+    }

@@ -15,9 +15,12 @@ from controller.api.constants import DEFAULT_MOUNT_PATH, Action, Phase
 from controller.api.limits import check_template_size, check_world_size
 from controller.api.paths import InvalidSpec, check_path, check_tenant
 from controller.api.timings import (
+    IntervalAdvice,
     Recovery,
     StartupTimes,
+    interval_to_dict,
     opt_int,
+    parse_interval,
     parse_recovery,
     parse_startup,
     recovery_to_dict,
@@ -64,6 +67,7 @@ class JobSpec:
     scheduler_port: int
     failure_policy: FailurePolicy
     ranks_per_pod: int = 1  # trainer processes per pod (msrun's local_worker_num)
+    auto_interval: bool = False  # spec.checkpointInterval: Auto: the suggested interval is applied
 
     @property
     def world_size(self) -> int:
@@ -128,6 +132,7 @@ class JobStatus:
     last_progress: ProgressRef | None = None
     startup: StartupTimes | None = None
     last_recovery: Recovery | None = None
+    checkpoint_interval: IntervalAdvice | None = None
     resumed_from_step: int | None = None
     observed_generation: int | None = None
     replicas: int | None = None  # replicas (pods) of the current attempt
@@ -200,7 +205,14 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         scheduler_port=int(spec.get("schedulerPort", 8118)),
         failure_policy=parse_failure_policy(spec.get("failurePolicy") or {}),
         ranks_per_pod=ranks_per_pod,
+        auto_interval=_interval_policy(spec.get("checkpointInterval", "Manual")),
     )
+
+
+def _interval_policy(value: Any) -> bool:
+    if value not in ("Manual", "Auto"):
+        raise InvalidSpec(f"spec.checkpointInterval must be Manual or Auto, got {value!r}")
+    return value == "Auto"
 
 
 def _ranks_per_pod(value: Any) -> int:
@@ -284,6 +296,7 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         last_progress=_progress(status.get("lastProgress")),
         startup=parse_startup(status.get("startup")),
         last_recovery=parse_recovery(status.get("lastRecovery")),
+        checkpoint_interval=parse_interval(status.get("checkpointInterval")),
         resumed_from_step=opt_int(status.get("resumedFromStep")),
         observed_generation=opt_int(status.get("observedGeneration")),
         replicas=opt_int(status.get("replicas")),
@@ -370,6 +383,8 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
         body["startup"] = startup_to_dict(t)
     if status.last_recovery is not None:
         body["lastRecovery"] = recovery_to_dict(status.last_recovery)
+    if status.checkpoint_interval is not None:
+        body["checkpointInterval"] = interval_to_dict(status.checkpoint_interval)
     return _compact(body)
 
 

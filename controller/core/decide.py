@@ -24,6 +24,7 @@ from controller.core.policy import (
     conditions,
     devices,
     failures,
+    interval,
     progress,
     recovery,
     restart,
@@ -49,6 +50,7 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
     status = restart.refund(status, obs)
     current, older = pods.split_attempts(owned, status.attempt)
     ctx = Context(job, obs, now, current, older)
+    status = interval.suggest(ctx, status, summary)
     # Device faults reported after the fact: faulty nodes usable again, a counted exit converted.
     status, converted = restart.reattribute(ctx, devices.forget(ctx, status))
     cleanup = tuple(pods.deletions(older, obs))

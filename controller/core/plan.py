@@ -44,10 +44,16 @@ class CreatePods:
     replicas: int
     indices: tuple[int, ...]
     avoid_nodes: tuple[str, ...] = ()
+    save_steps: int | None = None  # spec.checkpointInterval: Auto, once there is a suggestion
 
     def body(self, index: int) -> dict[str, Any]:
         return podspec.worker_pod(
-            self.job, attempt=self.attempt, rank=index, replicas=self.replicas, avoid_nodes=self.avoid_nodes
+            self.job,
+            attempt=self.attempt,
+            rank=index,
+            replicas=self.replicas,
+            avoid_nodes=self.avoid_nodes,
+            save_steps=self.save_steps,
         )
 
     def bodies(self) -> Iterator[dict[str, Any]]:

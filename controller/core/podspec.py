@@ -69,7 +69,9 @@ def headless_service(job: TrainingJob) -> dict[str, Any]:
     }
 
 
-def trainer_env(job: TrainingJob, attempt: int, index: int, replicas: int) -> list[dict[str, str]]:
+def trainer_env(
+    job: TrainingJob, attempt: int, index: int, replicas: int, save_steps: int | None = None
+) -> list[dict[str, str]]:
     """The variables the worker pod `index` of `replicas` gets. Auto-resume names the job's
     checkpoint directory and leaves `load_checkpoint` / `resume_training` (pretrained weights) to the
     user: the trainer resumes from the directory once it holds a complete step. With
@@ -100,6 +102,8 @@ def trainer_env(job: TrainingJob, attempt: int, index: int, replicas: int) -> li
         reports.POD_NAMESPACE: job.namespace,
         reports.REPORT_INTERVAL: f"{report_interval(job):g}",
     }
+    if save_steps is not None:
+        values[contract.SAVE_CHECKPOINT_STEPS] = str(save_steps)
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
@@ -169,7 +173,13 @@ def _avoid_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
 
 
 def worker_pod(
-    job: TrainingJob, *, attempt: int, rank: int, replicas: int, avoid_nodes: tuple[str, ...] = ()
+    job: TrainingJob,
+    *,
+    attempt: int,
+    rank: int,
+    replicas: int,
+    avoid_nodes: tuple[str, ...] = (),
+    save_steps: int | None = None,
 ) -> dict[str, Any]:
     template = copy.deepcopy(job.spec.template)
     spec: dict[str, Any] = template.get("spec") or {}
@@ -187,7 +197,7 @@ def worker_pod(
     if job.spec.shared_volume is not None:
         volumes = [v for v in spec.get("volumes") or [] if v.get("name") != SHARED_VOLUME_NAME]
         spec["volumes"] = [*volumes, {**job.spec.shared_volume, "name": SHARED_VOLUME_NAME}]
-    injected = trainer_env(job, attempt, rank, replicas)
+    injected = trainer_env(job, attempt, rank, replicas, save_steps)
     injected_names = {e["name"] for e in injected}
     for container in spec.get("containers") or []:
         if container.get("name") != job.spec.trainer_container:

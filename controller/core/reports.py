@@ -25,6 +25,8 @@ class Summary:
     checkpoint: CheckpointRef | None = None
     progress: ProgressRef | None = None  # rank 0's, current attempt
     startup: StartupTimes | None = None  # current attempt, once every rank reported it
+    step_time: float | None = None  # rank 0's, current attempt
+    save_cost: float | None = None  # rank 0's seconds stood still per save, current attempt
 
 
 def _commit_order(c: Commit) -> tuple[int, int]:
@@ -88,4 +90,11 @@ def summarize(pods: Sequence[Pod], *, world_size: int, attempt: int) -> Summary:
     progress = (
         ProgressRef(rank0.step, rank0.at, attempt) if rank0 and rank0.step is not None and rank0.at else None
     )
-    return Summary(seen, _complete(commits, world_size), progress, _startup(current, world_size, attempt))
+    return Summary(
+        seen,
+        _complete(commits, world_size),
+        progress,
+        _startup(current, world_size, attempt),
+        step_time=rank0.step_time if rank0 else None,
+        save_cost=rank0.save_cost if rank0 else None,
+    )

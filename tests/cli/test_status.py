@@ -43,6 +43,14 @@ STATUS: dict[str, Any] = {
         "seconds": {"detect": 0.5, "teardown": 1.25, "podStart": 1.5, "import": 4.25},
         "totalSeconds": 12.75,
     },
+    "checkpointInterval": {
+        "seconds": 93.9,
+        "steps": 188,
+        "mtbfSeconds": 2205.0,
+        "saveSeconds": 2.0,
+        "failures": 2,
+        "basis": "job",
+    },
 }
 
 # The controller's messages (controller/core/decide.py), in the order it writes them.
@@ -114,6 +122,10 @@ def test_status_shows_attempts_failures_restarts_and_checkpoint(
     assert (
         "Recovery:     12.8s from the failure to the first step of attempt 2 (NodeLost): "
         "detect 0.5s, teardown 1.2s, podStart 1.5s, import 4.2s"
+    ) in out
+    assert (
+        "Interval:     checkpoint every 188 steps (~94s) suggested: MTBF 2205s over 2 failure(s) of "
+        "this job, 2.00s per save"
     ) in out
     assert "Last failure: NodeLost on st-a1-0 (node node-0), RestartJobIgnoreBudget" in out
     table = lines[lines.index(next(x for x in lines if x.startswith("ATTEMPT"))) :]

@@ -87,6 +87,7 @@ class Reporter:
         self._timings: dict[str, float] = {}  # start-up phases, sent after the second step
         self._started_at = now_text(process_started())
         self._ready_at: str | None = None
+        self._save_cost: float | None = None
         self._steps = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -130,6 +131,15 @@ class Reporter:
         with self._cond:
             self._state = replace(self._state, step=global_step, step_time=round(step_time, 4), at=now_text())
             self._cond.notify()
+
+    def saved(self, blocked: float) -> None:
+        """Seconds a save held training up (the save call, and waiting for an async snapshot's
+        copy): a moving average, sent with rank 0's next heartbeat."""
+        cost = blocked if self._save_cost is None else 0.7 * self._save_cost + 0.3 * blocked
+        self._save_cost = cost
+        if self._send is not None and self._heartbeat:
+            with self._cond:
+                self._state = replace(self._state, save_cost=round(cost, 4))
 
     def committed(self, *, step: int, epoch: int | None, file: str, attempt: int | None) -> None:
         self._update(commit=Commit(step=step, epoch=epoch, file=file, attempt=attempt, at=now_text()))

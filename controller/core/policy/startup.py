@@ -50,7 +50,9 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
     changes: tuple[Step, ...] = (EnsureService(podspec.headless_service(job)),)
     if missing:
         access = podspec.report_access(job, attempt=status.attempt, replicas=replicas)
-        create = CreatePods(job, status.attempt, replicas, missing, tuple(avoid))
+        advice = status.checkpoint_interval if job.spec.auto_interval else None
+        save_steps = advice.steps if advice is not None else None
+        create = CreatePods(job, status.attempt, replicas, missing, tuple(avoid), save_steps)
         changes += (EnsureReportAccess(access), create)
     # The trainer resolves its resume point with the same function the observer uses.
     resumed = ctx.obs.checkpoint.step if ctx.obs.checkpoint is not None else status.checkpoint_step_at_restart
@@ -64,6 +66,8 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
         next_attempt_after=None,
     )
     size = f" x {job.spec.ranks_per_pod} ranks" if job.spec.ranks_per_pod > 1 else ""
+    if job.spec.auto_interval and status.checkpoint_interval is not None:
+        size += f"; checkpoint every {status.checkpoint_interval.steps} steps (Auto)"
     event = EmitEvent("Normal", "AttemptCreated", f"attempt {status.attempt}: {replicas} workers{size}")
     return Transition(created, changes=changes, notices=(event,))
 
