@@ -28,6 +28,7 @@ from controller.adapters.reconcile_pass import (
 from controller.api.types import parse_status
 from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX
 from controller.core.observations import node_state
+from controller.core.pods import slim as slim_pod
 from controller.core.timefmt import parse_time
 from controller.runtime.health import HealthServer, informer_checks
 from controller.runtime.informer import DELETED, Informer
@@ -327,9 +328,13 @@ def _job_and_pod_informers(
             custom.list_cluster_custom_object,
             name="trainingjobs",
             list_kwargs={"group": GROUP, "version": VERSION, "plural": PLURAL},
+            transform=_without_managed_fields,
         )
         pods = Informer(
-            core.list_pod_for_all_namespaces, name="pods", list_kwargs={"label_selector": managed}
+            core.list_pod_for_all_namespaces,
+            name="pods",
+            list_kwargs={"label_selector": managed},
+            transform=slim_pod,
         )
         return jobs, pods
 
@@ -339,6 +344,7 @@ def _job_and_pod_informers(
             custom.list_namespaced_custom_object,
             name="trainingjobs" if len(namespaces) == 1 else f"trainingjobs-{ns}",
             list_kwargs={**job_kwargs, "namespace": ns},
+            transform=_without_managed_fields,
         )
         for ns in namespaces
     ]
@@ -347,12 +353,21 @@ def _job_and_pod_informers(
             core.list_namespaced_pod,
             name="pods" if len(namespaces) == 1 else f"pods-{ns}",
             list_kwargs={"namespace": ns, "label_selector": managed},
+            transform=slim_pod,
         )
         for ns in namespaces
     ]
     if len(namespaces) == 1:
         return job_informers[0], pod_informers[0]
     return InformerGroup(job_informers), InformerGroup(pod_informers)
+
+
+def _without_managed_fields(job: dict[str, Any]) -> dict[str, Any]:
+    """A TrainingJob as cached: its managedFields (who set which field) are never read."""
+    meta = job.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return job
 
 
 def watched_namespaces(flag: str | None) -> tuple[str, ...]:
