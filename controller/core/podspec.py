@@ -172,6 +172,27 @@ def _avoid_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
         term.setdefault("matchExpressions", []).append(copy.deepcopy(expression))
 
 
+def secure_defaults(spec: dict[str, Any]) -> None:
+    """Give every container that sets no securityContext what the restricted Pod Security Standard
+    asks of it (kubernetes.io/docs/concepts/security/pod-security-standards/#restricted), so a plain
+    template runs in a restricted namespace. A container that sets any securityContext keeps it as
+    it is: its author chose, and a default next to, say, `privileged: true` would make the pod
+    invalid. What the pod's securityContext decides (runAsNonRoot, runAsUser 0, a seccomp profile)
+    is not overridden per container. Windows pods take none of these fields."""
+    pod = spec.get("securityContext") or {}
+    if (spec.get("os") or {}).get("name") == "windows":
+        return
+    defaults: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    if "runAsNonRoot" not in pod and pod.get("runAsUser") != 0:
+        defaults["runAsNonRoot"] = True
+    if "seccompProfile" not in pod:
+        defaults["seccompProfile"] = {"type": "RuntimeDefault"}
+    for key in ("initContainers", "containers"):
+        for container in spec.get(key) or []:
+            if not container.get("securityContext"):
+                container["securityContext"] = copy.deepcopy(defaults)
+
+
 def worker_pod(
     job: TrainingJob,
     *,
@@ -209,6 +230,8 @@ def worker_pod(
             container["volumeMounts"] = [*mounts, output_mount(job)]
     if avoid_nodes:
         _avoid_nodes(spec, avoid_nodes)
+    if job.spec.security_defaults:
+        secure_defaults(spec)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -65,7 +65,15 @@ def test_pods_add_only_placement_identity_and_the_shared_volume() -> None:
     assert not forbidden & set(re.findall(r"'(\w+)'", repr(spec)))
     trainer, sidecar = spec["containers"]
     assert trainer["securityContext"] == {"allowPrivilegeEscalation": False}
-    assert sidecar == TEMPLATE["spec"]["containers"][1], "only the trainer container is changed"
+    assert sidecar == {
+        **TEMPLATE["spec"]["containers"][1],
+        # The pod decides runAsNonRoot; the rest is what restricted Pod Security asks of a container.
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }, "the trainer container gets the environment, a container without a securityContext defaults"
     env = {e["name"]: e["value"] for e in trainer["env"]}
     assert env["RESPAWN_RANK"] == "1" and env["KEEP"] == "1", "injected values win, user values stay"
 
@@ -212,3 +220,59 @@ def test_a_gang_of_more_than_65536_ranks_is_an_invalid_spec() -> None:
     said = r"spec\.replicas x spec\.ranksPerPod is 69632, more than 65536 ranks"
     with pytest.raises(InvalidSpec, match=said):
         job(replicas=4096, ranksPerPod=17)
+
+
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def bare(pod_context: dict[str, Any] | None = None, **spec: Any) -> Any:
+    """A job whose template says nothing about security unless told to."""
+    template = {
+        "containers": [{"name": "trainer", "image": "t"}],
+        "initContainers": [{"name": "i", "image": "t"}],
+    }
+    if pod_context is not None:
+        template["securityContext"] = pod_context
+    return parse_job(
+        {
+            "metadata": {"name": "j", "namespace": "ns", "uid": "u"},
+            "spec": {"replicas": 1, "template": {"spec": template}, **spec},
+        }
+    )
+
+
+def contexts(job: Any) -> list[Any]:
+    spec = worker_pod(job, attempt=0, rank=0, replicas=1)["spec"]
+    return [c.get("securityContext") for c in spec["initContainers"] + spec["containers"]]
+
+
+def test_containers_without_a_security_context_get_what_restricted_pod_security_asks() -> None:
+    assert contexts(bare()) == [RESTRICTED, RESTRICTED]
+    first, second = contexts(bare())[0], contexts(bare())[1]
+    assert first is not second and first["capabilities"] is not second["capabilities"]
+
+
+def test_what_the_pod_decides_is_not_overridden_per_container() -> None:
+    without = {k: v for k, v in RESTRICTED.items() if k not in ("runAsNonRoot", "seccompProfile")}
+    root = {"runAsUser": 0, "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}
+    assert contexts(bare(root)) == [without, without], "root by choice and the pod's profile stay"
+    assert "runAsNonRoot" not in contexts(bare({"runAsNonRoot": False}))[1]
+    assert contexts(bare({"runAsUser": 1000}))[1] == RESTRICTED, "a non-root uid still needs runAsNonRoot"
+
+
+def test_a_container_that_sets_a_security_context_keeps_exactly_it() -> None:
+    job = bare()
+    job.spec.template["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    assert contexts(job) == [RESTRICTED, {"privileged": True}]
+
+
+def test_security_defaults_false_leaves_the_containers_as_the_template_has_them() -> None:
+    assert contexts(bare(securityDefaults=False)) == [None, None]
+    windows = bare()
+    windows.spec.template["spec"]["os"] = {"name": "windows"}
+    assert contexts(windows) == [None, None], "Windows pods may not carry these fields"

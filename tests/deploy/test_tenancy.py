@@ -312,7 +312,9 @@ def test_under_restricted_pod_security_the_samples_run_and_a_privileged_template
         (f"/mnt/shared/{ns}/two-workers", f"{ns}/two-workers")
     ]
 
-    create_job(admin, ns, job("lax"))  # no securityContext: Pod Security refuses the pods
+    lax = job("lax")
+    lax["spec"]["securityDefaults"] = False  # no securityContext at all: Pod Security refuses the pods
+    create_job(admin, ns, lax)
     lax = wait_for("a condition", lambda: conditions(admin, ns, "lax").get("ReconcileError"))
     assert lax["reason"] == "FailedCreate" and 'violates PodSecurity "restricted:latest"' in lax["message"]
     for where, words in ((ns, "privileged"), (tenancy.b, "may not run privileged containers")):
