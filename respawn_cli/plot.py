@@ -5,17 +5,24 @@ start loaded) marked, optionally over a reference run of the same job. Logs are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.dates as mdates
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from respawn_cli import history
+
+FORMATS = ("png", "svg", "pdf")  # from the output file's suffix
+_EPOCH = mdates.date2num(datetime.fromtimestamp(0, UTC))  # matplotlib's date number of Unix time 0
 
 
 @dataclass(frozen=True)
@@ -25,38 +32,179 @@ class PlotSummary:
     steps_redone: int
     compared: int  # steps present in both runs (with a reference)
     mismatched: int  # of those, steps whose final loss differs bitwise from the reference
+    ranks: tuple[int, ...] = (0,)  # drawn; the counts above are the first's
+    downtime: float | None = (
+        None  # with axis="time": seconds between one start's last step and the next's first
+    )
 
 
-def plot(output_dir: Path, out: Path, *, rank: int = 0, reference: Path | None = None) -> PlotSummary:
-    path, starts, points = history.load_points(output_dir, rank)
-    if not starts:
-        raise ValueError(f"no steps in {path}")
-    resumes = history.resumes(starts)
+class WriteError(OSError):
+    """The plot file cannot be written."""
+
+
+@dataclass(frozen=True)
+class _Rank:
+    rank: int
+    path: Path
+    starts: list[history.Start]
+    points: history.Points
+
+
+def plot(
+    output_dir: Path,
+    out: Path,
+    *,
+    rank: int = 0,
+    ranks: Sequence[int] | None = None,
+    reference: Path | None = None,
+    axis: str = "step",
+) -> PlotSummary:
+    """Draw `rank` (or every one of `ranks`, overlaid) to `out`, in the format its suffix names;
+    x is the global step or, with axis="time", the wall-clock time of each step (its `time`)."""
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise ValueError(f"{out}: the format comes from the suffix, one of {', '.join(FORMATS)}")
+    if axis == "time" and reference is not None:
+        raise ValueError("a reference run has its own clock: draw it against steps, not time")
+    drawn = [_load(output_dir, r, times=axis == "time") for r in (ranks or [rank])]
+    first = drawn[0]
+    resumes = history.resumes(first.starts)
     ref_points = None
     if reference is not None:
-        ref_path, ref_starts, ref_points = history.load_points(reference, rank)
-        if not ref_starts:
-            raise ValueError(f"no steps in {ref_path}")
+        ref = _load(reference, first.rank, times=False)
+        ref_points = ref.points
 
     # The Agg canvas directly: no pyplot, no global backend state, no display needed.
     fig = Figure(figsize=(11, 5.5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    if ref_points is not None:
-        _draw_reference(ax, ref_points)
-    _draw_starts(ax, starts, points)
-    _draw_resumes(ax, starts, resumes)
+    downtime = None
+    if axis == "time":
+        downtime = _draw_time(ax, drawn)
+    else:
+        if ref_points is not None:
+            _draw_reference(ax, ref_points)
+        if len(drawn) == 1:
+            _draw_starts(ax, first.starts, first.points)
+        else:
+            _draw_ranks(ax, drawn, lambda r: np.frombuffer(r.points.steps, dtype=np.int64))
+        _draw_resumes(ax, first.starts, resumes)
+        ax.set_xlabel("global step")
 
-    summary = _summary(starts, resumes, points, ref_points)
-    ax.set_title(_title(path, summary, with_reference=ref_points is not None), fontsize=11)
-    ax.set_xlabel("global step")
+    summary = _summary(first.starts, resumes, first.points, ref_points)
+    summary = replace(summary, ranks=tuple(r.rank for r in drawn), downtime=downtime)
+    ax.set_title(_title(first.path, summary, with_reference=ref_points is not None), fontsize=11)
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
+    _save(fig, out, fmt)
     return summary
+
+
+def _load(output_dir: Path, rank: int, *, times: bool) -> _Rank:
+    try:
+        path, starts, points = history.load_points(output_dir, rank, times=times)
+    except OSError as exc:  # its filename may be a descriptor (safefs): name the log
+        raise ValueError(f"{history.steps_path(output_dir, rank)}: {exc.strerror or exc}") from exc
+    if not starts:
+        raise ValueError(f"no steps in {path}")
+    if points.times is not None and (missing := int(np.count_nonzero(np.isnan(_times(points))))):
+        raise ValueError(
+            f"{path}: {missing} of {len(points)} steps have no wall-clock `time`; --x time needs a "
+            "trainer that writes it"
+        )
+    return _Rank(rank, path, starts, points)
+
+
+def _save(fig: Figure, out: Path, fmt: str) -> None:
+    # No creation date in SVG and PDF: the same log gives the same file.
+    metadata = {"Date": None} if fmt == "svg" else {"CreationDate": None} if fmt == "pdf" else None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format=fmt, metadata=metadata)
+    except OSError as exc:
+        raise WriteError(f"{out}: {exc.strerror or exc}") from exc
+
+
+def _times(points: history.Points) -> np.ndarray:
+    assert points.times is not None
+    return np.frombuffer(points.times, dtype=np.float64)
+
+
+def _draw_ranks(ax: Axes, drawn: list[_Rank], xs_of: Callable[[_Rank], np.ndarray]) -> None:
+    """Several ranks over each other: a color per rank, each of its starts a line of that color."""
+    colors = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
+    for i, r in enumerate(drawn):
+        xs, ys = xs_of(r), np.frombuffer(r.points.losses, dtype=np.float64)
+        for start in r.starts:
+            span = slice(start.offset, start.offset + start.count)
+            label = f"rank {r.rank}" if start.index == 0 else None
+            ax.plot(xs[span], ys[span], color=colors[i % len(colors)], linewidth=1.2, label=label, zorder=3)
+
+
+def _draw_time(ax: Axes, drawn: list[_Rank]) -> float:
+    """Loss against wall-clock time: each gap between one start's last step and the next's first
+    shaded and labelled with its length. Returns the first rank's gaps in seconds, summed."""
+    first = drawn[0]
+
+    def dates(r: _Rank) -> np.ndarray:
+        return _EPOCH + _times(r.points) / 86400.0
+
+    if len(drawn) == 1:
+        colors = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]
+        xs, ys = dates(first), np.frombuffer(first.points.losses, dtype=np.float64)
+        for start in first.starts:
+            span = slice(start.offset, start.offset + start.count)
+            ax.plot(
+                xs[span],
+                ys[span],
+                color=colors[start.index % len(colors)],
+                linewidth=1.4,
+                label=_origin(start),
+                zorder=3,
+            )
+    else:
+        _draw_ranks(ax, drawn, dates)
+    seconds, total = _times(first.points), 0.0
+    xs = dates(first)
+    for prev, cur in itertools.pairwise(first.starts):
+        end, begin = prev.offset + prev.count - 1, cur.offset
+        gap = max(0.0, float(seconds[begin] - seconds[end]))
+        total += gap
+        ax.axvspan(
+            xs[end],
+            xs[begin],
+            color="0.5",
+            alpha=0.2,
+            zorder=0,
+            label=None if prev.index else "no step logged (failure to next first step)",
+        )
+        if prev.last_loss is not None:
+            ax.scatter(
+                [xs[end]],
+                [prev.last_loss],
+                marker="X",
+                s=110,
+                color="crimson",
+                edgecolors="black",
+                linewidths=0.6,
+                zorder=5,
+                label=None if prev.index else "failure (last step before restart)",
+            )
+        ax.annotate(
+            f"down {gap:.0f}s",
+            xy=(xs[end], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -12),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_xlabel("wall-clock time (UTC)")
+    return total
 
 
 def _effective(points: history.Points) -> tuple[np.ndarray, np.ndarray]:
@@ -85,12 +233,6 @@ def _draw_starts(ax: Axes, starts: list[history.Start], points: history.Points) 
         color = colors[start.index % len(colors)]
         xs = all_xs[start.offset : start.offset + start.count]
         ys = all_ys[start.offset : start.offset + start.count]
-        if not start.marked and start.index == 0:
-            origin = "start 0"
-        elif start.resumed_from is None:
-            origin = f"start {start.index}: random init"
-        else:
-            origin = f"start {start.index}: from step {start.resumed_from}"
         ax.plot(
             xs,
             ys,
@@ -98,9 +240,17 @@ def _draw_starts(ax: Axes, starts: list[history.Start], points: history.Points) 
             linewidth=1.4,
             marker="." if len(xs) <= 200 else None,
             markersize=4,
-            label=origin,
+            label=_origin(start),
             zorder=3,
         )
+
+
+def _origin(start: history.Start) -> str:
+    if not start.marked and start.index == 0:
+        return "start 0"
+    if start.resumed_from is None:
+        return f"start {start.index}: random init"
+    return f"start {start.index}: from step {start.resumed_from}"
 
 
 def _draw_resumes(ax: Axes, starts: list[history.Start], resumes: list[history.Resume]) -> None:

@@ -26,6 +26,8 @@ _RESTARTING = re.compile(
 _ATTEMPT_CREATED = re.compile(r"^attempt (?P<attempt>\d+):")
 _EXIT_CODE = re.compile(r"exited (?:with code )?(?P<code>-?\d+)")
 _POD_ATTEMPT = re.compile(r"-a(?P<attempt>\d+)-\d+$")
+# (connect, read) seconds per API call: a server that never answers is "unreachable", not a hang.
+REQUEST_TIMEOUT = (10, 30)
 
 
 @dataclass
@@ -94,9 +96,13 @@ class Report:
 
 
 def gather(api: client.ApiClient, namespace: str, name: str, output_dir: Path | None = None) -> Report:
-    job = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    job = client.CustomObjectsApi(api).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+    )
     events = client.CoreV1Api(api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.kind=TrainingJob,involvedObject.name={name}"
+        namespace,
+        field_selector=f"involvedObject.kind=TrainingJob,involvedObject.name={name}",
+        _request_timeout=REQUEST_TIMEOUT,
     )
     uid = job["metadata"].get("uid")
     mine = [e for e in events.items if not uid or not e.involved_object.uid or e.involved_object.uid == uid]

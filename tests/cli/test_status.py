@@ -168,27 +168,17 @@ def test_status_with_output_dir_shows_checkpoints_per_rank_and_resumes(
     assert "rank 1 start 2: resumed from step 25 (e2e_rank_1-1_25.ckpt) after step 28, 3 steps redone" in out
 
 
+@pytest.mark.parametrize("flag", [["-o", "json"], ["--output=json"], ["--json"]], ids=" ".join)
 def test_status_json(
+    flag: list[str],
     job: dict[str, Any],
     namespace: str,
     kubeconfig: Path,
     output_dir: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    report = json.loads(
-        run(
-            capsys,
-            "status",
-            "st",
-            "-n",
-            namespace,
-            "--kubeconfig",
-            str(kubeconfig),
-            "--output-dir",
-            str(output_dir),
-            "--json",
-        )
-    )
+    args = ["status", "st", "-n", namespace, "--kubeconfig", str(kubeconfig), "--output-dir", str(output_dir)]
+    report = json.loads(run(capsys, *args, *flag))
     assert (report["phase"], report["restarts"], report["uncounted_restarts"]) == ("Running", 1, 1)
     failures = [a["failure"] for a in report["attempts"]]
     assert failures[0]["exit_code"] == 137 and failures[0]["counted"] is True
@@ -197,8 +187,10 @@ def test_status_json(
     assert [len(r["resumes"]) for r in report["output"]["ranks"]] == [2, 2]
 
 
-def test_status_of_a_missing_job(
-    namespace: str, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+def test_status_text_is_the_default_output(
+    job: dict[str, Any], namespace: str, kubeconfig: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["status", "nope", "-n", namespace, "--kubeconfig", str(kubeconfig)]) == 1
-    assert "404" in capsys.readouterr().err
+    args = ["status", "st", "-n", namespace, "--kubeconfig", str(kubeconfig)]
+    assert run(capsys, *args, "-o", "text") == run(capsys, *args)
+    assert main([*args, "-o", "yaml"]) == 2, "an output format it does not have"
+    assert "invalid choice: 'yaml'" in capsys.readouterr().err
