@@ -1,7 +1,9 @@
 """`respawn plot`: the loss per global step of one rank across every start in its steps.jsonl, with
 each failure (the last step before a start that redoes steps) and each resume (the checkpoint step a
 start loaded) marked, optionally over a reference run of the same job. Logs are streamed
-(respawn_cli/history.py): memory grows by 24 bytes per step, not with the file."""
+(respawn_cli/history.py): memory grows by 24 bytes per step (32 with wall-clock times), not with the
+file. The format comes from the output file's suffix; ranks can be overlaid; the x axis is the global
+step or each step's wall-clock `time`, which shows how long no step was logged between starts."""
 
 from __future__ import annotations
 
@@ -194,9 +196,9 @@ def _draw_time(ax: Axes, drawn: list[_Rank]) -> float:
             )
         ax.annotate(
             f"down {gap:.0f}s",
-            xy=(xs[end], 1.0),
+            xy=(xs[end], 0.0),  # at the foot of the span: the legend sits at the top right
             xycoords=("data", "axes fraction"),
-            xytext=(3, -12),
+            xytext=(3, 4),
             textcoords="offset points",
             fontsize=8,
         )

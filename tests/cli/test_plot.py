@@ -1,7 +1,9 @@
-"""`respawn plot` on hand-made steps.jsonl files: a valid PNG, and the failures and resumes it finds."""
+"""`respawn plot` on hand-made steps.jsonl files: a valid PNG, SVG or PDF as the suffix says, the
+failures and resumes it finds, ranks overlaid, and the wall-clock axis with the downtime."""
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -90,6 +92,101 @@ def test_cli_plot_without_reference(
 
 
 def test_cli_plot_of_a_missing_log_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plot", "--output-dir", str(tmp_path), "-o", str(tmp_path / "x.png")]) == 1
+    assert main(["plot", "--output-dir", str(tmp_path), "-o", str(tmp_path / "x.png")]) == 7
     assert "no steps in" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "magic"), [(".svg", b"<?xml"), (".SVG", b"<?xml"), (".pdf", b"%PDF-"), (".png", PNG_SIGNATURE)]
+)
+def test_the_suffix_sets_the_format(
+    suffix: str, magic: bytes, runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _ref, job = runs
+    out = tmp_path / f"loss{suffix}"
+    assert main(["plot", "--output-dir", str(job), "-o", str(out)]) == 0
+    data = out.read_bytes()
+    assert data.startswith(magic), data[:20]
+    if suffix.lower() == ".svg":
+        assert b"<svg" in data and b"<!-- start 2: from step 25 -->" in data, "the legend, as text"
+        assert b"CreationDate" not in data and b"<dc:date>" not in data, "the same log, the same file"
+    if suffix == ".pdf":
+        assert data.rstrip().endswith(b"%%EOF") and b"CreationDate" not in data
+
+
+def two_ranks(tmp_path: Path) -> Path:
+    job = tmp_path / "job"
+    write_steps(job, 0, [(None, range(1, 18)), (15, range(16, 30))])
+    path = write_steps(job, 1, [(None, range(1, 18)), (15, range(16, 30))])
+    path.write_text(path.read_text().replace('"loss": 2', '"loss": 3'))  # rank 1's own local loss
+    return job
+
+
+@pytest.mark.parametrize("ranks", [["--all-ranks"], ["--rank", "0", "--rank", "1"]], ids=" ".join)
+def test_ranks_overlaid(ranks: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "loss.svg"
+    assert main(["plot", "--output-dir", str(two_ranks(tmp_path)), *ranks, "-o", str(out)]) == 0
+    assert "2 starts, 1 failures, 2 steps redone (rank 0; ranks 0, 1 drawn)" in capsys.readouterr().out
+    svg = out.read_text()
+    assert "<!-- rank 0 -->" in svg and "<!-- rank 1 -->" in svg
+    assert "<!-- start 1: from step 15 -->" not in svg, "a color per rank, not per start"
+
+
+def test_a_rank_of_the_overlay_without_a_log_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = two_ranks(tmp_path)
+    args = ["plot", "--output-dir", str(job), "--rank", "0", "--rank", "2", "-o", str(tmp_path / "x.png")]
+    assert main(args) == 7
+    assert f"no steps in {job / 'log' / 'rank_2' / 'steps.jsonl'}" in capsys.readouterr().err
+
+
+def timed_log(output: Path, rank: int = 0) -> Path:
+    """Steps 1..17 a second apart, killed; 42 s later the restart's first step (16, from 15) and on
+    to 30; then a second failure after step 30 with 8 s to the next start (29, from 28)."""
+    t0, lines = 1_767_261_600.0, []  # 2026-01-01T10:00:00Z
+    for step in range(1, 18):
+        lines.append(record(step, time=t0 + step) | ({"resumed_from": None} if step == 1 else {}))
+    for i, step in enumerate(range(16, 31)):
+        extra = {"resumed_from": {"global_step": 15}} if i == 0 else {}
+        lines.append(record(step, time=t0 + 17 + 42 + i) | extra)
+    last = t0 + 17 + 42 + 14
+    for i, step in enumerate(range(29, 33)):
+        extra = {"resumed_from": {"global_step": 28}} if i == 0 else {}
+        lines.append(record(step, time=last + 8 + i) | extra)
+    path = output / "log" / f"rank_{rank}" / "steps.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_wall_clock_axis_shows_the_downtime_between_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    timed_log(tmp_path / "job")
+    out = tmp_path / "loss.svg"
+    summary = plot(tmp_path / "job", out, axis="time")
+    assert (summary.starts, summary.failures, summary.downtime) == (3, 2, 50.0)
+    svg = out.read_text()
+    assert "<!-- down 42s -->" in svg and "<!-- down 8s -->" in svg
+    assert "<!-- wall-clock time (UTC) -->" in svg and "<!-- 10:01 -->" in svg, "clock times on the axis"
+    assert (
+        main(["plot", "--output-dir", str(tmp_path / "job"), "--x", "time", "-o", str(tmp_path / "l.png")])
+        == 0
+    )
+    assert "3 starts, 2 failures, 4 steps redone, 50s down between starts" in capsys.readouterr().out
+
+
+def test_wall_clock_axis_needs_times_and_no_reference(
+    runs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref, job = runs
+    out = str(tmp_path / "x.png")
+    assert main(["plot", "--output-dir", str(job), "--x", "time", "-o", out]) == 7
+    err = capsys.readouterr().err
+    assert "45 of 45 steps have no wall-clock `time`; --x time needs a trainer that writes it" in err
+    args = ["plot", "--output-dir", str(job), "--reference", str(ref), "--x", "time", "-o", out]
+    assert main(args) == 2
+    assert "--reference draws against steps" in capsys.readouterr().err
+    assert not Path(out).exists()

@@ -232,7 +232,7 @@ RESTRICTED = {
 
 def bare(pod_context: dict[str, Any] | None = None, **spec: Any) -> Any:
     """A job whose template says nothing about security unless told to."""
-    template = {
+    template: dict[str, Any] = {
         "containers": [{"name": "trainer", "image": "t"}],
         "initContainers": [{"name": "i", "image": "t"}],
     }
