@@ -68,6 +68,7 @@ class JobSpec:
     failure_policy: FailurePolicy
     ranks_per_pod: int = 1  # trainer processes per pod (msrun's local_worker_num)
     auto_interval: bool = False  # spec.checkpointInterval: Auto: the suggested interval is applied
+    suspend: bool = False  # spec.suspend: no pods while true (Job's and Kueue's meaning)
 
     @property
     def world_size(self) -> int:
@@ -206,6 +207,7 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         failure_policy=parse_failure_policy(spec.get("failurePolicy") or {}),
         ranks_per_pod=ranks_per_pod,
         auto_interval=_interval_policy(spec.get("checkpointInterval", "Manual")),
+        suspend=spec.get("suspend") is True,
     )
 
 

@@ -30,6 +30,7 @@ from controller.core.policy import (
     restart,
     startup,
     success,
+    suspend,
 )
 
 
@@ -58,6 +59,10 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
     if status.phase.terminal:
         teardown = pods.deletions(current, obs) if status.phase is Phase.FAILED else []
         transition = Transition(status, changes=tuple(teardown))
+    elif job.spec.suspend:
+        transition = suspend.suspend(ctx, status)
+    elif status.phase is Phase.SUSPENDED:
+        transition = suspend.resume(ctx, status)
     elif status.phase is Phase.RESTARTING:
         transition = startup.continue_restart(ctx, status)
     elif status.replicas is None:
