@@ -30,6 +30,7 @@ from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX, 
 from controller.core.observations import NodeState, Observations, node_state
 from controller.core.plan import (
     CreatePods,
+    DeleteJob,
     DeletePod,
     EmitEvent,
     EnsureReportAccess,
@@ -310,6 +311,9 @@ class ReconcilePass:
                     self._overlay[job.key] = (job.body["metadata"].get("resourceVersion", ""), new)
                 case DeletePod(name, uid, force):
                     self._writer.delete_pod(job.namespace, name, uid=uid, force=force)
+                case DeleteJob(uid):
+                    self._writer.delete_job(job.namespace, job.body["metadata"]["name"], uid=uid)
+                    log.info("deleted: finished, ttlSecondsAfterFinished passed", extra={"job": job.key})
                 case EnsureService(body):
                     self._writer.ensure_service(job.namespace, body)
                 case EnsureReportAccess(objects):

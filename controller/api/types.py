@@ -69,6 +69,7 @@ class JobSpec:
     ranks_per_pod: int = 1  # trainer processes per pod (msrun's local_worker_num)
     auto_interval: bool = False  # spec.checkpointInterval: Auto: the suggested interval is applied
     suspend: bool = False  # spec.suspend: no pods while true (Job's and Kueue's meaning)
+    ttl_after_finished: int | None = None  # spec.ttlSecondsAfterFinished: delete the finished job
 
     @property
     def world_size(self) -> int:
@@ -208,7 +209,16 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         ranks_per_pod=ranks_per_pod,
         auto_interval=_interval_policy(spec.get("checkpointInterval", "Manual")),
         suspend=spec.get("suspend") is True,
+        ttl_after_finished=_ttl(spec.get("ttlSecondsAfterFinished")),
     )
+
+
+def _ttl(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidSpec(f"spec.ttlSecondsAfterFinished must be an integer >= 0, got {value!r}")
+    return value
 
 
 def _interval_policy(value: Any) -> bool:

@@ -1,11 +1,14 @@
 """spec.suspend (core/policy/suspend.py): no pods while suspended, status kept, a new attempt on
-resume; never a restart, counted or not."""
+resume; never a restart, counted or not. And spec.ttlSecondsAfterFinished."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from controller.api.constants import Phase
-from controller.core.plan import CreatePods, EmitEvent, WriteStatus
-from tests.support.core_inputs import RUNNING, job, pod, run
+from controller.core.plan import CreatePods, DeleteJob, EmitEvent, WriteStatus
+from controller.core.timefmt import format_time
+from tests.support.core_inputs import NOW, RUNNING, job, pod, run
 
 
 def condition(status: object, type_: str) -> dict[str, str]:
@@ -61,3 +64,14 @@ def test_a_finished_job_ignores_suspend() -> None:
     done = {"phase": "Succeeded", "attempt": 2, "replicas": 2}
     plan = run(job(done, suspend=True), [])
     assert plan.status is None or plan.status.phase is Phase.SUCCEEDED
+
+
+def test_a_finished_job_is_deleted_after_its_ttl() -> None:
+    done = {"phase": "Succeeded", "attempt": 0, "completionTime": format_time(NOW - timedelta(seconds=30))}
+    early = run(job(done, ttlSecondsAfterFinished=100), [])
+    assert early.of(DeleteJob) == [] and early.requeue_after == 70, "looked at again when it is due"
+    due = run(job(done, ttlSecondsAfterFinished=30), [])
+    assert due.of(DeleteJob) == [DeleteJob("u-1")]
+    assert run(job(done), []).of(DeleteJob) == [], "no ttl: kept"
+    running = run(job({**RUNNING}, ttlSecondsAfterFinished=0), [pod(0), pod(1)])
+    assert running.of(DeleteJob) == [], "only a finished job"
