@@ -127,6 +127,16 @@ class KubeWriter:
             if exc.status not in (404, 409):  # gone, or a successor holds the name
                 raise
 
+    def delete_job(self, namespace: str, name: str, *, uid: str) -> None:
+        """Delete a TrainingJob (ttlSecondsAfterFinished), only the incarnation with `uid`."""
+        options = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        try:
+            self._request("DELETE", path, options)
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone, or re-created under the name
+                raise
+
     def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         """Replace the status subresource, guarded by the job's resourceVersion; returns the new object."""
         meta = job["metadata"]

@@ -30,6 +30,7 @@ from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX, 
 from controller.core.observations import NodeState, Observations, node_state
 from controller.core.plan import (
     CreatePods,
+    DeleteJob,
     DeletePod,
     EmitEvent,
     EnsureReportAccess,
@@ -56,6 +57,7 @@ CREATE_THREADS = 16  # requests in flight for one batch (shared by the workers)
 POD_BY_JOB = "job"
 POD_BY_NODE = "node"
 JOB_BY_NAMESPACE = "namespace"
+NAMESPACE_MTBF_SECONDS = 60.0
 
 
 class CreateRefused(Exception):
@@ -114,6 +116,7 @@ class ReconcilePass:
         self._monotonic = monotonic
         self._expectations: dict[str, _Expectation] = {}
         self._departed: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self._namespace_mtbf: dict[str, tuple[float, tuple[float, int]]] = {}  # ns -> (when, value)
         self._overlay: dict[str, tuple[str, dict[str, Any]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=CREATE_THREADS, thread_name_prefix="create")
 
@@ -226,20 +229,26 @@ class ReconcilePass:
         )
 
     def _namespace_failures(self, job: TrainingJob) -> tuple[float, int]:
-        """The other jobs of the namespace: (seconds they have run, their failures), for the MTBF of
-        a running job that has not failed yet (core/policy/interval.py); read only then."""
+        """The namespace's jobs, this one included: (seconds they have run, their failures), for the
+        MTBF of a running job that has not failed yet (core/policy/interval.py); read only then."""
         s = job.status
         if s.phase is not Phase.RUNNING or s.restarts + s.uncounted_restarts:
             return (0.0, 0)
+        # A walk over the namespace's jobs, at most once a minute per namespace: every report
+        # reconciles its job, and a namespace may hold thousands.
+        cached = self._namespace_mtbf.get(job.namespace)
+        if cached is not None and self._monotonic() - cached[0] < NAMESPACE_MTBF_SECONDS:
+            return cached[1]
         now, ran, failures = self._now(), 0.0, 0
         for body in self._caches.jobs.by_index(JOB_BY_NAMESPACE, job.namespace):
             other = body.get("status") or {}
             started = parse_time(other.get("startTime"))
             ended = parse_time(other.get("completionTime")) or now
-            if body["metadata"].get("uid") == job.uid or started is None:
+            if started is None:
                 continue
             ran += max(0.0, (ended - started).total_seconds())
             failures += int(other.get("restarts") or 0) + int(other.get("uncountedRestarts") or 0)
+        self._namespace_mtbf[job.namespace] = (self._monotonic(), (ran, failures))
         return (ran, failures)
 
     def report(self, key: str, exc: Exception) -> None:
@@ -302,6 +311,9 @@ class ReconcilePass:
                     self._overlay[job.key] = (job.body["metadata"].get("resourceVersion", ""), new)
                 case DeletePod(name, uid, force):
                     self._writer.delete_pod(job.namespace, name, uid=uid, force=force)
+                case DeleteJob(uid):
+                    self._writer.delete_job(job.namespace, job.body["metadata"]["name"], uid=uid)
+                    log.info("deleted: finished, ttlSecondsAfterFinished passed", extra={"job": job.key})
                 case EnsureService(body):
                     self._writer.ensure_service(job.namespace, body)
                 case EnsureReportAccess(objects):

@@ -68,6 +68,8 @@ class JobSpec:
     failure_policy: FailurePolicy
     ranks_per_pod: int = 1  # trainer processes per pod (msrun's local_worker_num)
     auto_interval: bool = False  # spec.checkpointInterval: Auto: the suggested interval is applied
+    suspend: bool = False  # spec.suspend: no pods while true (Job's and Kueue's meaning)
+    ttl_after_finished: int | None = None  # spec.ttlSecondsAfterFinished: delete the finished job
     security_defaults: bool = True  # spec.securityDefaults: restricted-PSS settings where none are set
 
     @property
@@ -207,8 +209,18 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         failure_policy=parse_failure_policy(spec.get("failurePolicy") or {}),
         ranks_per_pod=ranks_per_pod,
         auto_interval=_interval_policy(spec.get("checkpointInterval", "Manual")),
+        suspend=spec.get("suspend") is True,
+        ttl_after_finished=_ttl(spec.get("ttlSecondsAfterFinished")),
         security_defaults=spec.get("securityDefaults") is not False,
     )
+
+
+def _ttl(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidSpec(f"spec.ttlSecondsAfterFinished must be an integer >= 0, got {value!r}")
+    return value
 
 
 def _interval_policy(value: Any) -> bool:

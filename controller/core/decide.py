@@ -19,7 +19,7 @@ from controller.api.types import JobStatus, TrainingJob, parse_status
 from controller.core import pods, reports
 from controller.core.context import Context, Transition
 from controller.core.observations import Observations
-from controller.core.plan import EmitEvent, Plan, Step, WriteStatus
+from controller.core.plan import DeleteJob, EmitEvent, Plan, Step, WriteStatus
 from controller.core.policy import (
     conditions,
     devices,
@@ -30,7 +30,9 @@ from controller.core.policy import (
     restart,
     startup,
     success,
+    suspend,
 )
+from controller.core.timefmt import parse_time
 
 
 def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, now: datetime) -> Plan:
@@ -57,7 +59,11 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
 
     if status.phase.terminal:
         teardown = pods.deletions(current, obs) if status.phase is Phase.FAILED else []
-        transition = Transition(status, changes=tuple(teardown))
+        transition = _expire(ctx, status, Transition(status, changes=tuple(teardown)))
+    elif job.spec.suspend:
+        transition = suspend.suspend(ctx, status)
+    elif status.phase is Phase.SUSPENDED:
+        transition = suspend.resume(ctx, status)
     elif status.phase is Phase.RESTARTING:
         transition = startup.continue_restart(ctx, status)
     elif status.replicas is None:
@@ -89,6 +95,17 @@ def decide_error(raw_status: Mapping[str, Any], reason: str, message: str, now: 
     )
     write: tuple[Step, ...] = (WriteStatus(marked),) if marked != status else ()
     return Plan((*write, EmitEvent("Warning", reason, message)))
+
+
+def _expire(ctx: Context, status: JobStatus, transition: Transition) -> Transition:
+    """A finished job past ttlSecondsAfterFinished is deleted; before that, looked at again then."""
+    ttl, done = ctx.job.spec.ttl_after_finished, parse_time(status.completion_time)
+    if ttl is None or done is None:
+        return transition
+    left = (done - ctx.now).total_seconds() + ttl
+    if left > 0:
+        return dataclasses.replace(transition, requeue_after=left)
+    return dataclasses.replace(transition, changes=(*transition.changes, DeleteJob(ctx.job.uid)))
 
 
 def _watch_attempt(ctx: Context, status: JobStatus) -> Transition:

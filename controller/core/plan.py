@@ -73,6 +73,14 @@ class EmitEvent:
 
 
 @dataclass(frozen=True)
+class DeleteJob:
+    """The TrainingJob itself, finished and past its ttlSecondsAfterFinished; only this uid (a
+    job re-created under the same name is left alone). Its pods and Service go with it (owners)."""
+
+    uid: str
+
+
+@dataclass(frozen=True)
 class RecordRestart:
     """A restart decided in this pass, for metrics."""
 
@@ -96,6 +104,7 @@ class RecordRecoveryPhases:
 
 Step = (
     DeletePod
+    | DeleteJob
     | EnsureService
     | EnsureReportAccess
     | CreatePods
@@ -108,6 +117,7 @@ Step = (
 S = TypeVar(
     "S",
     DeletePod,
+    DeleteJob,
     EnsureService,
     EnsureReportAccess,
     CreatePods,

@@ -213,8 +213,7 @@ def worker_pod(
     }
     spec["restartPolicy"] = "Never"
     spec["serviceAccountName"] = pod_account(job)
-    spec["hostname"] = name
-    spec["subdomain"] = job.name
+    spec["hostname"], spec["subdomain"] = name, job.name  # <pod>.<job>.<namespace>.svc
     if job.spec.shared_volume is not None:
         volumes = [v for v in spec.get("volumes") or [] if v.get("name") != SHARED_VOLUME_NAME]
         spec["volumes"] = [*volumes, {**job.spec.shared_volume, "name": SHARED_VOLUME_NAME}]

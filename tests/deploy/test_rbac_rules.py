@@ -64,6 +64,7 @@ NO_STATUS = "the job's status is never written"
 NOT_RUNNING = "the job never shows Running: pod changes are not seen"
 NO_RESTART = "a failed attempt is never replaced"
 NO_EVENTS = "no events are recorded"
+NOT_EXPIRED = "a finished job is never deleted after its ttlSecondsAfterFinished"
 NODE_LOSS_MISSED = "a lost node goes unnoticed: no restart, node not avoided"
 DEVICE_FAULT_MISSED = "a device fault goes unnoticed: no restart, node not avoided"
 FOREIGN_UNNAMED = "a foreign Service or pod holding a job's name is not named on the job"
@@ -366,13 +367,15 @@ def keeps_leadership(run: Run) -> str | None:
     return LOSES_LEASE
 
 
-def runs_a_job(run: Run, name: str = "job", node: str | None = None, **policy: Any) -> str | None:
+def runs_a_job(
+    run: Run, name: str = "job", node: str | None = None, spec: dict[str, Any] | None = None, **policy: Any
+) -> str | None:
     """A job created now gets its Service and pods; when they run, its status says Running."""
     if broken := starts(run):
         return broken
     admin, ns = run.admin, run.namespace
     mark = run.log_size()
-    create_job(admin, ns, played_job(name, **policy))
+    create_job(admin, ns, played_job(name, spec=spec, **policy))
     if not run.step(
         NO_PODS, lambda: len(job_pods(admin, ns, name, 0)) == 2, lambda: run.reconcile_refused(mark)
     ):
@@ -405,6 +408,24 @@ def restarts(run: Run) -> str | None:
         return len(job_pods(admin, ns, "restart", 1)) == 2 and not job_pods(admin, ns, "restart", 0)
 
     return None if run.step(NO_RESTART, replaced, lambda: run.reconcile_refused(mark)) else NO_RESTART
+
+
+def deletes_finished_jobs(run: Run) -> str | None:
+    """A job that succeeded is deleted once its ttlSecondsAfterFinished has passed."""
+    if broken := runs_a_job(run, "expires", spec={"ttlSecondsAfterFinished": 0}):
+        return broken
+    admin, ns, mark = run.admin, run.namespace, run.log_size()
+    for rank in (0, 1):
+        set_phase(admin, ns, f"expires-a0-{rank}", "Succeeded", exit_code=0)
+
+    def gone() -> bool:
+        try:
+            get_job(admin, ns, "expires")
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    return None if run.step(NOT_EXPIRED, gone, lambda: run.reconcile_refused(mark)) else NOT_EXPIRED
 
 
 def records_events(run: Run) -> str | None:
@@ -509,6 +530,7 @@ FEATURES: dict[str, Callable[[Run], str | None]] = {
         keeps_leadership,
         runs_a_job,
         restarts,
+        deletes_finished_jobs,
         records_events,
         avoids_lost_nodes,
         avoids_faulty_devices,
@@ -534,6 +556,9 @@ CASES: dict[str, Case] = {
     "ClusterRole nodes:watch": Case("avoids_lost_nodes", NODE_LOSS_MISSED, "informer=nodes"),
     f"ClusterRole {TJ}:list": Case("starts", NEVER_READY, "informer=trainingjobs"),
     f"ClusterRole {TJ}:watch": Case("runs_a_job", NO_PODS, "informer=trainingjobs"),
+    f"ClusterRole {TJ}:delete": Case(
+        "deletes_finished_jobs", NOT_EXPIRED, "cannot delete resource trainingjobs"
+    ),
     "ClusterRole trainingjobs/status.training.respawn.dev:update": Case(
         "runs_a_job", NO_STATUS, "cannot update resource trainingjobs/status"
     ),

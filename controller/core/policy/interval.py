@@ -30,9 +30,9 @@ def mtbf(ctx: Context, status: JobStatus) -> tuple[float, int, str] | None:
     failures = status.restarts + status.uncounted_restarts
     if failures and ran:
         return ran / failures, failures, "job"
-    seconds, others = ctx.obs.namespace_failures
-    if others:
-        return (seconds + ran) / others, others, "namespace"
+    seconds, counted = ctx.obs.namespace_failures
+    if counted:
+        return seconds / counted, counted, "namespace"
     return None
 
 

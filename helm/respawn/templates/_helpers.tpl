@@ -100,10 +100,11 @@ What the controller does to the objects it manages, in the namespaces it watches
 Each rule names the calls that need it (controller/app.py informers, controller/kube.py).
 */}}
 {{- define "respawn.jobRules" -}}
-# Informer (list+watch) on TrainingJobs. Reads come from its cache: no get.
+# Informer (list+watch) on TrainingJobs. Reads come from its cache: no get. KubeWriter.delete_job:
+# a finished job past its ttlSecondsAfterFinished.
 - apiGroups: [training.respawn.dev]
   resources: [trainingjobs]
-  verbs: [list, watch]
+  verbs: [list, watch, delete]
 # KubeWriter.write_status: replace on the status subresource, guarded by resourceVersion.
 - apiGroups: [training.respawn.dev]
   resources: [trainingjobs/status]

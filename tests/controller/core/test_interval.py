@@ -60,7 +60,7 @@ def test_the_namespace_s_failures_while_the_job_has_none_and_nothing_without_eit
     fresh = job(running(attempt=0, restarts=0, uncounted=0))
     alone = run(fresh, pods).status
     assert alone is not None and alone.checkpoint_interval is None, "no failure anywhere: no MTBF"
-    others = Observations(namespace_failures=(8 * 3600.0, 4))
+    others = Observations(namespace_failures=(10 * 3600.0, 4))
     st = run(fresh, pods, others).status
     assert st is not None and st.checkpoint_interval is not None
     assert (st.checkpoint_interval.basis, st.checkpoint_interval.mtbf) == ("namespace", 2.5 * 3600)
