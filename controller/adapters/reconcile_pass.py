@@ -33,6 +33,7 @@ from controller.core.plan import (
     DeleteJob,
     DeletePod,
     EmitEvent,
+    EnsurePodGroup,
     EnsureReportAccess,
     EnsureService,
     Plan,
@@ -319,6 +320,8 @@ class ReconcilePass:
                 case EnsureReportAccess(objects):
                     for body in objects:
                         self._writer.ensure_owned(job.namespace, body)
+                case EnsurePodGroup(body):
+                    self._writer.ensure_owned(job.namespace, body)
                 case CreatePods():
                     self._create_gang(job, step)
                 case EmitEvent(type_, reason, message):

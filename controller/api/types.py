@@ -11,6 +11,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.api import fields
 from controller.api.constants import DEFAULT_MOUNT_PATH, Action, Phase
 from controller.api.limits import check_template_size, check_world_size
 from controller.api.paths import InvalidSpec, check_path, check_tenant
@@ -70,6 +71,7 @@ class JobSpec:
     auto_interval: bool = False  # spec.checkpointInterval: Auto: the suggested interval is applied
     suspend: bool = False  # spec.suspend: no pods while true (Job's and Kueue's meaning)
     ttl_after_finished: int | None = None  # spec.ttlSecondsAfterFinished: delete the finished job
+    pod_group: str | None = None  # spec.podGroup: Volcano / Coscheduling gang scheduling (core/gang.py)
     security_defaults: bool = True  # spec.securityDefaults: restricted-PSS settings where none are set
 
     @property
@@ -196,7 +198,7 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
     output_dir = spec.get("outputDir") or f"{namespace}/{name}"
     check_path("spec.outputDir", output_dir, absolute=False)
     check_tenant(output_dir, namespace)
-    replicas, ranks_per_pod = int(spec["replicas"]), _ranks_per_pod(spec.get("ranksPerPod", 1))
+    replicas, ranks_per_pod = int(spec["replicas"]), fields.ranks_per_pod(spec.get("ranksPerPod", 1))
     check_world_size(replicas, ranks_per_pod)
     return JobSpec(
         replicas=replicas,
@@ -208,32 +210,12 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         scheduler_port=int(spec.get("schedulerPort", 8118)),
         failure_policy=parse_failure_policy(spec.get("failurePolicy") or {}),
         ranks_per_pod=ranks_per_pod,
-        auto_interval=_interval_policy(spec.get("checkpointInterval", "Manual")),
+        auto_interval=fields.interval_policy(spec.get("checkpointInterval", "Manual")),
         suspend=spec.get("suspend") is True,
-        ttl_after_finished=_ttl(spec.get("ttlSecondsAfterFinished")),
+        ttl_after_finished=fields.ttl(spec.get("ttlSecondsAfterFinished")),
+        pod_group=fields.pod_group(spec.get("podGroup"), template),
         security_defaults=spec.get("securityDefaults") is not False,
     )
-
-
-def _ttl(value: Any) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidSpec(f"spec.ttlSecondsAfterFinished must be an integer >= 0, got {value!r}")
-    return value
-
-
-def _interval_policy(value: Any) -> bool:
-    if value not in ("Manual", "Auto"):
-        raise InvalidSpec(f"spec.checkpointInterval must be Manual or Auto, got {value!r}")
-    return value == "Auto"
-
-
-def _ranks_per_pod(value: Any) -> int:
-    """The CRD's bounds, again: a job admitted under an older CRD has no ranksPerPod (1)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidSpec(f"spec.ranksPerPod must be an integer >= 1, got {value!r}")
-    return value
 
 
 def parse_failure_policy(policy: dict[str, Any]) -> FailurePolicy:

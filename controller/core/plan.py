@@ -73,6 +73,13 @@ class EmitEvent:
 
 
 @dataclass(frozen=True)
+class EnsurePodGroup:
+    """The job's PodGroup (core/gang.py), created or brought up to date before its pods."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class DeleteJob:
     """The TrainingJob itself, finished and past its ttlSecondsAfterFinished; only this uid (a
     job re-created under the same name is left alone). Its pods and Service go with it (owners)."""
@@ -107,6 +114,7 @@ Step = (
     | DeleteJob
     | EnsureService
     | EnsureReportAccess
+    | EnsurePodGroup
     | CreatePods
     | WriteStatus
     | EmitEvent
@@ -120,6 +128,7 @@ S = TypeVar(
     DeleteJob,
     EnsureService,
     EnsureReportAccess,
+    EnsurePodGroup,
     CreatePods,
     WriteStatus,
     EmitEvent,

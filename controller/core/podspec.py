@@ -13,6 +13,7 @@ from typing import Any
 
 from controller.api.constants import SHARED_VOLUME_NAME
 from controller.api.types import TrainingJob
+from controller.core import gang
 from respawn_protocol import contract
 from respawn_protocol import report as reports
 from respawn_protocol.crd import (
@@ -205,15 +206,10 @@ def worker_pod(
     template = copy.deepcopy(job.spec.template)
     spec: dict[str, Any] = template.get("spec") or {}
     name = pod_name(job.name, attempt, rank)
-    labels = {
-        **((template.get("metadata") or {}).get("labels") or {}),
-        **selector_labels(job),
-        LABEL_ATTEMPT: str(attempt),
-        LABEL_RANK: str(rank),
-    }
     spec["restartPolicy"] = "Never"
     spec["serviceAccountName"] = pod_account(job)
-    spec["hostname"], spec["subdomain"] = name, job.name  # <pod>.<job>.<namespace>.svc
+    spec["hostname"] = name
+    spec["subdomain"] = job.name
     if job.spec.shared_volume is not None:
         volumes = [v for v in spec.get("volumes") or [] if v.get("name") != SHARED_VOLUME_NAME]
         spec["volumes"] = [*volumes, {**job.spec.shared_volume, "name": SHARED_VOLUME_NAME}]
@@ -234,12 +230,27 @@ def worker_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": job.namespace,
-            "labels": labels,
-            "annotations": (template.get("metadata") or {}).get("annotations") or {},
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": _pod_metadata(job, template.get("metadata") or {}, name, attempt, rank),
         "spec": spec,
+    }
+
+
+def _pod_metadata(
+    job: TrainingJob, template_meta: dict[str, Any], name: str, attempt: int, rank: int
+) -> dict[str, Any]:
+    """The template's labels and annotations, the PodGroup's marks, then the controller's own."""
+    group_labels, group_annotations = gang.member_marks(job)
+    labels = {
+        **(template_meta.get("labels") or {}),
+        **group_labels,
+        **selector_labels(job),
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_RANK: str(rank),
+    }
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels,
+        "annotations": {**(template_meta.get("annotations") or {}), **group_annotations},
+        "ownerReferences": [owner_reference(job)],
     }

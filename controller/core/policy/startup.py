@@ -12,11 +12,12 @@ from typing import Any
 
 from controller.api.constants import Phase, Reason
 from controller.api.types import JobStatus
-from controller.core import podspec
+from controller.core import gang, podspec
 from controller.core.context import Context, Transition
 from controller.core.plan import (
     CreatePods,
     EmitEvent,
+    EnsurePodGroup,
     EnsureReportAccess,
     EnsureService,
     RecordRecovery,
@@ -53,7 +54,10 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
         advice = status.checkpoint_interval if job.spec.auto_interval else None
         save_steps = advice.steps if advice is not None else None
         create = CreatePods(job, status.attempt, replicas, missing, tuple(avoid), save_steps)
-        changes += (EnsureReportAccess(access), create)
+        changes += (EnsureReportAccess(access),)
+        if (group := gang.pod_group(job, replicas, podspec.owner_reference(job))) is not None:
+            changes += (EnsurePodGroup(group),)
+        changes += (create,)
     # The trainer resolves its resume point with the same function the observer uses.
     resumed = ctx.obs.checkpoint.step if ctx.obs.checkpoint is not None else status.checkpoint_step_at_restart
     created = dataclasses.replace(

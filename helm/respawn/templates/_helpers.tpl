@@ -134,6 +134,11 @@ Each rule names the calls that need it (controller/app.py informers, controller/
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [rolebindings]
   verbs: [create, get]
+# KubeWriter.ensure_owned: the job's PodGroup for gang scheduling (spec.podGroup, core/gang.py),
+# Volcano's or the coscheduling plugin's; get after a 409, update when the gang's size changes.
+- apiGroups: [scheduling.volcano.sh, scheduling.x-k8s.io]
+  resources: [podgroups]
+  verbs: [create, get, update]
 # KubeWriter.ensure_service: the job's headless Service; get after a 409, as for pods.
 - apiGroups: [""]
   resources: [services]
