@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 from respawn_cli.errors import CliError, Exit, one_line
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient
+    from kubernetes.client import ApiClient, Configuration
 
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -43,7 +43,9 @@ def _api(kubeconfig: str | None) -> tuple[ApiClient, str]:
     try:
         _, context = config.list_kube_config_contexts(config_file=kubeconfig)
         namespace = (context or {}).get("context", {}).get("namespace") or "default"
-        return config.new_client_from_config(config_file=kubeconfig), namespace
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        return _client(configuration), namespace
     except (config.ConfigException, OSError, yaml.YAMLError, TypeError, AttributeError, KeyError) as exc:
         explicit = kubeconfig or os.environ.get("KUBECONFIG")
         if explicit or Path("~/.kube/config").expanduser().exists():
@@ -51,15 +53,25 @@ def _api(kubeconfig: str | None) -> tuple[ApiClient, str]:
             paths = [Path(p).expanduser() for p in where.split(os.pathsep) if p]
             why = _why(exc) if any(p.exists() for p in paths) else "no such file"
             raise CliError(Exit.NO_CONFIG, f"kubeconfig {where} cannot be used: {why}") from exc
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException as exc:
         raise CliError(
             Exit.NO_CONFIG,
             "no kubeconfig ($KUBECONFIG, ~/.kube/config or --kubeconfig) and not running in a pod",
         ) from exc
     namespace = IN_CLUSTER_NAMESPACE.read_text().strip() if IN_CLUSTER_NAMESPACE.exists() else "default"
-    return client.ApiClient(), namespace
+    return _client(configuration), namespace
+
+
+def _client(configuration: Configuration) -> ApiClient:
+    from kubernetes import client
+
+    # One retry, not urllib3's default three with backoff: a refused connection is told in
+    # milliseconds, not seconds, as kubectl tells it.
+    configuration.retries = 1
+    return client.ApiClient(configuration)
 
 
 def _why(exc: BaseException) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import urllib3
-from kubernetes.client.rest import ApiException
+if TYPE_CHECKING:  # the kubernetes client takes a second to import: not for --version or plot
+    import urllib3
+    from kubernetes.client.rest import ApiException
 
 
 class Exit(IntEnum):

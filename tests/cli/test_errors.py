@@ -333,6 +333,26 @@ def test_ctrl_c_is_quiet_and_exit_130(
     assert capsys.readouterr().err == ""
 
 
+def test_a_reader_that_goes_away_ends_it_quietly(tmp_path: Path) -> None:
+    """`respawn ... | head`: the installed command, its stdout a pipe nobody reads any more."""
+    write_steps(tmp_path, 0, [(None, range(1, 5))])
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(
+            [str(RESPAWN), "plot", "--output-dir", str(tmp_path), "-o", str(tmp_path / "x.png")],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (Exit.OK, "")
+    assert (tmp_path / "x.png").stat().st_size > 0, "the work was done; only its summary line was lost"
+
+
 def test_the_table_in_the_docs_lists_every_exit_code() -> None:
     table = (REPO / "docs" / "cli.md").read_text()
     for code in Exit:
