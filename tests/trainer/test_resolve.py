@@ -265,6 +265,17 @@ def test_named_step_with_rank_substitution(tmp_path: Path) -> None:
     assert res.files == {0: job.path(0, 1, 2), 1: job.path(1, 1, 2)}
 
 
+def test_named_step_without_extension_gets_the_configured_format(tmp_path: Path) -> None:
+    """MindFormers appends `.{load_ckpt_format}` to a `resume_training` name without one."""
+    Job(tmp_path, world=2).commit(1, 2)
+    st = Job(tmp_path, world=2, fmt="safetensors")
+    st.commit(1, 3)
+    res = resolve(tmp_path, "job_rank_0-1_2", formats=("ckpt",))
+    assert res.files == {r: tmp_path / f"rank_{r}" / f"job_rank_{r}-1_2.ckpt" for r in (0, 1)}
+    res = resolve(tmp_path, "job_rank_1-1_3", formats=("safetensors",))
+    assert res.files[0].name == "job_rank_0-1_3.safetensors"
+
+
 def test_named_step_missing_on_a_rank_is_an_error(tmp_path: Path) -> None:
     job = Job(tmp_path, world=2)
     job.commit(1, 1)
@@ -301,13 +312,17 @@ def test_named_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
         resolve(ckpt, "job_rank_0-1_7.ckpt")
 
 
-def test_earlier_runs_with_other_suffixes_are_found(tmp_path: Path) -> None:
+def test_without_meta_the_latest_run_wins_over_higher_step_numbers(tmp_path: Path) -> None:
+    """MindSpore numbers runs upwards and a resumed MindFormers run restarts its (epoch, step)
+    numbering: without meta.json the later run is the newer state, whatever its step numbers."""
     job = Job(tmp_path)
     job.file(0, 1, 3)  # first run, no meta
     job.file(0, 1, 5, suffix="_1")  # second run (prefix auto-incremented)
     job.file(0, 1, 4, suffix="_2")
     res = resolve(tmp_path, True)
-    assert res.key == StepKey(1, 5) and res.files[0].name == "job_rank_0_1-1_5.ckpt"
+    assert res.key == StepKey(1, 4) and res.files[0].name == "job_rank_0_2-1_4.ckpt"
+    (tmp_path / "rank_0" / "job_rank_0_2-1_4.ckpt").write_bytes(b"")  # damaged: the run before
+    assert resolve(tmp_path, True).files[0].name == "job_rank_0_1-1_5.ckpt"
 
 
 def test_recorded_file_wins_over_an_unrecorded_one_of_the_same_step(tmp_path: Path) -> None:
