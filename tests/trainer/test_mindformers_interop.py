@@ -40,6 +40,8 @@ class Case:
     ours: Choice | None = None  # None: the same as theirs
     theirs: Choice | str = ""  # a choice, or the start of MindFormers' error
     theirs_loads: bool = True
+    # after our trainer failed to load rank 0's file of our choice, resolving again without it
+    after_failed_load: Choice | None = None
 
 
 def rm_meta(root: Path) -> None:
@@ -112,6 +114,14 @@ CASES = {
         theirs=at(CKP, "1_4", run="_1"),
         theirs_loads=False,
     ),
+    # a truncated .ckpt shows nowhere but in loading it: the same choice, then we fall back
+    "truncated newest .ckpt": Case(
+        "both",
+        truncate("CKP_rank_0-1_6.ckpt", 0),
+        theirs=at(CKP, "1_6"),
+        theirs_loads=False,
+        after_failed_load=at(CKP, "1_4"),
+    ),
     "safetensors, ranks behind": Case(
         "st behind", fmt="safetensors", theirs=at(CKP, "1_4", ext="safetensors")
     ),
@@ -169,16 +179,25 @@ def answers(written: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
         for n, c in CASES.items()
     ]
     mf = theirs_many(requests, base / "cwd")
-    return {n: (ours(roots[n], c.resume_training, c.fmt), *mf[i]) for i, (n, c) in enumerate(CASES.items())}
+    out = {}
+    for i, (name, case) in enumerate(CASES.items()):
+        choice = ours(roots[name], case.resume_training, case.fmt)
+        again = None
+        if case.after_failed_load is not None and isinstance(choice, dict):
+            failed = [roots[name] / "rank_0" / choice[0]]
+            again = ours(roots[name], case.resume_training, case.fmt, exclude=failed)
+        out[name] = (choice, *mf[i], again)
+    return out
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_mindformers_written(name: str, answers: dict[str, tuple]) -> None:
     case = CASES[name]
-    our_choice, their_choice, they_load = answers[name]
+    our_choice, their_choice, they_load, after_failed_load = answers[name]
     summary = json.dumps({"ours": our_choice, "theirs": their_choice, "they load": they_load})
     if isinstance(case.theirs, str):
         assert isinstance(their_choice, str) and their_choice.startswith(case.theirs), summary
     else:
         assert their_choice == case.theirs and they_load == case.theirs_loads, summary
     assert our_choice == (case.ours if case.ours is not None else case.theirs), summary
+    assert after_failed_load == case.after_failed_load, summary
