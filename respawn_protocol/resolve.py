@@ -9,10 +9,12 @@ Rules, in MindFormers' terms:
 - `load_checkpoint` names a directory of `rank_N/` folders:
   - `resume_training: True` (or False, which loads weights only): the newest step that is committed
     (at or before the minimum over ranks of meta.json's last step) and valid on every rank, its files
-    written by one attempt where meta.json says. Without any meta.json, the newest step present and
-    valid on every rank.
-  - `resume_training: <file name>`: that step, with the rank substituted per rank; an error if any rank
-    lacks it or holds a damaged copy.
+    written by one start (lineage.py: one lineage, one attempt, one run prefix where unrecorded).
+    Directories respawn did not write (MindFormers' meta.json, or none): one run (`_K` prefix) at a
+    time, the latest first, since MindFormers' resumed runs restart their (epoch, step) numbering.
+  - `resume_training: <file name>`: that step, with the rank substituted per rank (and
+    `.{load_ckpt_format}` appended to a name without extension); an error if any rank lacks it or
+    holds a damaged copy.
   - Nothing there (empty, or only empty `rank_N/` folders): random initialisation.
 - A damaged file or a meta.json naming a missing file makes it fall back to the next older complete step,
   with a warning. Random initialisation happens only when no complete step exists at all.

@@ -48,8 +48,13 @@ def gang(
 def runs(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, str]) -> dict[str, Path]:
     """The output directories, by name."""
     base = tmp_path_factory.mktemp("ours")
-    out = {name: base / name for name in ("full", "behind", "branch", "fresh over old")}
+    out = {name: base / name for name in ("full", "behind", "branch", "fresh over old", "safetensors")}
     assert gang(trainer_env, out["full"]) == [0, 0]
+    safetensors: dict[str, Any] = {
+        "load_ckpt_format": "safetensors",
+        "callbacks__0__checkpoint_format": "safetensors",
+    }
+    assert gang(trainer_env, out["safetensors"], **safetensors) == [0, 0]
     # rank 1 is SIGKILLed right after committing step 3
     assert gang(trainer_env, out["behind"], {"RESPAWN_FAULT": "after_meta:3"}) == [0, KILLED]
     for name, config in (
@@ -114,6 +119,22 @@ CASES: dict[str, tuple[str, dict[str, Any], Any, Any, bool]] = {
     "missing newest": ("full", {"remove": "rank_1/tiny_rank_1-2_5.ckpt"}, None, at("tiny", "2_4"), True),
     "_K branch, a rank behind": ("branch", {}, at("tiny", "2_3"), MF_REFUSES, False),
     "fresh run over an old one, a rank behind": ("fresh over old", {}, "random init", MF_REFUSES, False),
+    "safetensors": ("safetensors", {"fmt": "safetensors"}, None, at("tiny", "2_5", ext="safetensors"), True),
+    "safetensors, truncated newest": (
+        "safetensors",
+        {"fmt": "safetensors", "truncate": "rank_1/tiny_rank_1-2_5.safetensors"},
+        at("tiny", "2_4", ext="safetensors"),
+        at("tiny", "2_5", ext="safetensors"),
+        False,
+    ),
+    # weights only, named as MindFormers names them: its loader takes each rank's newest file
+    "checkpoint_network": (
+        "full",
+        {"network": True},
+        None,
+        {r: f"tiny_rank_{r}-network-2_5.ckpt" for r in (0, 1)},
+        True,
+    ),
 }
 
 
@@ -122,7 +143,7 @@ def test_mindformers_reads_our_directories(runs: dict[str, Path], tmp_path: Path
     roots = {}
     for name, (run, how, *_) in CASES.items():
         root = tmp_path / name.replace(" ", "_").replace(",", "") / "checkpoint"
-        shutil.copytree(runs[run] / "checkpoint", root)
+        shutil.copytree(runs[run] / ("checkpoint_network" if how.get("network") else "checkpoint"), root)
         if how.get("rm_meta"):
             for meta in root.glob("rank_*/meta.json"):
                 meta.unlink()
@@ -143,7 +164,7 @@ def test_mindformers_reads_our_directories(runs: dict[str, Path], tmp_path: Path
     mf = dict(zip(CASES, theirs_many(requests, tmp_path / "cwd"), strict=True))
     problems = {}
     for name, (_, how, our_expected, their_expected, they_load) in CASES.items():
-        our_choice = ours(roots[name], how.get("resume_training", True))
+        our_choice = ours(roots[name], how.get("resume_training", True), how.get("fmt", "ckpt"))
         their_choice, loaded = mf[name]
         theirs_ok = (
             their_choice.startswith(their_expected)
