@@ -9,7 +9,7 @@ is validity.py's question, and which step to resume from is resolve.py's.
   disk but unrecorded (a crash before the commit, or no meta.json at all) is its newest file.
   Symlinks (files or rank folders, wherever they lead) are ignored, with a warning; listings are
   bounded (`safefs.scan`).
-- `gang_size`, `one_attempt`: which ranks a step needs, and whether their files belong together.
+- `gang_size`, `one_history`: which ranks a step needs, and whether their files belong together.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from respawn_protocol.contract import META_FILE
 from respawn_protocol.layout import StepKey, is_plain_name, parse_name, rank_dir
+from respawn_protocol.lineage import run_id, run_number
 from respawn_protocol.meta import Meta, MetaError, Record, read_meta
 from respawn_protocol.safefs import iter_entries, scan
 
@@ -72,8 +73,11 @@ def has_loose_checkpoints(root: Path, formats: Collection[str]) -> bool:
     return any((p := parse_name(e.name)) is not None and p.ext in formats for e in iter_entries(root))
 
 
-def scan_rank(root: Path, rank: int, formats: Collection[str], warnings: list[str]) -> RankView:
-    """A rank's candidates; a folder that is a symlink is ignored, with a warning."""
+def scan_rank(
+    root: Path, rank: int, formats: Collection[str], warnings: list[str], run: str | None = None
+) -> RankView:
+    """A rank's candidates, only of `run` if given; a folder that is a symlink is ignored, with a
+    warning."""
     directory = rank_dir(root, rank)
     try:
         mode = os.lstat(directory).st_mode
@@ -91,9 +95,11 @@ def scan_rank(root: Path, rank: int, formats: Collection[str], warnings: list[st
             meta = read_meta(directory, root=root)
         except MetaError as e:
             warnings.append(f"ignoring unreadable meta.json: {e}")
-    on_disk = _files_on_disk(entries, formats, warnings)
+    on_disk = _files_on_disk(entries, formats, warnings, run)
     candidates: dict[StepKey, Candidate] = {}
     for record in _records(meta, directory, formats, warnings):
+        if run is not None and run_id(record.file) != run:
+            continue
         path = directory / record.file
         if path in on_disk.get(record.key, []):
             candidates[record.key] = Candidate(path, record.key, record)
@@ -103,17 +109,30 @@ def scan_rank(root: Path, rank: int, formats: Collection[str], warnings: list[st
         if key not in candidates:
             newest = max(paths, key=lambda p: (_mtime(p), p.name))
             candidates[key] = Candidate(newest, key, None)
-    return RankView(candidates, meta)
+    return RankView(candidates, meta if run is None else _meta_within(meta, run))
+
+
+def _meta_within(meta: Meta | None, run: str) -> Meta | None:
+    """A meta.json seen from one run, whose (epoch, step) numbering is its own: one naming a later
+    run has passed this run (None: it bounds nothing), one naming an earlier run has committed
+    nothing of it (step 0_0)."""
+    named = run_id(meta.last_ckpt_file) if meta is not None else None
+    if meta is None or named is None or named == run:
+        return meta
+    if run_number(named) > run_number(run):
+        return None
+    return Meta(0, 0, meta.last_ckpt_file, format_version=meta.format_version)
 
 
 def _files_on_disk(
-    entries: list[os.DirEntry[str]], formats: Collection[str], warnings: list[str]
+    entries: list[os.DirEntry[str]], formats: Collection[str], warnings: list[str], run: str | None
 ) -> dict[StepKey, list[Path]]:
-    """The rank folder's checkpoint files of the wanted formats, by step; symlinks are ignored."""
+    """The rank folder's checkpoint files of the wanted formats (and run), by step; symlinks are
+    ignored."""
     on_disk: dict[StepKey, list[Path]] = {}
     for entry in entries:
         parsed = parse_name(entry.name)
-        if parsed is None or parsed.ext not in formats:
+        if parsed is None or parsed.ext not in formats or (run is not None and run_id(entry.name) != run):
             continue
         path = Path(entry.path)
         if entry.is_symlink():
@@ -158,9 +177,28 @@ def gang_size(views: dict[int, RankView], key: StepKey, legacy: int) -> int:
     return legacy
 
 
-def one_attempt(chosen: list[Candidate]) -> bool:
-    """The ranks' files of a step come from one gang. Steps are rewritten after a resume, so a rank
-    can still list a step from an earlier attempt that another rank has just written anew; after a
-    resize the two can even hold different training states under the same step number."""
-    attempts = {c.record.attempt for c in chosen if c.record is not None and c.record.attempt is not None}
-    return len(attempts) <= 1
+def one_history(chosen: list[Candidate]) -> bool:
+    """The ranks' files of a step come from one start of one gang (lineage.py). Steps are rewritten
+    after a resume, so a rank can still list a step of an abandoned branch, or of an earlier
+    attempt, that another rank has just written anew; after a resize the two can even hold
+    different training states under the same step number.
+
+    Recorded files pair when their records name one lineage (files of older records, which name
+    none, pair only with each other) and one attempt where they say. A step with an unrecorded
+    file (written but not committed, or a MindFormers directory) also needs one run prefix."""
+    recorded = [c.record for c in chosen if c.record is not None]
+    if len({r.lineage for r in recorded}) > 1:
+        return False
+    attempts = {r.attempt for r in recorded if r.attempt is not None}
+    if len(attempts) > 1:
+        return False
+    return len(recorded) == len(chosen) or len({run_id(c.path.name) for c in chosen}) == 1
+
+
+def runs_newest_first(views: Iterable[RankView]) -> list[str]:
+    """The runs with files in these views, later starts first (MindSpore numbers them upwards);
+    among equal numbers, a run some meta.json names first."""
+    views = list(views)
+    runs = {run_id(c.path.name) for v in views for c in v.candidates.values()} - {None}
+    named = {run_id(v.meta.last_ckpt_file) for v in views if v.meta is not None}
+    return sorted((r for r in runs if r is not None), key=lambda r: (-run_number(r), r not in named, r))

@@ -2,16 +2,19 @@
 
     output_dir/checkpoint/rank_N/{prefix}_rank_N[_K]-{epoch}_{step}.{ckpt|safetensors}
     output_dir/checkpoint/rank_N/meta.json
-    output_dir/checkpoint_network/rank_N/<same names>          (weights only)
+    output_dir/checkpoint_network/rank_N/{prefix}_rank_N[_K]-network-{epoch}_{step}.{ext}   (weights only)
 
-`_K` is MindFormers' auto-increment: a new run never reuses a prefix that already has files, so it
-never overwrites a file an earlier run may still need. Temporary files start with `.tmp-`.
+`_K` is MindSpore's auto-increment: a new run takes the highest `_K` found plus one, so it never
+overwrites a file an earlier run may still need, and a higher `_K` is a later run. Weights-only copies
+carry MindFormers' `-network` tag; older ones have the full checkpoint's name. Temporary files start
+with `.tmp-`.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,9 @@ TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"^(?P<prefix>[^/\\]+)-(?P<epoch>\d+)_(?P<step>\d+)\.(?P<ext>ckpt|safetensors)$")
 _RANK_DIR = re.compile(r"^rank_(\d+)$")
 _RANK_IN_PREFIX = re.compile(r"_rank_\d+")
+NETWORK_TAG = "-network"  # MindFormers' weights-only files: {prefix}-network-{epoch}_{step}.{ext}
+# MindFormers' other copies of a step; never resumed from, but part of the run for pruning.
+_TAGS = (NETWORK_TAG, "-trainable_params")
 
 
 @dataclass(frozen=True, order=True)
@@ -74,25 +80,56 @@ def substitute_rank(name: str, rank: int) -> str:
     return CheckpointName(prefix, parsed.key, parsed.ext).name
 
 
+def run_prefix(prefix: str) -> str:
+    """The run a file belongs to: its prefix without MindFormers' `-network` tag."""
+    for tag in _TAGS:
+        if prefix.endswith(tag):
+            return prefix[: -len(tag)]
+    return prefix
+
+
+def network_name(name: CheckpointName) -> str:
+    """The weights-only copy's name, as MindFormers writes it."""
+    return CheckpointName(name.prefix + NETWORK_TAG, name.key, name.ext).name
+
+
+def run_number(prefix: str, base: str) -> int | None:
+    """`K` of a prefix in `base`'s family (`base` itself is 0; tags ignored), None outside it."""
+    run = run_prefix(prefix)
+    if run == base:
+        return 0
+    m = re.fullmatch(re.escape(base) + r"_(\d+)", run)
+    return int(m.group(1)) if m else None
+
+
 def in_family(prefix: str, base: str) -> bool:
     """Whether a file prefix belongs to this job's rank prefix, with any auto-increment suffix."""
-    return prefix == base or re.fullmatch(re.escape(base) + r"_\d+", prefix) is not None
+    return run_number(prefix, base) is not None
+
+
+def next_run_number(directories: Iterable[tuple[Path, str]], start: int = 0) -> int:
+    """MindSpore's auto-increment over `(folder, base)` pairs: 0 while no folder has a file of its
+    base's family, else the highest `K` found plus one (the base counts as 0). Not the first free
+    number: a lower free `K` may have been pruned, and reusing it would order the runs wrongly."""
+    k = start
+    for directory, base in directories:
+        if directory.is_symlink() or not directory.is_dir():
+            continue  # never followed (safefs); a trainer's own folder is checked before this
+        for entry in scan(directory):
+            parsed = parse_name(entry.name)
+            n = run_number(parsed.prefix, base) if parsed is not None else None
+            if n is not None:
+                k = max(k, n + 1)
+    return k
+
+
+def with_run_number(base: str, k: int) -> str:
+    return base if k == 0 else f"{base}_{k}"
 
 
 def next_run_prefix(rank_dir: Path, base: str) -> str:
-    """MindFormers' auto-increment: `base`, else `base_1`, `base_2`, ... whichever has no files yet."""
-    used: set[str] = set()
-    if rank_dir.is_dir():
-        for entry in scan(rank_dir):
-            parsed = parse_name(entry.name)
-            if parsed is not None:
-                used.add(parsed.prefix)
-    if base not in used:
-        return base
-    k = 1
-    while f"{base}_{k}" in used:
-        k += 1
-    return f"{base}_{k}"
+    """The prefix MindSpore's ModelCheckpoint gives a new run in `rank_dir`."""
+    return with_run_number(base, next_run_number([(rank_dir, base)]))
 
 
 def rank_dir(root: Path, rank: int) -> Path:

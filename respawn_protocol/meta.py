@@ -30,6 +30,7 @@ class Record:
     network_file: str | None = None
     world_size: int | None = None  # ranks of the gang that wrote this step; None in older records
     attempt: int | None = None  # the controller's attempt (one gang) that wrote it; None outside respawn
+    lineage: str | None = None  # the history it belongs to (lineage.py); None in older records
 
     @property
     def key(self) -> StepKey:
@@ -43,6 +44,8 @@ class Meta:
     last_ckpt_file: str
     last_global_step: int | None = None
     checkpoints: list[Record] = field(default_factory=list)
+    # None: not written by respawn (MindFormers' CheckpointMonitor writes only the three last_* keys)
+    format_version: int | None = FORMAT_VERSION
 
     @property
     def key(self) -> StepKey:
@@ -105,6 +108,7 @@ def _from_dict(raw: Any) -> Meta:
         network = r.get("network_file")
         world = r.get("world_size")
         attempt = r.get("attempt")
+        lineage = r.get("lineage")
         records.append(
             Record(
                 file=_str(r["file"]),
@@ -116,13 +120,16 @@ def _from_dict(raw: Any) -> Meta:
                 network_file=None if network is None else _str(network),
                 world_size=None if world is None else _int(world),
                 attempt=None if attempt is None else _int(attempt),
+                lineage=None if lineage is None else _str(lineage),
             )
         )
     gs = raw.get("last_global_step")
+    version = raw.get("format_version")
     return Meta(
         last_epoch=_int(raw["last_epoch"]),
         last_step=_int(raw["last_step"]),
         last_ckpt_file=_str(raw["last_ckpt_file"]),
         last_global_step=None if gs is None else _int(gs),
         checkpoints=records,
+        format_version=None if version is None else _int(version),
     )

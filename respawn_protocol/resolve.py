@@ -9,10 +9,12 @@ Rules, in MindFormers' terms:
 - `load_checkpoint` names a directory of `rank_N/` folders:
   - `resume_training: True` (or False, which loads weights only): the newest step that is committed
     (at or before the minimum over ranks of meta.json's last step) and valid on every rank, its files
-    written by one attempt where meta.json says. Without any meta.json, the newest step present and
-    valid on every rank.
-  - `resume_training: <file name>`: that step, with the rank substituted per rank; an error if any rank
-    lacks it or holds a damaged copy.
+    written by one start (lineage.py: one lineage, one attempt, one run prefix where unrecorded).
+    Directories respawn did not write (MindFormers' meta.json, or none): one run (`_K` prefix) at a
+    time, the latest first, since MindFormers' resumed runs restart their (epoch, step) numbering.
+  - `resume_training: <file name>`: that step, with the rank substituted per rank (and
+    `.{load_ckpt_format}` appended to a name without extension); an error if any rank lacks it or
+    holds a damaged copy.
   - Nothing there (empty, or only empty `rank_N/` folders): random initialisation.
 - A damaged file or a meta.json naming a missing file makes it fall back to the next older complete step,
   with a warning. Random initialisation happens only when no complete step exists at all.
@@ -36,8 +38,9 @@ from respawn_protocol.candidates import (
     RankView,
     gang_size,
     has_loose_checkpoints,
-    one_attempt,
+    one_history,
     rank_folders,
+    runs_newest_first,
     scan_rank,
 )
 from respawn_protocol.layout import (
@@ -69,6 +72,7 @@ class Resolution:
     warnings: tuple[str, ...] = ()
     world_size: int | None = None  # ranks of the gang that wrote the step (None: a single full file)
     attempt: int | None = None  # the controller's attempt that wrote the step, where meta.json says
+    lineage: str | None = None  # the history the step belongs to, where meta.json says (lineage.py)
 
     @property
     def random_init(self) -> bool:
@@ -144,8 +148,8 @@ class _Directory:
     check: Check
     warnings: list[str]  # collected along the way, returned in the Resolution
 
-    def scan(self, rank: int) -> RankView:
-        return scan_rank(self.root, rank, self.formats, self.warnings)
+    def scan(self, rank: int, run: str | None = None) -> RankView:
+        return scan_rank(self.root, rank, self.formats, self.warnings, run)
 
 
 def _resolve_file(path: Path, world_size: int | None, formats: Collection[str]) -> Resolution:
@@ -161,7 +165,10 @@ def _resolve_file(path: Path, world_size: int | None, formats: Collection[str]) 
 
 
 def _resolve_named(d: _Directory, name: str) -> Resolution:
-    """`resume_training: <file name>`: that step on every rank of its gang, or an error."""
+    """`resume_training: <file name>`: that step on every rank of its gang, or an error. A name
+    without extension gets the configured format's, as MindFormers appends `.{load_ckpt_format}`."""
+    if is_plain_name(name) and not name.endswith(tuple(f".{ext}" for ext in EXTENSIONS)):
+        name = f"{name}.{next(iter(d.formats))}"
     parsed = parse_name(name) if is_plain_name(name) else None
     if parsed is None:
         raise ResolveError(f"resume_training {name!r}: expected a file name like PREFIX-EPOCH_STEP.ckpt")
@@ -203,12 +210,41 @@ def _named(view: RankView, name: str, rank: int) -> bool:
 
 
 def _resolve_latest(d: _Directory, exclude: set[Path], at_most: StepKey | None) -> Resolution:
-    """`resume_training: True`: the newest committed step intact on every rank of its gang, with
-    fallbacks (each warned): older steps, then uncommitted ones, then random init."""
+    """`resume_training: True`. Directories whose meta.json records are ours: `_latest_in` over all
+    files, paired by lineage. Others (MindFormers' meta.json, or none): one run at a time, later
+    starts first, because a resumed MindFormers run restarts its (epoch, step) numbering."""
     views = [d.scan(rank) for rank in d.ranks]
-    warnings = d.warnings
     if not any(v.candidates for v in views):
         return _nothing_found(d, views)
+    metas = [v.meta for v in views if v.meta is not None]
+    if metas and all(m.format_version is not None for m in metas):
+        return _latest_in(d, views, exclude, at_most)
+    runs = runs_newest_first(views)
+    for uncommitted in (False, True):  # a committed step of any run before a step never committed
+        for run in runs:
+            scoped = [d.scan(rank, run) for rank in d.ranks]
+            res = _latest_in(d, scoped, exclude, at_most, uncommitted=uncommitted)
+            if not res.random_init:
+                return res
+    d.warnings.append(
+        f"{d.root}: checkpoint files exist but no run has a step complete and intact on every rank; "
+        "random init"
+    )
+    return Resolution("none", warnings=tuple(d.warnings))
+
+
+def _latest_in(
+    d: _Directory,
+    views: list[RankView],
+    exclude: set[Path],
+    at_most: StepKey | None,
+    *,
+    uncommitted: bool | None = None,
+) -> Resolution:
+    """The newest committed step intact on every rank of its gang, with fallbacks (each warned):
+    older steps, then uncommitted ones, then random init. `uncommitted` False / True: only the
+    committed / uncommitted steps, and no warning for finding none (the caller goes on)."""
+    warnings = d.warnings
     steps = _Steps.of(views, d.legacy)
     complete = {k for k in steps.complete() if at_most is None or k <= at_most}
     for rank, view in enumerate(views):
@@ -219,19 +255,28 @@ def _resolve_latest(d: _Directory, exclude: set[Path], at_most: StepKey | None) 
             )
     any_meta = any(v.meta is not None for v in views)
     newer = sorted((k for k in complete if steps.committed(k)), reverse=True)
-    uncommitted = sorted((k for k in complete if not steps.committed(k)), reverse=True)
-    for key in newer + uncommitted:
+    older = sorted((k for k in complete if not steps.committed(k)), reverse=True)
+    for key in {None: newer + older, False: newer, True: older}[uncommitted]:
         chosen = steps.files(key)
         if not _intact(key, chosen, d.check, exclude, warnings):
             continue
         if any_meta and not steps.committed(key):
             warnings.append(f"no committed step is intact; using step {key}, newer than meta.json")
         records = [c.record for c in chosen if c.record is not None]
-        global_step = records[0].global_step if records else None
-        attempt = records[0].attempt if records else None  # one attempt wrote them all (complete())
+        first = records[0] if records else None  # one start wrote them all (complete())
         files = {r: c.path for r, c in enumerate(chosen)}
-        gang = steps.gangs[key]
-        return Resolution("directory", files, key, global_step, tuple(warnings), gang, attempt)
+        return Resolution(
+            "directory",
+            files,
+            key,
+            first.global_step if first else None,
+            tuple(warnings),
+            steps.gangs[key],
+            first.attempt if first else None,
+            first.lineage if first else None,
+        )
+    if uncommitted is not None:
+        return Resolution("none")
     warnings.append(
         f"{d.root}: checkpoint files exist but no step is complete and intact on every rank; random init"
     )
@@ -270,13 +315,13 @@ class _Steps:
         return [self.views[r].candidates[key] for r in range(self.gangs[key])]
 
     def complete(self) -> set[StepKey]:
-        """Steps present on every rank of their gang, written by one attempt."""
+        """Steps present on every rank of their gang, written by one start (`one_history`)."""
         return {
             k
             for k, gang in self.gangs.items()
             if gang <= len(self.views)
             and all(k in self.views[r].candidates for r in range(gang))
-            and one_attempt(self.files(k))
+            and one_history(self.files(k))
         }
 
     def committed(self, key: StepKey) -> bool:

@@ -53,6 +53,9 @@ def checkpointer(
     out: Path, *, keep: int = 2, rank: int = 0, world: int = 1, async_save: bool = False, **kw: object
 ) -> Checkpointer:
     monitor = CheckpointMonitor(prefix="job", keep_checkpoint_max=keep, async_save=async_save)
+    resumed = kw.get("resumed_key")
+    # The ranks of one start share a lineage (lineage.py); these tests make them one at a time.
+    parent = kw.pop("parent", f"resumed:test@{resumed}" if resumed else "fresh:test")
     return Checkpointer(
         backend=kw.pop("backend", FakeBackend()),  # type: ignore[arg-type]
         monitor=monitor,
@@ -62,6 +65,7 @@ def checkpointer(
         resumed_key=kw.pop("resumed_key", None),  # type: ignore[arg-type]
         attempt=kw.pop("attempt", None),  # type: ignore[arg-type]
         faults=kw.pop("faults", None),  # type: ignore[arg-type]
+        parent=parent,  # type: ignore[arg-type]
     )
 
 
@@ -94,12 +98,35 @@ def test_prefix_auto_increment(tmp_path: Path) -> None:
     assert next_run_prefix(tmp_path, "job_rank_0") == "job_rank_0_2"
 
 
+def test_run_suffix_is_the_highest_plus_one_as_mindspore_numbers_it(tmp_path: Path) -> None:
+    """Not the first free suffix: the runs in between were pruned, and a lower suffix would make
+    the new run look older than the one it continues (lineage.run_number)."""
+    (tmp_path / "job_rank_0_3-1_9.ckpt").touch()
+    (tmp_path / "job_rank_0_3-network-1_9.ckpt").touch()
+    (tmp_path / "job_rank_00-1_9.ckpt").touch()  # another rank's family
+    assert next_run_prefix(tmp_path, "job_rank_0") == "job_rank_0_4"
+
+
+def test_pruning_reads_old_and_new_weights_only_names(tmp_path: Path) -> None:
+    """Weights-only copies written before they carried MindFormers' `-network` tag have the full
+    checkpoint's name; both kinds are this job's files, pruned once a newer step is committed."""
+    network = tmp_path / "checkpoint_network" / "rank_0"
+    network.mkdir(parents=True)
+    (network / "job_rank_0-1_1.ckpt").write_bytes(b"old name")
+    (network / "other_rank_0-network-1_1.ckpt").write_bytes(b"another job's")
+    ck = checkpointer(tmp_path, keep=1)
+    ck.save(at(2))
+    ck.save(at(3))
+    assert names(network) == ["job_rank_0_1-network-1_3.ckpt", "other_rank_0-network-1_1.ckpt"]
+
+
 def test_commit_writes_file_network_copy_and_meta(tmp_path: Path) -> None:
     ck = checkpointer(tmp_path)
     ck.save(at(1))
     rank0 = tmp_path / "checkpoint" / "rank_0"
     assert names(rank0) == ["job_rank_0-1_1.ckpt", "meta.json"]
-    assert names(tmp_path / "checkpoint_network" / "rank_0") == ["job_rank_0-1_1.ckpt"]
+    # The weights-only copy is named as MindFormers names it.
+    assert names(tmp_path / "checkpoint_network" / "rank_0") == ["job_rank_0-network-1_1.ckpt"]
     meta = read_meta(rank0)
     assert meta is not None and (meta.last_epoch, meta.last_step, meta.last_global_step) == (1, 1, 1)
     assert meta.checkpoints[0].size == (rank0 / "job_rank_0-1_1.ckpt").stat().st_size
@@ -112,7 +139,7 @@ def test_commit_writes_file_network_copy_and_meta(tmp_path: Path) -> None:
         "checkpoint/rank_0/meta.json": "0o640",
         "checkpoint_network": "0o750",
         "checkpoint_network/rank_0": "0o750",
-        "checkpoint_network/rank_0/job_rank_0-1_1.ckpt": "0o640",
+        "checkpoint_network/rank_0/job_rank_0-network-1_1.ckpt": "0o640",
     }
 
 
@@ -147,7 +174,7 @@ def test_keep_max_one_leaves_exactly_the_newest(tmp_path: Path) -> None:
     for gs in range(1, 5):
         ck.save(at(gs))
     assert names(tmp_path / "checkpoint" / "rank_0") == ["job_rank_0-1_4.ckpt", "meta.json"]
-    assert names(tmp_path / "checkpoint_network" / "rank_0") == ["job_rank_0-1_4.ckpt"]
+    assert names(tmp_path / "checkpoint_network" / "rank_0") == ["job_rank_0-network-1_4.ckpt"]
     meta = read_meta(tmp_path / "checkpoint" / "rank_0")
     assert meta is not None and [r.file for r in meta.checkpoints] == ["job_rank_0-1_4.ckpt"]
 
@@ -188,8 +215,9 @@ def test_resuming_an_older_step_abandons_the_newer_branch(tmp_path: Path) -> Non
 
 
 def test_never_prunes_the_newest_step_complete_on_every_rank(tmp_path: Path) -> None:
-    checkpointer(tmp_path, rank=1, world=2, keep=1).save(at(1))
+    rank1 = checkpointer(tmp_path, rank=1, world=2, keep=1)
     rank0 = checkpointer(tmp_path, rank=0, world=2, keep=1)
+    rank1.save(at(1))
     for gs in (1, 2, 3):
         rank0.save(at(gs))
     kept = names(tmp_path / "checkpoint" / "rank_0")

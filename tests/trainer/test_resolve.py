@@ -44,11 +44,21 @@ class Job:
         path.write_bytes(data)
         return path
 
-    def commit(self, epoch: int, step: int, *, ranks: list[int] | None = None, gs: int | None = None) -> None:
+    def commit(
+        self,
+        epoch: int,
+        step: int,
+        *,
+        ranks: list[int] | None = None,
+        gs: int | None = None,
+        suffix: str = "",
+        lineage: str | None = None,
+    ) -> None:
         for r in range(self.world) if ranks is None else ranks:
-            path = self.file(r, epoch, step)
+            path = self.file(r, epoch, step, suffix)
             data = path.read_bytes()
-            rec = Record(path.name, epoch, step, gs or step, len(data), hashlib.sha256(data).hexdigest())
+            digest = hashlib.sha256(data).hexdigest()
+            rec = Record(path.name, epoch, step, gs or step, len(data), digest, lineage=lineage)
             self.history[r].append(rec)
             meta = Meta(epoch, step, path.name, rec.global_step, list(self.history[r]))
             meta_path(path.parent).write_bytes(meta.to_json())
@@ -265,6 +275,17 @@ def test_named_step_with_rank_substitution(tmp_path: Path) -> None:
     assert res.files == {0: job.path(0, 1, 2), 1: job.path(1, 1, 2)}
 
 
+def test_named_step_without_extension_gets_the_configured_format(tmp_path: Path) -> None:
+    """MindFormers appends `.{load_ckpt_format}` to a `resume_training` name without one."""
+    Job(tmp_path, world=2).commit(1, 2)
+    st = Job(tmp_path, world=2, fmt="safetensors")
+    st.commit(1, 3)
+    res = resolve(tmp_path, "job_rank_0-1_2", formats=("ckpt",))
+    assert res.files == {r: tmp_path / f"rank_{r}" / f"job_rank_{r}-1_2.ckpt" for r in (0, 1)}
+    res = resolve(tmp_path, "job_rank_1-1_3", formats=("safetensors",))
+    assert res.files[0].name == "job_rank_0-1_3.safetensors"
+
+
 def test_named_step_missing_on_a_rank_is_an_error(tmp_path: Path) -> None:
     job = Job(tmp_path, world=2)
     job.commit(1, 1)
@@ -301,13 +322,67 @@ def test_named_symlink_leading_outside_is_refused(tmp_path: Path) -> None:
         resolve(ckpt, "job_rank_0-1_7.ckpt")
 
 
-def test_earlier_runs_with_other_suffixes_are_found(tmp_path: Path) -> None:
+def test_without_meta_the_latest_run_wins_over_higher_step_numbers(tmp_path: Path) -> None:
+    """MindSpore numbers runs upwards and a resumed MindFormers run restarts its (epoch, step)
+    numbering: without meta.json the later run is the newer state, whatever its step numbers."""
     job = Job(tmp_path)
     job.file(0, 1, 3)  # first run, no meta
     job.file(0, 1, 5, suffix="_1")  # second run (prefix auto-incremented)
     job.file(0, 1, 4, suffix="_2")
     res = resolve(tmp_path, True)
-    assert res.key == StepKey(1, 5) and res.files[0].name == "job_rank_0_1-1_5.ckpt"
+    assert res.key == StepKey(1, 4) and res.files[0].name == "job_rank_0_2-1_4.ckpt"
+    (tmp_path / "rank_0" / "job_rank_0_2-1_4.ckpt").write_bytes(b"")  # damaged: the run before
+    assert resolve(tmp_path, True).files[0].name == "job_rank_0_1-1_5.ckpt"
+
+
+def test_a_step_pairs_only_files_of_one_lineage(tmp_path: Path) -> None:
+    """A branch resumed from step 2: rank 0 committed the new branch's step 3, rank 1 died before
+    its first commit and still records the abandoned branch's step 3 (issue 14)."""
+    job = Job(tmp_path, world=2)
+    for step in (1, 2, 3):
+        job.commit(1, step, lineage="a")
+    job.commit(1, 3, ranks=[0], suffix="_1", lineage="b")
+    res = resolve(tmp_path, True)
+    assert res.key == StepKey(1, 2) and res.lineage == "a", res
+    job.commit(1, 3, ranks=[1], suffix="_1", lineage="b")
+    assert resolve(tmp_path, True).files[1].name == "job_rank_1_1-1_3.ckpt"
+
+
+def test_records_with_and_without_lineage_do_not_pair(tmp_path: Path) -> None:
+    """A record without lineage was written before lineages existed, so by another start."""
+    job = Job(tmp_path, world=2)
+    job.commit(1, 1)
+    job.commit(1, 2)
+    job.commit(1, 2, ranks=[0], suffix="_1", lineage="b")
+    assert resolve(tmp_path, True).key == StepKey(1, 1)
+
+
+def test_an_unrecorded_file_pairs_only_within_its_run(tmp_path: Path) -> None:
+    job = Job(tmp_path, world=2)
+    job.commit(1, 1)
+    job.path(0, 1, 1).write_bytes(b"damaged")  # no committed step is intact: the last resort
+    job.file(0, 1, 2)  # written, not committed
+    job.file(1, 1, 2, suffix="_1")  # another start's
+    assert resolve(tmp_path, True).random_init
+    job.path(1, 1, 2).with_name("job_rank_1_1-1_2.ckpt").rename(job.path(1, 1, 2))
+    assert resolve(tmp_path, True).key == StepKey(1, 2)
+
+
+def test_meta_json_of_mindformers_resolves_one_run_newest_first(tmp_path: Path) -> None:
+    """MindFormers' meta.json has only last_epoch, last_step, last_ckpt_file; its resumed run
+    restarts (epoch, step) under `_1`, so `_1-1_2` is newer than `-1_6`."""
+    job = Job(tmp_path, world=2)
+    for r in (0, 1):
+        for step in (4, 6):
+            job.file(r, 1, step)
+        job.file(r, 1, 2, suffix="_1")
+        meta = {"last_epoch": 1, "last_step": 2, "last_ckpt_file": job.name(r, 1, 2, "_1")}
+        (tmp_path / f"rank_{r}" / "meta.json").write_text(json.dumps(meta))
+    assert resolve(tmp_path, True).files[0].name == "job_rank_0_1-1_2.ckpt"
+    (tmp_path / "rank_1" / "job_rank_1_1-1_2.ckpt").unlink()  # rank 1 never reached run _1
+    meta = {"last_epoch": 1, "last_step": 6, "last_ckpt_file": job.name(1, 1, 6)}
+    (tmp_path / "rank_1" / "meta.json").write_text(json.dumps(meta))
+    assert resolve(tmp_path, True).files[0].name == "job_rank_0-1_6.ckpt"
 
 
 def test_recorded_file_wins_over_an_unrecorded_one_of_the_same_step(tmp_path: Path) -> None:

@@ -21,11 +21,15 @@ from respawn_protocol.layout import (
     CheckpointName,
     StepKey,
     checkpoint_root,
+    network_name,
     network_root,
-    next_run_prefix,
+    next_run_number,
+    parse_name,
     rank_dir,
     rank_prefix,
+    with_run_number,
 )
+from respawn_protocol.lineage import child_lineage, fresh_parent
 from respawn_protocol.meta import Meta, MetaError, Record, meta_path, read_meta
 from respawn_protocol.resolve import Check, ResolveError, resolve
 from trainer_image.checkpoint.commit import (
@@ -71,6 +75,7 @@ class Checkpointer:
         world_size: int,
         resumed_key: StepKey | None,
         attempt: int | None = None,
+        parent: str | None = None,
         on_commit: Callable[[Record], None] | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
@@ -90,7 +95,18 @@ class Checkpointer:
             for stale in remove_stale_temps(d):
                 log.info("removed stale temp file %s", stale)
         self.base = rank_prefix(monitor.prefix, rank)
-        self.prefix = max(next_run_prefix(d, self.base) for d in (self.dir, self.network_dir))
+        # MindSpore's rule over every rank's folder, so that the ranks of one start share `K` (the
+        # first save is after the first step, which a data-parallel gang runs together).
+        run = next_run_number(
+            [(self.dir, self.base), (self.network_dir, self.base)]
+            + [(rank_dir(self.root, r), rank_prefix(monitor.prefix, r)) for r in range(world_size)]
+        )
+        self.prefix = with_run_number(self.base, run)
+        # `parent`: the resumed step (lineage.resumed_parent); None for a start without one. Under
+        # the controller the attempt tells fresh starts apart: `K` would differ between ranks that
+        # start further apart than a first step takes, and their steps would then never pair.
+        fresh = fresh_parent(run if attempt is None else None)
+        self.lineage = child_lineage(parent or fresh, attempt)
         self.history = self._initial_history(resumed_key)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -155,7 +171,8 @@ class Checkpointer:
 
     def _commit(self, progress: Progress, write: Writer) -> None:
         fmt = self.monitor.checkpoint_format
-        name = CheckpointName(self.prefix, StepKey(progress.epoch, progress.step), fmt).name
+        checkpoint = CheckpointName(self.prefix, StepKey(progress.epoch, progress.step), fmt)
+        name = checkpoint.name
         final = self.dir / name
         tmp = temp_path(final)
         write(tmp, True)
@@ -163,10 +180,10 @@ class Checkpointer:
         sha256 = publish_and_digest(tmp, final)
         network_file = None
         if self.monitor.save_network_params:
-            net_tmp = temp_path(self.network_dir / name)
+            network_file = network_name(checkpoint)
+            net_tmp = temp_path(self.network_dir / network_file)
             write(net_tmp, False)
-            publish(net_tmp, self.network_dir / name)
-            network_file = name
+            publish(net_tmp, self.network_dir / network_file)
         log.info("saved %s (global step %d)", final, progress.global_step)
         self.faults.reach("after_publish")
 
@@ -180,6 +197,7 @@ class Checkpointer:
             network_file=network_file,
             world_size=self.world_size,
             attempt=self.attempt,
+            lineage=self.lineage,
         )
         history = self._carried(record) + [r for r in self.history if r.key < record.key] + [record]
         self._write_meta(history)
@@ -212,7 +230,8 @@ class Checkpointer:
         kept = retained(history, newest, self.monitor.keep_checkpoint_max, protect)
         if kept != history:
             self._write_meta(kept)
-        keep = {r.file for r in kept} | set(protect)
+        keep = {r.file for r in kept} | {r.network_file for r in kept if r.network_file} | set(protect)
+        keep |= {network_name(parsed) for name in protect if (parsed := parse_name(name)) is not None}
         for directory in (self.dir, self.network_dir):
             victims = doomed(directory, self.base, keep)
             for path in victims:

@@ -28,6 +28,7 @@ from trainer_image.training.resume import (
     Agree,
     Barrier,
     continue_progress,
+    lineage_parent,
     load_first,
     resizes,
     resolve_start,
@@ -285,6 +286,7 @@ def _open(
             world_size=gang.world_size,
             resumed_key=None if resolution.random_init or weights_only else resolution.key,
             attempt=gang.attempt,
+            parent=None if weights_only else lineage_parent(resolution),
             on_commit=lambda r: reporter.committed(
                 step=r.global_step, epoch=r.epoch, file=r.file, attempt=r.attempt
             ),

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from respawn_protocol.layout import StepKey, checkpoint_root
+from respawn_protocol.layout import StepKey, checkpoint_root, substitute_rank
+from respawn_protocol.lineage import resumed_parent
 from respawn_protocol.resolve import Check, Resolution, ResolveError, resolve
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.checkpoint.rescale import rescale_progress
@@ -339,3 +340,12 @@ def resumed_from(
     if resizes(resolution, world_size):
         out["world_size"] = resolution.world_size
     return out
+
+
+def lineage_parent(resolution: Resolution) -> str | None:
+    """What the lineage of a start that resumes `resolution` in full derives from (lineage.py): the
+    same on every rank, which all resume the same step. None: nothing resumed."""
+    if resolution.random_init:
+        return None
+    rank0 = substitute_rank(resolution.files[min(resolution.files)].name, 0)
+    return resumed_parent(resolution.lineage, rank0, resolution.key or StepKey(0, 0))
