@@ -57,6 +57,7 @@ def test_defaults_render_the_controller_and_its_permissions(render: Render) -> N
         "Deployment",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "Pod",  # the `helm test` hook
     }
     deployment = rendered.one("Deployment")
     assert deployment["spec"]["replicas"] == 2
@@ -318,9 +319,15 @@ def test_network_policy_admits_only_the_given_peers_to_the_metrics_port_and_reac
     render: Render,
 ) -> None:
     assert "NetworkPolicy" not in render().kinds()
-    closed = render("--set", "networkPolicy.enabled=true").one("NetworkPolicy")["spec"]
+    closed = render("--set", "networkPolicy.enabled=true", "--set", "tests.enabled=false").one(
+        "NetworkPolicy"
+    )["spec"]
     assert closed["policyTypes"] == ["Ingress", "Egress"]
     assert closed["ingress"] == [], "no peers given: nothing but the probes"
+    tested = render("--set", "networkPolicy.enabled=true").one("NetworkPolicy")["spec"]
+    test_pod = render().one("Pod")["metadata"]["labels"]
+    [peer] = tested["ingress"][0]["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= test_pod.items(), "the helm test pod gets through"
     assert closed["egress"] == [
         {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
     ]
@@ -447,16 +454,28 @@ def _object_schemas(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, 
 
 def test_schema_closes_every_object() -> None:
     """Objects with named properties allow no others; maps type their values; only embedded
-    Kubernetes API types (affinity terms, a CSI source) are passed through to the API server."""
+    Kubernetes API types (affinity terms, a CSI source, security contexts, ...) are passed through
+    to the API server, which checks them; and `global`, whose keys belong to an umbrella chart."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     passthrough = []
     for path, node in _object_schemas(schema):
         assert "additionalProperties" in node, f"{path} accepts any key"
-        if "properties" in node:
+        if node["additionalProperties"] is True:
+            passthrough.append(path.removeprefix("/properties/").replace("/properties/", "."))
+        elif "properties" in node:
             assert node["additionalProperties"] is False, path
-        elif node["additionalProperties"] is True:
-            passthrough.append(path.rsplit("/", 1)[-1])
-    assert sorted(passthrough) == ["csi", "nodeAffinity", "podAffinity", "podAntiAffinity"]
+    assert sorted(passthrough) == [
+        "affinity.nodeAffinity",
+        "affinity.podAffinity",
+        "affinity.podAntiAffinity",
+        "extraEnv/items.valueFrom",
+        "extraVolumes/items",
+        "global",
+        "podSecurityContext",
+        "securityContext",
+        "sharedVolume.volume.csi",
+        "topologySpreadConstraints/items",
+    ]
 
 
 def _leaf_keys(values_text: str) -> Iterator[tuple[str, bool]]:
