@@ -388,6 +388,16 @@ def test_dashboard_shows_every_metric_with_a_datasource_variable() -> None:
     assert "respawn_job_restarts{" in exprs["Restarts per job"]
     # A gauge every job has from its first reconcile, so the list is not empty before any restart.
     assert variables["namespace"]["definition"] == "label_values(respawn_job_restarts, namespace)"
+    job = variables["trainingjob"]
+    assert job["definition"] == 'label_values(respawn_job_restarts{namespace=~"$namespace"}, trainingjob)'
+    assert job["includeAll"] and job["allValue"] == ".*"
+    for title in ("Restarts by reason", "Checkpoint age per job", "Restarts per job", "Job phase"):
+        assert 'trainingjob=~"$trainingjob"' in exprs[title], title
+    assert "respawn_job_phase{" in exprs["Job phase"]
+    assert "respawn_rest_client_requests_total" in exprs["API requests by response code"]
+    [restarts] = [a for a in dashboard["annotations"]["list"] if a["name"] == "Restarts"]
+    assert restarts["enable"] and restarts["datasource"]["uid"] == "${datasource}"
+    assert "increase(respawn_restarts_total{" in restarts["expr"] and restarts["expr"].endswith("> 0")
     for panel in dashboard["panels"]:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
