@@ -102,3 +102,19 @@ def test_the_build_version_is_the_packages_and_the_charts() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     chart = yaml.safe_load((REPO / "helm" / "respawn" / "Chart.yaml").read_text())
     assert VERSION == project["version"] == chart["appVersion"]
+
+
+def test_every_respawn_metric_is_documented() -> None:
+    """docs/controller.md's Metrics table names every family the controller exports."""
+    metrics, registry = metrics_with(
+        [JobSample("team", "a", "Running", 5, 0.0, max_restarts=3, suggested_interval=60)]
+    )
+    metrics.seen_job("team", "a")
+    docs = (REPO / "docs" / "controller.md").read_text()
+    names = {family.name for family in registry.collect() if family.name.startswith("respawn_")}
+    assert len(names) > 15
+    suffix = {"counter": "_total", "info": "_info"}
+    for family in registry.collect():
+        if family.name.startswith("respawn_"):
+            exported = family.name + suffix.get(family.type, "")
+            assert f"`{exported}" in docs, exported
