@@ -78,60 +78,80 @@ def _per_job(name: str, documentation: str, *extra: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=["namespace", "trainingjob", *extra])
 
 
-def _job_families(jobs: list[JobSample], now: float) -> list[GaugeMetricFamily]:
-    phases = GaugeMetricFamily("respawn_jobs", "TrainingJobs by phase.", labels=["phase"])
+# (key, name, help, labels after namespace and trainingjob) of the gauges every job has.
+_PER_JOB = (
     # kube-state-metrics style: every phase of every job, 1 for the current one, so an alert on
     # phase="Failed" == 1 resolves when the job leaves that phase instead of going stale.
-    job_phase = _per_job(
-        "respawn_job_phase", "The job's phase: 1 for the current one, 0 for the others.", "phase"
-    )
-    age = _per_job(
+    ("phase", "respawn_job_phase", "The job's phase: 1 for the current one, 0 for the others.", ("phase",)),
+    (
+        "age",
         "respawn_checkpoint_age_seconds",
         "Seconds since the job's last checkpoint that is complete on every rank.",
-    )
-    step = _per_job(
+        (),
+    ),
+    (
+        "step",
         "respawn_last_complete_checkpoint_step",
         "Global step of the job's last checkpoint that is complete on every rank.",
-    )
+        (),
+    ),
     # From the job's status, so it exists at 0 from the job's first reconcile (the dashboard's
     # namespace list and per-job panels need no restart to have happened) and survives a
     # controller restart, unlike the process-local respawn_restarts_total.
-    restarts = _per_job(
+    (
+        "restarts",
         "respawn_job_restarts",
         "Restarts of the job so far, from its status; class = counted / uncounted.",
-        "class",
-    )
-    budget_used = _per_job(
+        ("class",),
+    ),
+    (
+        "budget_used",
         "respawn_job_restart_budget_used",
         "Counted restarts since the job last made progress (status.budgetUsed); it fails past the limit.",
-    )
-    budget = _per_job(
-        "respawn_job_restart_budget", "The job's restart budget (spec.failurePolicy.maxRestarts)."
-    )
-    interval = _per_job(
+        (),
+    ),
+    (
+        "budget",
+        "respawn_job_restart_budget",
+        "The job's restart budget (spec.failurePolicy.maxRestarts).",
+        (),
+    ),
+    (
+        "interval",
         "respawn_checkpoint_interval_suggested_seconds",
         "The checkpoint interval the job's failures and save cost suggest: sqrt(2 x save cost x MTBF).",
-    )
+        (),
+    ),
+)
+
+
+def _job_families(jobs: list[JobSample], now: float) -> list[GaugeMetricFamily]:
+    families = {key: _per_job(name, doc, *extra) for key, name, doc, extra in _PER_JOB}
     counts = {p.value: 0 for p in Phase}
     for job in jobs:
-        key = [job.namespace, job.name]
         counts[job.phase] = counts.get(job.phase, 0) + 1
-        for phase in counts:
-            job_phase.add_metric([*key, phase], 1.0 if phase == job.phase else 0.0)
-        restarts.add_metric([*key, "counted"], job.restarts)
-        restarts.add_metric([*key, "uncounted"], job.uncounted_restarts)
-        budget_used.add_metric(key, job.budget_used)
-        if job.max_restarts is not None:
-            budget.add_metric(key, job.max_restarts)
-        if job.checkpoint_time is not None and not Phase(job.phase).terminal:
-            age.add_metric(key, max(0.0, now - job.checkpoint_time))
-        if job.checkpoint_step is not None:
-            step.add_metric(key, job.checkpoint_step)
-        if job.suggested_interval is not None:
-            interval.add_metric(key, job.suggested_interval)
+        _add_job(families, job, list(counts), now)
+    phases = GaugeMetricFamily("respawn_jobs", "TrainingJobs by phase.", labels=["phase"])
     for phase, count in counts.items():
         phases.add_metric([phase], count)
-    return [phases, job_phase, age, step, restarts, budget_used, budget, interval]
+    return [phases, *families.values()]
+
+
+def _add_job(families: dict[str, GaugeMetricFamily], job: JobSample, phases: list[str], now: float) -> None:
+    key = [job.namespace, job.name]
+    for phase in phases:
+        families["phase"].add_metric([*key, phase], 1.0 if phase == job.phase else 0.0)
+    families["restarts"].add_metric([*key, "counted"], job.restarts)
+    families["restarts"].add_metric([*key, "uncounted"], job.uncounted_restarts)
+    families["budget_used"].add_metric(key, job.budget_used)
+    if job.max_restarts is not None:
+        families["budget"].add_metric(key, job.max_restarts)
+    if job.checkpoint_time is not None and not Phase(job.phase).terminal:
+        families["age"].add_metric(key, max(0.0, now - job.checkpoint_time))
+    if job.checkpoint_step is not None:
+        families["step"].add_metric(key, job.checkpoint_step)
+    if job.suggested_interval is not None:
+        families["interval"].add_metric(key, job.suggested_interval)
 
 
 class _RequestsCollector(Collector):
