@@ -133,7 +133,7 @@ def test_all_options_render(render: Render) -> None:
 # -- RBAC --------------------------------------------------------------------------------------
 
 JOB_RULES = {
-    "trainingjobs.training.respawn.dev": {"list", "watch"},
+    "trainingjobs.training.respawn.dev": {"list", "watch", "delete"},  # delete: ttlSecondsAfterFinished
     "trainingjobs/status.training.respawn.dev": {"update"},
     "trainingjobs/finalizers.training.respawn.dev": {"update"},
     "pods": {"list", "watch", "create", "get", "delete", "patch"},
@@ -142,6 +142,9 @@ JOB_RULES = {
     "serviceaccounts": {"create", "get"},
     "roles.rbac.authorization.k8s.io": {"create", "get", "update"},
     "rolebindings.rbac.authorization.k8s.io": {"create", "get"},
+    # Gang scheduling: the job's PodGroup, Volcano's or the coscheduling plugin's.
+    "podgroups.scheduling.volcano.sh": {"create", "get", "update"},
+    "podgroups.scheduling.x-k8s.io": {"create", "get", "update"},
 }
 
 
