@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from kubernetes.client.rest import ApiException
 from controller.runtime.health import HealthServer
 from controller.runtime.metrics_auth import KubeReviewer, MetricsAuth
 from tests.support import REPO
-from tests.support.deploy import ALL_OPTIONS, CHART, Helm, Rendered
+from tests.support.deploy import ALL_OPTIONS, CHART, Helm, Rendered, documents
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -315,3 +316,37 @@ def test_all_options_switch_the_new_values_on() -> None:
     for key in ("global", "extraEnv", "extraVolumes", "extraVolumeMounts", "topologySpreadConstraints"):
         assert options.get(key), key
     assert options["metrics"]["prometheusRule"]["enabled"] is True
+
+
+def test_the_chart_works_as_a_subchart_of_an_umbrella_chart(helm: Helm, tmp_path: Path) -> None:
+    """What issue 18 found broken: a parent chart's globals (its own keys among them) reach the
+    subchart, whose schema refused `global`."""
+    umbrella = tmp_path / "platform"
+    umbrella.mkdir()
+    (umbrella / "Chart.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v2",
+                "name": "platform",
+                "version": "1.0.0",
+                "dependencies": [{"name": "respawn", "version": "0.1.0", "repository": f"file://{CHART}"}],
+            }
+        )
+    )
+    (umbrella / "values.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"imageRegistry": "mirror.example.com", "clusterDomain": "cluster.local"},
+                "respawn": {"replicaCount": 3},
+            }
+        )
+    )
+    built = helm("dependency", "build", str(umbrella))
+    assert built.returncode == 0, built.stderr
+    result = helm("template", "platform", str(umbrella), "--namespace", "ml")
+    assert result.returncode == 0, result.stderr
+    [deployment] = [d for d in documents(result.stdout) if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "mirror.example.com/respawn/controller:0.1.0"
+    )
