@@ -30,6 +30,7 @@ from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX
 from controller.core.observations import node_state
 from controller.core.pods import slim as slim_pod
 from controller.core.timefmt import parse_time
+from controller.runtime.api_responses import count_responses
 from controller.runtime.health import HealthServer, informer_checks
 from controller.runtime.informer import DELETED, Informer
 from controller.runtime.informer_group import InformerGroup
@@ -82,6 +83,7 @@ class Controller:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        self.registry.register(count_responses(api))
         self.queue: WorkQueue[str] = WorkQueue()
         self.stopped = threading.Event()
         self.lost_leadership = False
@@ -215,6 +217,8 @@ class Controller:
                     suggested_interval=status.checkpoint_interval.seconds
                     if status.checkpoint_interval
                     else None,
+                    budget_used=status.budget_used,
+                    max_restarts=_max_restarts(body),
                 )
             )
         return samples
@@ -368,6 +372,14 @@ def _without_managed_fields(job: dict[str, Any]) -> dict[str, Any]:
     if isinstance(meta, dict):
         meta.pop("managedFields", None)
     return job
+
+
+def _max_restarts(job: dict[str, Any]) -> int | None:
+    """spec.failurePolicy.maxRestarts as the controller applies it (3 when unset); None when it is
+    not a number (the job is then failed as invalid and has no budget)."""
+    policy = (job.get("spec") or {}).get("failurePolicy") or {}
+    value = policy.get("maxRestarts", 3) if isinstance(policy, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def watched_namespaces(flag: str | None) -> tuple[str, ...]:

@@ -1,24 +1,42 @@
 """Prometheus metrics of the controller. Everything is registered on a registry passed in, so
 tests and the process each get their own; values that age (checkpoint age, jobs by phase, queue
-depth) are computed at scrape time from the controller's state, never from a timer."""
+depth) are computed at scrape time from the controller's state, never from a timer.
+
+Per-job series live as long as the job: the state gauges come from the informer's cache, and the
+restart counter's children are created at 0 when the job is first reconciled (so `increase()`
+sees its first restart: a series born at 1 has no earlier sample to increase from) and removed
+when it is deleted."""
 
 from __future__ import annotations
 
+import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from controller.api.constants import Phase
+from controller.api.constants import Phase, Reason
 from controller.api.timings import PHASES
+from controller.version import VERSION
 
 RECOVERY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 STEPS_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+# The reasons a restart can carry: a job's counter children exist at 0 for each from its first
+# reconcile. An invalid spec or a spent budget fails the job and never restarts it.
+RESTART_REASONS = tuple(r.value for r in Reason if r not in (Reason.INVALID_SPEC, Reason.BUDGET_EXCEEDED))
+RESTART_CLASSES = ("counted", "uncounted")
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,8 @@ class JobSample:
     restarts: int = 0
     uncounted_restarts: int = 0
     suggested_interval: float | None = None  # status.checkpointInterval.seconds
+    budget_used: int = 0  # status.budgetUsed: counted restarts since the job last made progress
+    max_restarts: int | None = None  # spec.failurePolicy.maxRestarts
 
 
 class _StateCollector(Collector):
@@ -45,50 +65,93 @@ class _StateCollector(Collector):
         self._leading = leading
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        now = time.time()
-        phases = GaugeMetricFamily("respawn_jobs", "TrainingJobs by phase.", labels=["phase"])
-        age = GaugeMetricFamily(
-            "respawn_checkpoint_age_seconds",
-            "Seconds since the job's last checkpoint that is complete on every rank.",
-            labels=["namespace", "trainingjob"],
-        )
-        step = GaugeMetricFamily(
-            "respawn_last_complete_checkpoint_step",
-            "Global step of the job's last checkpoint that is complete on every rank.",
-            labels=["namespace", "trainingjob"],
-        )
-        # From the job's status, so it exists at 0 from the job's first reconcile (the dashboard's
-        # namespace list and per-job panels need no restart to have happened) and survives a
-        # controller restart, unlike the process-local respawn_restarts_total.
-        restarts = GaugeMetricFamily(
-            "respawn_job_restarts",
-            "Restarts of the job so far, from its status; class = counted / uncounted.",
-            labels=["namespace", "trainingjob", "class"],
-        )
-        interval = GaugeMetricFamily(
-            "respawn_checkpoint_interval_suggested_seconds",
-            "The checkpoint interval the job's failures and save cost suggest: sqrt(2 x save cost x MTBF).",
-            labels=["namespace", "trainingjob"],
-        )
-        counts = {p.value: 0 for p in Phase}
-        for job in self._jobs():
-            counts[job.phase] = counts.get(job.phase, 0) + 1
-            restarts.add_metric([job.namespace, job.name, "counted"], job.restarts)
-            restarts.add_metric([job.namespace, job.name, "uncounted"], job.uncounted_restarts)
-            if job.checkpoint_time is not None and not Phase(job.phase).terminal:
-                age.add_metric([job.namespace, job.name], max(0.0, now - job.checkpoint_time))
-            if job.checkpoint_step is not None:
-                step.add_metric([job.namespace, job.name], job.checkpoint_step)
-            if job.suggested_interval is not None:
-                interval.add_metric([job.namespace, job.name], job.suggested_interval)
-        for phase, count in counts.items():
-            phases.add_metric([phase], count)
+        yield from _job_families(list(self._jobs()), time.time())
         depth = GaugeMetricFamily("respawn_workqueue_depth", "Job keys waiting to be reconciled.")
         depth.add_metric([], self._queue_depth())
         # A follower's queue fills from its informers and never drains; dashboards filter on this.
         leader = GaugeMetricFamily("respawn_leader", "1 on the replica that reconciles, 0 on followers.")
         leader.add_metric([], 1.0 if self._leading() else 0.0)
-        yield from (phases, age, step, restarts, interval, depth, leader)
+        yield from (depth, leader)
+
+
+def _per_job(name: str, documentation: str, *extra: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=["namespace", "trainingjob", *extra])
+
+
+# (key, name, help, labels after namespace and trainingjob) of the gauges every job has.
+_PER_JOB = (
+    # kube-state-metrics style: every phase of every job, 1 for the current one, so an alert on
+    # phase="Failed" == 1 resolves when the job leaves that phase instead of going stale.
+    ("phase", "respawn_job_phase", "The job's phase: 1 for the current one, 0 for the others.", ("phase",)),
+    (
+        "age",
+        "respawn_checkpoint_age_seconds",
+        "Seconds since the job's last checkpoint that is complete on every rank.",
+        (),
+    ),
+    (
+        "step",
+        "respawn_last_complete_checkpoint_step",
+        "Global step of the job's last checkpoint that is complete on every rank.",
+        (),
+    ),
+    # From the job's status, so it exists at 0 from the job's first reconcile (the dashboard's
+    # namespace list and per-job panels need no restart to have happened) and survives a
+    # controller restart, unlike the process-local respawn_restarts_total.
+    (
+        "restarts",
+        "respawn_job_restarts",
+        "Restarts of the job so far, from its status; class = counted / uncounted.",
+        ("class",),
+    ),
+    (
+        "budget_used",
+        "respawn_job_restart_budget_used",
+        "Counted restarts since the job last made progress (status.budgetUsed); it fails past the limit.",
+        (),
+    ),
+    (
+        "budget",
+        "respawn_job_restart_budget",
+        "The job's restart budget (spec.failurePolicy.maxRestarts).",
+        (),
+    ),
+    (
+        "interval",
+        "respawn_checkpoint_interval_suggested_seconds",
+        "The checkpoint interval the job's failures and save cost suggest: sqrt(2 x save cost x MTBF).",
+        (),
+    ),
+)
+
+
+def _job_families(jobs: list[JobSample], now: float) -> list[GaugeMetricFamily]:
+    families = {key: _per_job(name, doc, *extra) for key, name, doc, extra in _PER_JOB}
+    counts = {p.value: 0 for p in Phase}
+    for job in jobs:
+        counts[job.phase] = counts.get(job.phase, 0) + 1
+        _add_job(families, job, list(counts), now)
+    phases = GaugeMetricFamily("respawn_jobs", "TrainingJobs by phase.", labels=["phase"])
+    for phase, count in counts.items():
+        phases.add_metric([phase], count)
+    return [phases, *families.values()]
+
+
+def _add_job(families: dict[str, GaugeMetricFamily], job: JobSample, phases: list[str], now: float) -> None:
+    key = [job.namespace, job.name]
+    for phase in phases:
+        families["phase"].add_metric([*key, phase], 1.0 if phase == job.phase else 0.0)
+    families["restarts"].add_metric([*key, "counted"], job.restarts)
+    families["restarts"].add_metric([*key, "uncounted"], job.uncounted_restarts)
+    families["budget_used"].add_metric(key, job.budget_used)
+    if job.max_restarts is not None:
+        families["budget"].add_metric(key, job.max_restarts)
+    if job.checkpoint_time is not None and not Phase(job.phase).terminal:
+        families["age"].add_metric(key, max(0.0, now - job.checkpoint_time))
+    if job.checkpoint_step is not None:
+        families["step"].add_metric(key, job.checkpoint_step)
+    if job.suggested_interval is not None:
+        families["interval"].add_metric(key, job.suggested_interval)
 
 
 class _RequestsCollector(Collector):
@@ -166,12 +229,24 @@ class Metrics:
         # rate()/increase(), and a dashboard panel would show no data until the first error.
         for kind in ("conflict", "error"):
             self.reconcile_errors.labels(kind)
+        _process_metrics(registry)
 
     def record_restart(self, namespace: str, job: str, reason: str, counted: bool) -> None:
         kind = "counted" if counted else "uncounted"
         with self._lock:
             self._restart_labels.setdefault((namespace, job), set()).add((reason, kind))
             self.restarts.labels(namespace, job, reason, kind).inc()
+
+    def seen_job(self, namespace: str, job: str) -> None:
+        """Create the job's restart counters at zero, and its namespace's histograms."""
+        self.seen_namespace(namespace)
+        with self._lock:
+            if (namespace, job) in self._restart_labels:
+                return
+            labels = {(reason, kind) for reason in RESTART_REASONS for kind in RESTART_CLASSES}
+            self._restart_labels[(namespace, job)] = labels
+            for reason, kind in labels:
+                self.restarts.labels(namespace, job, reason, kind)
 
     def record_recovery(self, namespace: str, phases: dict[str, float], total: float) -> None:
         self.recovery.labels(namespace).observe(total)
@@ -206,3 +281,12 @@ class Metrics:
     ) -> None:
         self.registry.register(_StateCollector(jobs, queue_depth, leading))
         self.registry.register(_RequestsCollector(requests))
+
+
+def _process_metrics(registry: CollectorRegistry) -> None:
+    """process_* (CPU, memory, open files), python_info and respawn_build_info: which version runs,
+    and whether it leaks, without a sidecar."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    build = Info("respawn_build", "The running controller's version.", registry=registry)
+    build.info({"version": VERSION, "python_version": platform.python_version()})

@@ -172,7 +172,7 @@ class ReconcilePass:
         pods = self._caches.pods.by_index(POD_BY_JOB, key)
         if not self._expectations_met(key, pods):
             return 0.2
-        self._metrics.seen_namespace(job.namespace)
+        self._metrics.seen_job(job.namespace, job.name)
         if self._checkpoints is not None:
             self._checkpoints.track(key, job.spec.output_dir, job.spec.world_size)
             if not job.status.phase.terminal and attempt_ending(pods):

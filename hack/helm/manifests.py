@@ -4,7 +4,9 @@
   cannot read files outside itself.
 - `deploy/respawn.yaml` is the chart rendered with its default values for the namespace
   `respawn-system`, CRDs left out (`kubectl apply -f deploy/crds/` installs them), preceded by
-  that Namespace, labelled to enforce the `restricted` Pod Security Standard.
+  that Namespace, labelled to enforce the `restricted` Pod Security Standard. The `helm test` pod
+  is left out too: nothing runs it without helm.
+- `helm/respawn/README.md`'s values table is generated from values.yaml (hack/helm/readme.py).
 
 `--check` writes nothing and exits 1 with a diff when either is out of date (tests/deploy run it).
 The helm binary is the pinned one from `python -m devcluster assets`.
@@ -19,6 +21,10 @@ import sys
 from pathlib import Path
 
 from devcluster import assets
+
+# hack/helm is not a package: the README generator is imported from next to this script.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import readme
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 CHART = REPO_ROOT / "helm" / "respawn"
@@ -54,6 +60,7 @@ def render(helm: Path) -> str:
             NAMESPACE,
             "--set",
             "crds.enabled=false",
+            "--skip-tests",
         ],
         check=True,
         capture_output=True,
@@ -63,7 +70,7 @@ def render(helm: Path) -> str:
 
 
 def expected_files(helm: Path) -> dict[Path, str]:
-    files = {MANIFEST: render(helm)}
+    files = {MANIFEST: render(helm), readme.README: readme.expected()}
     for crd in sorted(CRD_SOURCE.glob("*.yaml")):
         files[CRD_COPY / crd.name] = crd.read_text()
     return files

@@ -57,6 +57,7 @@ def test_defaults_render_the_controller_and_its_permissions(render: Render) -> N
         "Deployment",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "Pod",  # the `helm test` hook
     }
     deployment = rendered.one("Deployment")
     assert deployment["spec"]["replicas"] == 2
@@ -132,7 +133,7 @@ def test_all_options_render(render: Render) -> None:
 # -- RBAC --------------------------------------------------------------------------------------
 
 JOB_RULES = {
-    "trainingjobs.training.respawn.dev": {"list", "watch"},
+    "trainingjobs.training.respawn.dev": {"list", "watch", "delete"},  # delete: ttlSecondsAfterFinished
     "trainingjobs/status.training.respawn.dev": {"update"},
     "trainingjobs/finalizers.training.respawn.dev": {"update"},
     "pods": {"list", "watch", "create", "get", "delete", "patch"},
@@ -141,6 +142,9 @@ JOB_RULES = {
     "serviceaccounts": {"create", "get"},
     "roles.rbac.authorization.k8s.io": {"create", "get", "update"},
     "rolebindings.rbac.authorization.k8s.io": {"create", "get"},
+    # Gang scheduling: the job's PodGroup, Volcano's or the coscheduling plugin's.
+    "podgroups.scheduling.volcano.sh": {"create", "get", "update"},
+    "podgroups.scheduling.x-k8s.io": {"create", "get", "update"},
 }
 
 
@@ -318,9 +322,15 @@ def test_network_policy_admits_only_the_given_peers_to_the_metrics_port_and_reac
     render: Render,
 ) -> None:
     assert "NetworkPolicy" not in render().kinds()
-    closed = render("--set", "networkPolicy.enabled=true").one("NetworkPolicy")["spec"]
+    closed = render("--set", "networkPolicy.enabled=true", "--set", "tests.enabled=false").one(
+        "NetworkPolicy"
+    )["spec"]
     assert closed["policyTypes"] == ["Ingress", "Egress"]
     assert closed["ingress"] == [], "no peers given: nothing but the probes"
+    tested = render("--set", "networkPolicy.enabled=true").one("NetworkPolicy")["spec"]
+    test_pod = render().one("Pod")["metadata"]["labels"]
+    [peer] = tested["ingress"][0]["from"]
+    assert peer["podSelector"]["matchLabels"].items() <= test_pod.items(), "the helm test pod gets through"
     assert closed["egress"] == [
         {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}
     ]
@@ -381,6 +391,16 @@ def test_dashboard_shows_every_metric_with_a_datasource_variable() -> None:
     assert "respawn_job_restarts{" in exprs["Restarts per job"]
     # A gauge every job has from its first reconcile, so the list is not empty before any restart.
     assert variables["namespace"]["definition"] == "label_values(respawn_job_restarts, namespace)"
+    job = variables["trainingjob"]
+    assert job["definition"] == 'label_values(respawn_job_restarts{namespace=~"$namespace"}, trainingjob)'
+    assert job["includeAll"] and job["allValue"] == ".*"
+    for title in ("Restarts by reason", "Checkpoint age per job", "Restarts per job", "Job phase"):
+        assert 'trainingjob=~"$trainingjob"' in exprs[title], title
+    assert "respawn_job_phase{" in exprs["Job phase"]
+    assert "respawn_rest_client_requests_total" in exprs["API requests by response code"]
+    [restarts] = [a for a in dashboard["annotations"]["list"] if a["name"] == "Restarts"]
+    assert restarts["enable"] and restarts["datasource"]["uid"] == "${datasource}"
+    assert "increase(respawn_restarts_total{" in restarts["expr"] and restarts["expr"].endswith("> 0")
     for panel in dashboard["panels"]:
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
@@ -447,16 +467,28 @@ def _object_schemas(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, 
 
 def test_schema_closes_every_object() -> None:
     """Objects with named properties allow no others; maps type their values; only embedded
-    Kubernetes API types (affinity terms, a CSI source) are passed through to the API server."""
+    Kubernetes API types (affinity terms, a CSI source, security contexts, ...) are passed through
+    to the API server, which checks them; and `global`, whose keys belong to an umbrella chart."""
     schema = json.loads((CHART / "values.schema.json").read_text())
     passthrough = []
     for path, node in _object_schemas(schema):
         assert "additionalProperties" in node, f"{path} accepts any key"
-        if "properties" in node:
+        if node["additionalProperties"] is True:
+            passthrough.append(path.removeprefix("/properties/").replace("/properties/", "."))
+        elif "properties" in node:
             assert node["additionalProperties"] is False, path
-        elif node["additionalProperties"] is True:
-            passthrough.append(path.rsplit("/", 1)[-1])
-    assert sorted(passthrough) == ["csi", "nodeAffinity", "podAffinity", "podAntiAffinity"]
+    assert sorted(passthrough) == [
+        "affinity.nodeAffinity",
+        "affinity.podAffinity",
+        "affinity.podAntiAffinity",
+        "extraEnv/items.valueFrom",
+        "extraVolumes/items",
+        "global",
+        "podSecurityContext",
+        "securityContext",
+        "sharedVolume.volume.csi",
+        "topologySpreadConstraints/items",
+    ]
 
 
 def _leaf_keys(values_text: str) -> Iterator[tuple[str, bool]]:

@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from controller.adapters.metrics import RESTART_REASONS
 from controller.app import Controller
 from devcluster.controlplane import free_port
 from respawn_cli.__main__ import main as respawn
@@ -152,8 +153,8 @@ def prometheus(shared_controller: Controller, prometheus_token: Path, tmp_path: 
                 "scrape_configs": [
                     {
                         "job_name": "respawn-controller",
-                        # As the chart's ServiceMonitor: the metrics' own `job` label (the
-                        # TrainingJob) wins over the scrape job's.
+                        # As the chart's ServiceMonitor: the per-job series' own `namespace`
+                        # label (the TrainingJob's) wins over the scrape target's.
                         "honor_labels": True,
                         # As the ServiceMonitor's bearerTokenFile: Prometheus's own token.
                         "authorization": {"credentials_file": str(prometheus_token)},
@@ -225,9 +226,17 @@ def dashboard_expressions() -> list[tuple[str, str]]:
     return out
 
 
-def concrete(expr: str, namespace: str) -> str:
-    """Grafana's variables replaced: the interval ones by durations, `$namespace` by this test's."""
-    values = {**GRAFANA_VARIABLES, "namespace": namespace}  # [a-z0-9-]: nothing to escape
+def restart_annotation() -> str:
+    board = json.loads(DASHBOARD.read_text())
+    [annotation] = [a for a in board["annotations"]["list"] if a["name"] == "Restarts"]
+    return str(annotation["expr"])
+
+
+def concrete(expr: str, namespace: str, **overrides: str) -> str:
+    """Grafana's variables replaced: the interval ones by durations, `$namespace` by this test's,
+    `$trainingjob` by its job."""
+    # [a-z0-9-]: nothing to escape
+    values = {**GRAFANA_VARIABLES, "namespace": namespace, "trainingjob": "pm", **overrides}
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2)
@@ -280,11 +289,28 @@ def test_every_dashboard_panel_has_data_after_a_failure(
     selector = f'namespace="{namespace}"'
     restarts = wait_for(
         "the restart to be scraped",
-        lambda: prometheus.query(f"respawn_restarts_total{{{selector}}}"),
+        lambda: prometheus.query(f"respawn_restarts_total{{{selector}}} > 0"),
         30,
     )
     assert [(r["metric"]["reason"], r["metric"]["class"], r["value"][1]) for r in restarts] == [
         ("Error", "counted", "1")
+    ]
+    # Every reason and class of the job existed at 0 before its first restart, so the "Restarts by
+    # reason" panel counts that restart (a series born at 1 has nothing to increase from).
+    children = prometheus.query(f"respawn_restarts_total{{{selector}}}")
+    assert len(children) == 2 * len(RESTART_REASONS)
+    board = dict(dashboard_expressions())
+    by_reason = prometheus.query(concrete(board["Restarts by reason"], namespace, __rate_interval="5m"))
+    counted = {r["metric"]["reason"]: float(r["value"][1]) for r in by_reason}
+    assert counted["Error"] >= 0.9 and sum(counted.values()) == counted["Error"], counted
+    # The dashboard's restart annotation marks it, at the dashboard's interval.
+    annotation = concrete(restart_annotation(), namespace)
+    now = time.time()
+    marks = prometheus.get(
+        "/api/v1/query_range", query=annotation, start=str(now - 300), end=str(now), step="5"
+    )
+    assert [m["metric"] for m in marks["result"]] == [
+        {"namespace": namespace, "trainingjob": "pm", "reason": "Error"}
     ]
     lost = wait_for("steps lost", lambda: prometheus.query(f"respawn_steps_lost_sum{{{selector}}}"), 30)
     assert lost[0]["value"][1] == "3", "killed after step 8, resumed from checkpoint 5"
@@ -337,9 +363,18 @@ def test_every_dashboard_panel_has_data_after_a_failure(
     age = results[next(e for _t, e in expressions if "respawn_checkpoint_age_seconds" in e)]
     assert [r["metric"] for r in age] == [{"namespace": namespace, "trainingjob": "pm"}]
 
-    # The dashboard's namespace variable lists this job's namespace.
+    # The dashboard's namespace variable lists this job's namespace, its job variable this job.
     variable = prometheus.get("/api/v1/label/namespace/values", **{"match[]": "respawn_job_restarts"})
     assert namespace in variable
+    jobs = prometheus.get(
+        "/api/v1/label/trainingjob/values", **{"match[]": f'respawn_job_restarts{{namespace="{namespace}"}}'}
+    )
+    assert jobs == ["pm"]
+    phase = results[next(e for _t, e in expressions if "respawn_job_phase" in e)]
+    assert [(r["metric"]["trainingjob"], r["metric"]["phase"]) for r in phase] == [("pm", "Running")]
+    codes = results[next(e for _t, e in expressions if "respawn_rest_client_requests_total" in e)]
+    assert "200" in {r["metric"]["code"] for r in codes}
+    assert prometheus.query('respawn_build_info{version!=""}'), "build info scraped"
     per_job = results[next(e for _t, e in expressions if "respawn_job_restarts" in e)]
     assert sorted((r["metric"]["class"], r["value"][1]) for r in per_job) == [
         ("counted", "1"),

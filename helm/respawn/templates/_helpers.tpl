@@ -52,12 +52,53 @@ app.kubernetes.io/component: controller
 {{- end }}
 {{- end }}
 
-{{/* The controller image: by digest when one is set (what runs is then exactly what was built). */}}
+{{/* The controller image: by digest when one is set (what runs is then exactly what was built),
+behind global.imageRegistry or image.registry when one is set. */}}
 {{- define "respawn.image" -}}
+{{- $registry := default .Values.image.registry (.Values.global).imageRegistry }}
+{{- $repository := .Values.image.repository }}
+{{- if $registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" $registry) $repository }}
+{{- end }}
 {{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Pull secrets: the chart's and an umbrella chart's, each name once. */}}
+{{- define "respawn.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range concat (.Values.global).imagePullSecrets | default list | concat .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- range $names | uniq }}
+- name: {{ . }}
+{{- end }}
+{{- end }}
+
+{{/* The pod's securityContext: the restricted defaults, podSecurityContext's keys winning. */}}
+{{- define "respawn.podSecurityContext" -}}
+{{- $defaults := dict "runAsNonRoot" true "runAsUser" 65532 "runAsGroup" 65532 "fsGroup" 65532 "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- toYaml (mergeOverwrite $defaults (deepCopy .Values.podSecurityContext)) }}
+{{- end }}
+
+{{/* The container's securityContext: the restricted defaults, securityContext's keys winning. */}}
+{{- define "respawn.securityContext" -}}
+{{- $defaults := dict "runAsNonRoot" true "runAsUser" 65532 "runAsGroup" 65532 "readOnlyRootFilesystem" true "allowPrivilegeEscalation" false "capabilities" (dict "drop" (list "ALL")) "seccompProfile" (dict "type" "RuntimeDefault") }}
+{{- toYaml (mergeOverwrite $defaults (deepCopy .Values.securityContext)) }}
+{{- end }}
+
+{{/* Pods the PodDisruptionBudget keeps: minAvailable as a count (a percentage rounds up, as the
+disruption controller rounds it). */}}
+{{- define "respawn.pdbKept" -}}
+{{- $min := .Values.podDisruptionBudget.minAvailable }}
+{{- if kindIs "string" $min }}
+{{- $pct := trimSuffix "%" $min | int }}
+{{- div (add (mul $pct (int .Values.replicaCount)) 99) 100 }}
+{{- else }}
+{{- int $min }}
 {{- end }}
 {{- end }}
 
