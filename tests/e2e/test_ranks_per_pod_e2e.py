@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 
 from controller.app import Controller
-from tests.support.e2e import RUN_YAML, losses, trainer_job
+from tests.support.e2e import RUN_YAML, assert_on_reference_curve, losses, trainer_job
 from tests.support.kube import create_job, final_status, job_status
 from tests.support.manifests import run_config_map
 from tests.support.nodeagent import NodeAgentHandle
@@ -68,13 +68,7 @@ def test_a_killed_rank_of_a_pod_of_two_restarts_the_gang_and_it_resumes_exactly(
     # Reported by all four ranks through their two pods; the controller mounts nothing.
     assert set(status["startup"]["seconds"]) == {"import", "rendezvous", "load", "compile", "firstStep"}
     for rank in range(RANKS):
-        reference = {r["global_step"]: r["loss_bits"] for r in losses(shared_root, namespace, "ref", rank)}
-        assert sorted(reference) == list(range(1, total + 1)), rank
-        records = losses(shared_root, namespace, "mp", rank)
-        # Every record, steps redone after the resume included, lies on the reference curve.
-        for record in records:
-            assert record["loss_bits"] == reference[record["global_step"]], (rank, record)
-        assert {r["global_step"] for r in records} == set(reference)
+        records = assert_on_reference_curve(shared_root, namespace, "mp", "ref", rank, total)
         resumed = [r["resumed_from"] for r in records if "resumed_from" in r]
         assert resumed[0] is None and len(resumed) == 2 and resumed[1] is not None, (rank, resumed)
         assert resumed[1]["global_step"] == status["resumedFromStep"]

@@ -18,7 +18,7 @@ from kubernetes import client
 
 from controller.app import Controller
 from devcluster.faults import FaultError
-from tests.support.e2e import RUN_YAML, long_run, losses, trainer_job
+from tests.support.e2e import RUN_YAML, assert_on_reference_curve, long_run, losses, trainer_job
 from tests.support.kube import create_job, final_status, job_status
 from tests.support.manifests import run_config_map
 from tests.support.nodeagent import NodeAgentHandle
@@ -72,13 +72,7 @@ def test_sigkill_one_rank_restarts_gang_and_resumes_exactly(
     assert job_status(api_client, namespace, "ref")["restarts"] == 0
 
     for rank in (0, 1):
-        records = losses(shared_root, namespace, "llm", rank)
-        reference = {r["global_step"]: r["loss_bits"] for r in losses(shared_root, namespace, "ref", rank)}
-        assert sorted(reference) == list(range(1, total + 1))
-        # Every record, including steps redone after the resume, lies on the reference curve.
-        for record in records:
-            assert record["loss_bits"] == reference[record["global_step"]], (rank, record)
-        assert {r["global_step"] for r in records} == set(reference)
+        records = assert_on_reference_curve(shared_root, namespace, "llm", "ref", rank, total)
         resumed = [r["resumed_from"] for r in records if "resumed_from" in r]
         assert resumed[0] is None, "the first start is a random init"
         assert len(resumed) == 2 and resumed[1] is not None

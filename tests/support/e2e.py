@@ -66,3 +66,18 @@ def trainer_job(name: str, shared: Path, *, config: str = "run", **options: Any)
 def losses(shared: Path, namespace: str, job: str, rank: int) -> list[dict[str, Any]]:
     """A rank's steps.jsonl records, in the layout a job's output dir has under the shared root."""
     return read_steps(shared / namespace / job / "log" / f"rank_{rank}" / "steps.jsonl")
+
+
+def assert_on_reference_curve(
+    shared: Path, namespace: str, job: str, reference_job: str, rank: int, total: int
+) -> list[dict[str, Any]]:
+    """Every record of `job`'s rank, steps redone after a resume included, has the loss bits of the
+    uninterrupted `reference_job` at its global step, and every step 1..total is there. Returns the
+    records, for the caller's checks of where it resumed."""
+    reference = {r["global_step"]: r["loss_bits"] for r in losses(shared, namespace, reference_job, rank)}
+    assert sorted(reference) == list(range(1, total + 1)), (rank, sorted(reference)[-3:])
+    records = losses(shared, namespace, job, rank)
+    for record in records:
+        assert record["loss_bits"] == reference[record["global_step"]], (rank, record)
+    assert {r["global_step"] for r in records} == set(reference), rank
+    return records
