@@ -362,6 +362,7 @@ def _step_record(state: _Run, result: StepResult, t0: float) -> dict[str, Any]:
         "loss_scale": result.loss_scale,
         "overflow": result.overflow,
         "step_time": round(time.perf_counter() - t0, 6),
+        "time": round(time.time(), 3),  # wall clock: `respawn plot --x time` shows the downtime
     }
     if state.first_step:
         record["resumed_from"] = state.resumed_from
