@@ -50,6 +50,8 @@ def test_reference_run_starts_from_random_init_in_an_empty_directory(reference: 
     assert starts(reference) == [None]
     assert lines[-1]["epoch"] == 2 and lines[-1]["step"] == 10
     assert lines[-1]["loss"] < lines[0]["loss"]
+    times = [r["time"] for r in lines]  # the wall clock `respawn plot --x time` reads
+    assert times == sorted(times) and abs(times[-1] - time.time()) < 3600
 
 
 def kill_at_random(launch: Any, path: Path, out: Path, rng: random.Random) -> None:
