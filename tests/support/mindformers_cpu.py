@@ -16,7 +16,7 @@ Ascend; neither touches checkpointing or resume):
 
 The data are fixed token rows (no shuffle), so a resumed run sees the batches an uninterrupted one
 would. A test-only callback appends one line per step to `<output_dir>/log/rank_<R>/losses.jsonl`:
-`{"step": <the optimizer's global step after it>, "loss": <float>}`.
+`{"step": <the optimizer's global step after it>, "loss": <float>, "attempt": <RESPAWN_ATTEMPT or null>}`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 SEQ_LENGTH = 16
 BATCH = 4
 VOCAB = 64
+SEED = 1
 
 
 def patch_for_cpu() -> None:
@@ -57,8 +58,10 @@ def loss_recorder(path: Path) -> Any:
             optimizer = params.optimizer or params.network.optimizer
             step = int(optimizer.global_step.asnumpy().reshape(-1)[0])
             with path.open("a") as f:
-                f.write(json.dumps({"step": step, "loss": float(loss.asnumpy())}) + "\n")
+                value = float(loss.asnumpy().reshape(-1)[0])
+                f.write(json.dumps({"step": step, "loss": value, "attempt": attempt}) + "\n")
 
+    attempt = os.environ.get("RESPAWN_ATTEMPT")  # under the controller: which start wrote the line
     path.parent.mkdir(parents=True, exist_ok=True)
     return LossRecorder()
 
@@ -75,6 +78,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    import mindspore as ms
     from mindspore.dataset import GeneratorDataset
 
     patch_for_cpu()
@@ -101,9 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         use_flash_attention=False,
         use_rope_slice=True,  # the default rotate-half is a BatchMatMul that CPU cannot broadcast
     )
+    ms.set_seed(SEED)  # the weights are initialised here, before the Trainer seeds anything
+    model = LlamaForCausalLM(config)
     training = TrainingArguments(
         output_dir=args.output_dir,
-        seed=1,
+        seed=SEED,
         num_train_epochs=1,
         per_device_train_batch_size=BATCH,
         save_steps=args.save_steps,
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     losses = loss_recorder(Path(args.output_dir) / "log" / f"rank_{rank}" / "losses.jsonl")
     trainer = Trainer(
         args=training,
-        model=LlamaForCausalLM(config),
+        model=model,
         train_dataset=data.batch(BATCH, drop_remainder=True),
         callbacks=[losses],
     )
