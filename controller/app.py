@@ -17,10 +17,18 @@ from prometheus_client import CollectorRegistry
 from controller.adapters.checkpoint_observer import CheckpointObserver
 from controller.adapters.kubewriter import Conflict, ForeignObject, KubeWriter
 from controller.adapters.metrics import JobSample, Metrics
-from controller.adapters.reconcile_pass import POD_BY_JOB, POD_BY_NODE, Caches, CreateRefused, ReconcilePass
+from controller.adapters.reconcile_pass import (
+    JOB_BY_NAMESPACE,
+    POD_BY_JOB,
+    POD_BY_NODE,
+    Caches,
+    CreateRefused,
+    ReconcilePass,
+)
 from controller.api.types import parse_status
 from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX
 from controller.core.observations import node_state
+from controller.core.pods import slim as slim_pod
 from controller.core.timefmt import parse_time
 from controller.runtime.health import HealthServer, informer_checks
 from controller.runtime.informer import DELETED, Informer
@@ -144,6 +152,7 @@ class Controller:
             else None
         )
         jobs.add_index(JOB_BY_LEFT_NODE, _nodes_left)
+        jobs.add_index(JOB_BY_NAMESPACE, index_by_field("metadata", "namespace"))
         jobs.on_event(lambda _type, obj, _old: self.queue.add(object_key(obj)))
         pods.on_event(self._on_pod)
         nodes.on_event(self._on_node)
@@ -203,6 +212,9 @@ class Controller:
                     checkpoint_time=committed.timestamp() if committed else None,
                     restarts=status.restarts,
                     uncounted_restarts=status.uncounted_restarts,
+                    suggested_interval=status.checkpoint_interval.seconds
+                    if status.checkpoint_interval
+                    else None,
                 )
             )
         return samples
@@ -316,9 +328,13 @@ def _job_and_pod_informers(
             custom.list_cluster_custom_object,
             name="trainingjobs",
             list_kwargs={"group": GROUP, "version": VERSION, "plural": PLURAL},
+            transform=_without_managed_fields,
         )
         pods = Informer(
-            core.list_pod_for_all_namespaces, name="pods", list_kwargs={"label_selector": managed}
+            core.list_pod_for_all_namespaces,
+            name="pods",
+            list_kwargs={"label_selector": managed},
+            transform=slim_pod,
         )
         return jobs, pods
 
@@ -328,6 +344,7 @@ def _job_and_pod_informers(
             custom.list_namespaced_custom_object,
             name="trainingjobs" if len(namespaces) == 1 else f"trainingjobs-{ns}",
             list_kwargs={**job_kwargs, "namespace": ns},
+            transform=_without_managed_fields,
         )
         for ns in namespaces
     ]
@@ -336,12 +353,21 @@ def _job_and_pod_informers(
             core.list_namespaced_pod,
             name="pods" if len(namespaces) == 1 else f"pods-{ns}",
             list_kwargs={"namespace": ns, "label_selector": managed},
+            transform=slim_pod,
         )
         for ns in namespaces
     ]
     if len(namespaces) == 1:
         return job_informers[0], pod_informers[0]
     return InformerGroup(job_informers), InformerGroup(pod_informers)
+
+
+def _without_managed_fields(job: dict[str, Any]) -> dict[str, Any]:
+    """A TrainingJob as cached: its managedFields (who set which field) are never read."""
+    meta = job.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return job
 
 
 def watched_namespaces(flag: str | None) -> tuple[str, ...]:

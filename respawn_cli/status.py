@@ -12,7 +12,7 @@ from kubernetes import client
 
 from respawn_cli import history
 from respawn_protocol import safefs
-from respawn_protocol.crd import GROUP, PLURAL, VERSION
+from respawn_protocol.crd import GROUP, PLURAL, RECOVERY_PHASES, VERSION
 from respawn_protocol.meta import MetaError, read_meta
 from respawn_protocol.report import STARTUP_PHASES
 from respawn_protocol.resolve import last_complete
@@ -86,6 +86,8 @@ class Report:
     output: OnDisk | None = None
     progress: dict[str, Any] | None = None  # status.lastProgress: rank 0's reported step
     startup: dict[str, Any] | None = None  # status.startup: seconds per start-up phase
+    recovery: dict[str, Any] | None = None  # status.lastRecovery: the last restart, timed
+    interval: dict[str, Any] | None = None  # status.checkpointInterval: the suggested interval
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +137,10 @@ def build(job: dict[str, Any], events: list[Any]) -> Report:
         conditions=list(status.get("conditions") or []),
         progress=status.get("lastProgress") if isinstance(status.get("lastProgress"), dict) else None,
         startup=status.get("startup") if isinstance(status.get("startup"), dict) else None,
+        recovery=status.get("lastRecovery") if isinstance(status.get("lastRecovery"), dict) else None,
+        interval=status.get("checkpointInterval")
+        if isinstance(status.get("checkpointInterval"), dict)
+        else None,
     )
 
 
@@ -264,6 +270,10 @@ def render(report: Report) -> str:
             f"{k} {seconds[k]:.1f}s" for k in STARTUP_PHASES if isinstance(seconds.get(k), int | float)
         )
         add(f"  Start-up:     attempt {report.startup.get('attempt')}: {phases}")
+    if report.recovery:
+        add(f"  Recovery:     {_recovery(report.recovery)}")
+    if report.interval:
+        add(f"  Interval:     {_interval(report.interval)}")
     if report.last_failure:
         add(f"  Last failure: {_describe(report.last_failure)}")
     for cond in report.conditions:
@@ -328,6 +338,36 @@ def _render_output(out: OnDisk) -> list[str]:
                 f"{res.steps_redone} step{'s' if res.steps_redone != 1 else ''} redone"
             )
     return lines
+
+
+def _recovery(r: dict[str, Any]) -> str:
+    """status.lastRecovery in a line: the total to the first trained step, then each phase."""
+    seconds = r.get("seconds")
+    seconds = seconds if isinstance(seconds, dict) else {}
+    phases = ", ".join(
+        f"{k} {seconds[k]:.1f}s" for k in RECOVERY_PHASES if isinstance(seconds.get(k), int | float)
+    )
+    total = r.get("totalSeconds")
+    head = (
+        f"{total:.1f}s from the failure to the first step of attempt {r.get('attempt')}"
+        if isinstance(total, int | float)
+        else f"attempt {r.get('attempt')} running, its first step not yet reported"
+    )
+    return f"{head} ({r.get('reason') or '?'}): {phases}" if phases else head
+
+
+def _interval(a: dict[str, Any]) -> str:
+    """status.checkpointInterval in a line: the suggestion and what it is computed from."""
+    try:
+        seconds, mtbf, save = float(a["seconds"]), float(a["mtbfSeconds"]), float(a["saveSeconds"])
+        steps, failures = int(a["steps"]), int(a["failures"])
+    except (KeyError, TypeError, ValueError):
+        return "unreadable"
+    whose = "this job" if a.get("basis") == "job" else "the namespace's jobs"
+    return (
+        f"checkpoint every {steps} steps (~{seconds:.0f}s) suggested: MTBF {mtbf:.0f}s over "
+        f"{failures} failure(s) of {whose}, {save:.2f}s per save"
+    )
 
 
 def _describe(f: Failure) -> str:

@@ -33,6 +33,9 @@ RANK = "RESPAWN_RANK"  # this process's rank; in a pod of several ranks, the pod
 WORLD_SIZE = "RESPAWN_WORLD_SIZE"  # ranks of the gang: replicas x ranks per pod
 RANKS_PER_POD = "RESPAWN_RANKS_PER_POD"  # ranks the pod's entry point starts (default 1: itself)
 ATTEMPT = "RESPAWN_ATTEMPT"  # 0 on the first start, +1 per gang restart; a step pairs files of one attempt
+# With spec.checkpointInterval: Auto, the controller's suggested interval (global steps): it replaces
+# the CheckpointMonitor's save_checkpoint_steps. Absent until the controller has a suggestion.
+SAVE_CHECKPOINT_STEPS = "RESPAWN_SAVE_CHECKPOINT_STEPS"
 
 # The user's, never set by the controller: they override the YAML config's keys. With
 # JOB_CHECKPOINT_DIR, load_checkpoint / resume_training apply while that directory holds no complete step.

@@ -5,14 +5,18 @@ no filesystem access, and works for any namespace and any storage. Each rank wri
 key (`training.respawn.dev/report-rank-<N>`) with a JSON merge patch, so ranks that share a pod
 never overwrite each other and no read-modify-write is needed. The value is small and bounded:
 
-    {"attempt": 3, "step": 1200, "stepTime": 0.41, "at": "2026-12-06T05:01:02.345Z",
+    {"attempt": 3, "step": 1200, "stepTime": 0.41, "saveCost": 0.35, "at": "2026-12-06T05:01:02.345Z",
      "commit": {"step": 1000, "epoch": 2, "file": "llama_rank_0-2_500.ckpt", "attempt": 3,
                 "at": "..."},
-     "startup": {"import": 4.1, "rendezvous": 1.2, "load": 0.3, "compile": 2.5, "firstStep": 2.9}}
+     "startup": {"import": 4.1, "rendezvous": 1.2, "load": 0.3, "compile": 2.5, "firstStep": 2.9,
+                 "startedAt": "...", "readyAt": "..."}}
 
-`step` and `at` are the last optimizer step this rank finished and when (its wall clock); only rank
+`step` and `at` are the last optimizer step this rank finished and when (its wall clock), `saveCost`
+the seconds training stood still per checkpoint save, lately (the δ of Young/Daly); only rank
 0 sends them on a timer (data-parallel ranks step together, so one heartbeat per job keeps the API
-load flat), every rank sends each commit as it happens and its start-up timings once.
+load flat), every rank sends each commit as it happens and its start-up timings once. `startedAt`
+(the process started) and `readyAt` (its first step finished) place the start-up on the wall clock,
+so the controller can time a restart from the failure to the next trained step.
 """
 
 from __future__ import annotations
@@ -54,14 +58,19 @@ class Report:
     attempt: int | None = None
     step: int | None = None
     step_time: float | None = None
+    save_cost: float | None = None
     at: str | None = None
     commit: Commit | None = None
     startup: Mapping[str, float] = field(default_factory=dict)
+    started_at: str | None = None  # wall clock: the process started
+    ready_at: str | None = None  # wall clock: its first step finished
 
     def encode(self) -> str:
         body: dict[str, Any] = {"attempt": self.attempt}
         if self.step is not None:
             body.update(step=self.step, stepTime=self.step_time, at=self.at)
+            if self.save_cost is not None:
+                body["saveCost"] = round(self.save_cost, 4)
         if self.commit is not None:
             c = self.commit
             body["commit"] = {
@@ -72,7 +81,9 @@ class Report:
                 "at": c.at,
             }
         if self.startup:
-            body["startup"] = {k: round(v, 3) for k, v in self.startup.items()}
+            startup: dict[str, Any] = {k: round(v, 3) for k, v in self.startup.items()}
+            startup |= {k: v for k, v in (("startedAt", self.started_at), ("readyAt", self.ready_at)) if v}
+            body["startup"] = startup
         return json.dumps(body, separators=(",", ":"))
 
 
@@ -110,17 +121,20 @@ def decode(rank: int, value: str) -> Report | None:
     if not isinstance(raw, dict):
         return None
     startup = raw.get("startup")
-    phases = {}
-    if isinstance(startup, dict):
-        phases = {k: v for k in STARTUP_PHASES if (v := _float(startup.get(k))) is not None}
+    if not isinstance(startup, dict):
+        startup = {}
+    phases = {k: v for k in STARTUP_PHASES if (v := _float(startup.get(k))) is not None}
     return Report(
         rank=rank,
         attempt=_int(raw.get("attempt")),
         step=_int(raw.get("step")),
         step_time=_float(raw.get("stepTime")),
+        save_cost=_float(raw.get("saveCost")),
         at=_str(raw.get("at")),
         commit=_commit(raw.get("commit")),
         startup=phases,
+        started_at=_str(startup.get("startedAt")) if phases else None,
+        ready_at=_str(startup.get("readyAt")) if phases else None,
     )
 
 

@@ -198,6 +198,11 @@ def run_demo(cluster: LocalCluster, kubectl: list[str], shared: Path, workdir: P
         "steps_lost": max(0, killed_at - resumed["global_step"]),
         "time_to_recover_seconds": recover,
         "trainer_startup_seconds": restarted.get("startup_seconds"),
+        # status.lastRecovery: the kill -> the first step the next attempt finished, and its phases.
+        "kill_to_first_step_seconds": (final.get("lastRecovery") or {}).get("totalSeconds"),
+        "recovery_breakdown_seconds": (final.get("lastRecovery") or {}).get("seconds"),
+        # status.checkpointInterval: Young/Daly from this run's failure and measured save cost.
+        "checkpoint_interval_suggested": final.get("checkpointInterval"),
         "final_step": final.get("lastCompleteCheckpoint", {}).get("step"),
         "steps_log": str(steps_log),
     }

@@ -64,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     if ranks > 1:  # the pod's entry point: one process per rank (docs/trainer.md, Several ranks per pod)
         return supervisor.supervise(argv, os.environ, ranks)
 
-    from trainer_image.trainer import Trainer, build_config, env_overrides
+    from trainer_image.trainer import Trainer, build_config, env_overrides, with_save_interval
 
     try:
         config = build_config(args.config, env_overrides(os.environ), cli_overrides(args))
+        config = with_save_interval(config, os.environ)
         outcome = Trainer(config, apply_env=False).train()
     except ConfigError as e:
         log.error("permanent error: %s", e)

@@ -5,6 +5,7 @@ Runs one rank in the calling process.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,7 +14,15 @@ from typing import Any
 
 from respawn_protocol import contract
 from respawn_protocol.layout import checkpoint_root
-from trainer_image.config import TrainerConfig, load_yaml, parse_config, set_dotted, to_dict
+from trainer_image.config import (
+    CheckpointMonitor,
+    ConfigError,
+    TrainerConfig,
+    load_yaml,
+    parse_config,
+    set_dotted,
+    to_dict,
+)
 from trainer_image.training.loop import Outcome, run
 from trainer_image.training.report import Reporter
 from trainer_image.training.stop import StopRequest
@@ -56,6 +65,26 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     if environ.get(contract.TRAIN_DATASET_DIR):
         out["train_dataset.data_loader.dataset_dir"] = environ[contract.TRAIN_DATASET_DIR]
     return out
+
+
+def with_save_interval(config: TrainerConfig, environ: Mapping[str, str]) -> TrainerConfig:
+    """The controller's suggested checkpoint interval (spec.checkpointInterval: Auto) in place of the
+    CheckpointMonitor's; without a monitor there is nothing to save, so nothing changes."""
+
+    raw = environ.get(contract.SAVE_CHECKPOINT_STEPS)
+    if not raw:
+        return config
+    try:
+        steps = int(raw)
+    except ValueError as e:
+        raise ConfigError(f"{contract.SAVE_CHECKPOINT_STEPS}={raw!r}: not an integer") from e
+    if steps < 1:
+        raise ConfigError(f"{contract.SAVE_CHECKPOINT_STEPS}={steps}: must be at least 1")
+    callbacks = [
+        dataclasses.replace(c, save_checkpoint_steps=steps) if isinstance(c, CheckpointMonitor) else c
+        for c in config.callbacks
+    ]
+    return dataclasses.replace(config, callbacks=callbacks)
 
 
 def rank_and_world(environ: Mapping[str, str]) -> tuple[int, int]:
@@ -140,6 +169,8 @@ class Trainer:
         extra = {"train_dataset.data_loader.dataset_dir": train_dataset} if train_dataset else {}
         env = env_overrides(environ) if apply_env else {}
         self.config = build_config(config, env, (args or TrainingArguments()).overrides(), extra)
+        if apply_env:
+            self.config = with_save_interval(self.config, environ)
         self.rank, self.world_size = rank_and_world(environ)
         self.attempt = attempt_of(environ)
         self.job_checkpoint_dir = job_checkpoint_dir(environ, self.config)

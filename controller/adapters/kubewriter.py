@@ -44,11 +44,46 @@ class ForeignObject(Exception):
 
 
 ENSURED_MEMORY = 16384  # objects remembered as ensured (three per job)
-_COLLECTIONS = {
-    "ServiceAccount": "/api/v1/namespaces/{namespace}/serviceaccounts",
-    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles",
-    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings",
+_PLURALS = {
+    "ServiceAccount": "serviceaccounts",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "PodGroup": "podgroups",  # Volcano's or the coscheduling plugin's, by apiVersion (core/gang.py)
 }
+
+
+# Built-in kinds take an update without a resourceVersion; a custom resource (a PodGroup) does not,
+# so it is read first (the create below answers 409 and returns what is there).
+_UNCONDITIONAL = frozenset({"ServiceAccount", "Role", "RoleBinding"})
+
+
+def _holds(actual: Any, wanted: Any) -> bool:
+    """Whether an object says what we want: equal, or for a spec, every field we set (the API
+    server may have defaulted others, as Volcano's schema does a PodGroup's queue)."""
+    if isinstance(wanted, dict) and isinstance(actual, dict):
+        return all(actual.get(k) == v for k, v in wanted.items())
+    return bool(actual == wanted)
+
+
+def _merged(existing: dict[str, Any], desired: tuple[str, Any]) -> Any:
+    field, value = desired
+    current = existing.get(field)
+    return {**current, **value} if isinstance(value, dict) and isinstance(current, dict) else value
+
+
+def _collection(body: dict[str, Any], namespace: str) -> str:
+    api = body["apiVersion"]
+    root = "/api/v1" if api == "v1" else f"/apis/{api}"
+    return f"{root}/namespaces/{namespace}/{_PLURALS[body['kind']]}"
+
+
+def _desired(body: dict[str, Any]) -> tuple[str, Any] | None:
+    """The part of an owned object the controller keeps up to date: a Role's rules, a PodGroup's
+    spec (minMember follows the attempt's size); None for the rest (created once)."""
+    for field in ("rules", "spec"):
+        if field in body:
+            return field, body[field]
+    return None
 
 
 def api_message(exc: ApiException) -> str:
@@ -92,14 +127,15 @@ class KubeWriter:
         date (it names the pods of the current attempt). What this process already made sure of is
         remembered, so a restart costs one request (the Role's update), not seven."""
         kind, name = body["kind"], body["metadata"]["name"]
-        collection = _COLLECTIONS[kind].format(namespace=namespace)
-        key = (kind, namespace, name)
+        collection = _collection(body, namespace)
+        key = (f"{body['apiVersion']}/{kind}", namespace, name)
         owner = ",".join(sorted(r.get("uid", "") for r in _owners(body)))
-        wanted = (owner, json.dumps(body.get("rules"), sort_keys=True))
+        desired = _desired(body)
+        wanted = (owner, json.dumps(desired, sort_keys=True))
         known = self._ensured.get(key)
         if known == wanted:
             return
-        if known is not None and known[0] == owner:
+        if known is not None and known[0] == owner and kind in _UNCONDITIONAL:
             try:
                 self._request("PUT", f"{collection}/{name}", body)  # ours: an unconditional update
             except ApiException:
@@ -107,8 +143,10 @@ class KubeWriter:
                 raise  # gone or changed under us: the retried pass creates and checks it afresh
         else:
             existing = self._create(kind, collection, body)
-            if "rules" in body and existing.get("rules") != body["rules"]:
-                self._request("PUT", f"{collection}/{name}", {**existing, "rules": body["rules"]})
+            if desired is not None and not _holds(existing.get(desired[0]), desired[1]):
+                self._request(
+                    "PUT", f"{collection}/{name}", {**existing, desired[0]: _merged(existing, desired)}
+                )
         self._ensured[key] = wanted
         self._ensured.move_to_end(key)
         while len(self._ensured) > ENSURED_MEMORY:
@@ -125,6 +163,16 @@ class KubeWriter:
             self._request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", options)
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone, or a successor holds the name
+                raise
+
+    def delete_job(self, namespace: str, name: str, *, uid: str) -> None:
+        """Delete a TrainingJob (ttlSecondsAfterFinished), only the incarnation with `uid`."""
+        options = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+        try:
+            self._request("DELETE", path, options)
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone, or re-created under the name
                 raise
 
     def write_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:

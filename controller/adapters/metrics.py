@@ -14,8 +14,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.api.constants import Phase
+from controller.api.timings import PHASES
 
 RECOVERY_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 STEPS_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 
 
@@ -28,6 +30,7 @@ class JobSample:
     checkpoint_time: float | None  # unix seconds
     restarts: int = 0
     uncounted_restarts: int = 0
+    suggested_interval: float | None = None  # status.checkpointInterval.seconds
 
 
 class _StateCollector(Collector):
@@ -62,6 +65,11 @@ class _StateCollector(Collector):
             "Restarts of the job so far, from its status; class = counted / uncounted.",
             labels=["namespace", "trainingjob", "class"],
         )
+        interval = GaugeMetricFamily(
+            "respawn_checkpoint_interval_suggested_seconds",
+            "The checkpoint interval the job's failures and save cost suggest: sqrt(2 x save cost x MTBF).",
+            labels=["namespace", "trainingjob"],
+        )
         counts = {p.value: 0 for p in Phase}
         for job in self._jobs():
             counts[job.phase] = counts.get(job.phase, 0) + 1
@@ -71,6 +79,8 @@ class _StateCollector(Collector):
                 age.add_metric([job.namespace, job.name], max(0.0, now - job.checkpoint_time))
             if job.checkpoint_step is not None:
                 step.add_metric([job.namespace, job.name], job.checkpoint_step)
+            if job.suggested_interval is not None:
+                interval.add_metric([job.namespace, job.name], job.suggested_interval)
         for phase, count in counts.items():
             phases.add_metric([phase], count)
         depth = GaugeMetricFamily("respawn_workqueue_depth", "Job keys waiting to be reconciled.")
@@ -78,7 +88,7 @@ class _StateCollector(Collector):
         # A follower's queue fills from its informers and never drains; dashboards filter on this.
         leader = GaugeMetricFamily("respawn_leader", "1 on the replica that reconciles, 0 on followers.")
         leader.add_metric([], 1.0 if self._leading() else 0.0)
-        yield from (phases, age, step, restarts, depth, leader)
+        yield from (phases, age, step, restarts, interval, depth, leader)
 
 
 class _RequestsCollector(Collector):
@@ -95,6 +105,25 @@ class _RequestsCollector(Collector):
         for kind, count in sorted(self._requests().items()):
             family.add_metric([kind], count)
         yield family
+
+
+def _recovery_histograms(registry: CollectorRegistry) -> tuple[Histogram, Histogram]:
+    total = Histogram(
+        "respawn_recovery_seconds",
+        "From a failure to the first step the next attempt finished (status.lastRecovery).",
+        ["namespace"],
+        buckets=RECOVERY_BUCKETS,
+        registry=registry,
+    )
+    phases = Histogram(
+        "respawn_recovery_phase_seconds",
+        "Each phase of a recovery: detect, teardown, podStart, processStart, import, rendezvous, "
+        "load, compile, firstStep (which includes compile).",
+        ["namespace", "phase"],
+        buckets=PHASE_BUCKETS,
+        registry=registry,
+    )
+    return total, phases
 
 
 class Metrics:
@@ -116,6 +145,7 @@ class Metrics:
             buckets=RECOVERY_BUCKETS,
             registry=registry,
         )
+        self.recovery, self.recovery_phase = _recovery_histograms(registry)
         self.steps_lost = Histogram(
             "respawn_steps_lost",
             "Training steps redone after a failure: last step seen minus the resumed checkpoint step.",
@@ -143,6 +173,12 @@ class Metrics:
             self._restart_labels.setdefault((namespace, job), set()).add((reason, kind))
             self.restarts.labels(namespace, job, reason, kind).inc()
 
+    def record_recovery(self, namespace: str, phases: dict[str, float], total: float) -> None:
+        self.recovery.labels(namespace).observe(total)
+        for phase, seconds in phases.items():
+            if phase in PHASES:  # the label set stays bounded whatever a trainer reports
+                self.recovery_phase.labels(namespace, phase).observe(seconds)
+
     def forget_job(self, namespace: str, job: str) -> None:
         """The job is gone: drop its series, so the exposition does not grow with every job ever
         run (the per-namespace histograms stay)."""
@@ -156,6 +192,9 @@ class Metrics:
         if namespace not in self._namespaces:
             self._namespaces.add(namespace)
             self.time_to_recover.labels(namespace)
+            self.recovery.labels(namespace)
+            for phase in PHASES:
+                self.recovery_phase.labels(namespace, phase)
             self.steps_lost.labels(namespace)
 
     def watch_state(

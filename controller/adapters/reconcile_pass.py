@@ -23,22 +23,27 @@ from kubernetes.client.exceptions import ApiException
 from controller.adapters.checkpoint_observer import CheckpointObserver
 from controller.adapters.kubewriter import ForeignObject, KubeWriter, api_message
 from controller.adapters.metrics import Metrics
+from controller.api.constants import Phase
 from controller.api.types import InvalidSpec, TrainingJob, parse_job, status_to_dict
 from controller.core.decide import decide, decide_error, decide_invalid
 from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX, NodeReport, node_report
 from controller.core.observations import NodeState, Observations, node_state
 from controller.core.plan import (
     CreatePods,
+    DeleteJob,
     DeletePod,
     EmitEvent,
+    EnsurePodGroup,
     EnsureReportAccess,
     EnsureService,
     Plan,
     RecordRecovery,
+    RecordRecoveryPhases,
     RecordRestart,
     WriteStatus,
 )
 from controller.core.policy.success import attempt_ending
+from controller.core.timefmt import parse_time
 from controller.runtime.informer import Informer
 from controller.runtime.informer_group import InformerGroup
 
@@ -52,6 +57,8 @@ BATCH_MAX = 64  # pods created at once, at most (and bodies built and held at on
 CREATE_THREADS = 16  # requests in flight for one batch (shared by the workers)
 POD_BY_JOB = "job"
 POD_BY_NODE = "node"
+JOB_BY_NAMESPACE = "namespace"
+NAMESPACE_MTBF_SECONDS = 60.0
 
 
 class CreateRefused(Exception):
@@ -110,6 +117,7 @@ class ReconcilePass:
         self._monotonic = monotonic
         self._expectations: dict[str, _Expectation] = {}
         self._departed: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        self._namespace_mtbf: dict[str, tuple[float, tuple[float, int]]] = {}  # ns -> (when, value)
         self._overlay: dict[str, tuple[str, dict[str, Any]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=CREATE_THREADS, thread_name_prefix="create")
 
@@ -204,18 +212,45 @@ class ReconcilePass:
                 if configmap is not None and (report := node_report(configmap)) is not None:
                     reports[name] = report
         departed = self._recently_departed(job.key)
+        failures = self._namespace_failures(job)
         if self._checkpoints is None:
-            return Observations(nodes=nodes, device_reports=reports, departed=departed)
+            return Observations(
+                nodes=nodes, device_reports=reports, departed=departed, namespace_failures=failures
+            )
         snap = self._checkpoints.snapshot(job.key)
         return Observations(
             nodes=nodes,
             device_reports=reports,
             departed=departed,
+            namespace_failures=failures,
             progress_tracked=True,
             checkpoint=snap.checkpoint,
             last_progress=snap.last_progress,
             last_step=snap.last_step,
         )
+
+    def _namespace_failures(self, job: TrainingJob) -> tuple[float, int]:
+        """The namespace's jobs, this one included: (seconds they have run, their failures), for the
+        MTBF of a running job that has not failed yet (core/policy/interval.py); read only then."""
+        s = job.status
+        if s.phase is not Phase.RUNNING or s.restarts + s.uncounted_restarts:
+            return (0.0, 0)
+        # A walk over the namespace's jobs, at most once a minute per namespace: every report
+        # reconciles its job, and a namespace may hold thousands.
+        cached = self._namespace_mtbf.get(job.namespace)
+        if cached is not None and self._monotonic() - cached[0] < NAMESPACE_MTBF_SECONDS:
+            return cached[1]
+        now, ran, failures = self._now(), 0.0, 0
+        for body in self._caches.jobs.by_index(JOB_BY_NAMESPACE, job.namespace):
+            other = body.get("status") or {}
+            started = parse_time(other.get("startTime"))
+            ended = parse_time(other.get("completionTime")) or now
+            if started is None:
+                continue
+            ran += max(0.0, (ended - started).total_seconds())
+            failures += int(other.get("restarts") or 0) + int(other.get("uncountedRestarts") or 0)
+        self._namespace_mtbf[job.namespace] = (self._monotonic(), (ran, failures))
+        return (ran, failures)
 
     def report(self, key: str, exc: Exception) -> None:
         """Say on the job why its last pass failed (condition and Warning event); best effort, the
@@ -277,11 +312,16 @@ class ReconcilePass:
                     self._overlay[job.key] = (job.body["metadata"].get("resourceVersion", ""), new)
                 case DeletePod(name, uid, force):
                     self._writer.delete_pod(job.namespace, name, uid=uid, force=force)
+                case DeleteJob(uid):
+                    self._writer.delete_job(job.namespace, job.body["metadata"]["name"], uid=uid)
+                    log.info("deleted: finished, ttlSecondsAfterFinished passed", extra={"job": job.key})
                 case EnsureService(body):
                     self._writer.ensure_service(job.namespace, body)
                 case EnsureReportAccess(objects):
                     for body in objects:
                         self._writer.ensure_owned(job.namespace, body)
+                case EnsurePodGroup(body):
+                    self._writer.ensure_owned(job.namespace, body)
                 case CreatePods():
                     self._create_gang(job, step)
                 case EmitEvent(type_, reason, message):
@@ -293,6 +333,8 @@ class ReconcilePass:
                         self._metrics.steps_lost.labels(job.namespace).observe(max(0, steps_lost))
                 case RecordRecovery(seconds):
                     self._metrics.time_to_recover.labels(job.namespace).observe(seconds)
+                case RecordRecoveryPhases(phases, total):
+                    self._metrics.record_recovery(job.namespace, phases, total)
 
 
 def _describe(exc: Exception) -> tuple[str, str]:

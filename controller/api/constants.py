@@ -14,6 +14,7 @@ class Phase(enum.StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
     RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"  # spec.suspend: no pods, status kept; unsuspended, a new attempt starts
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
@@ -49,6 +50,7 @@ class Reason(enum.StrEnum):
 class Condition(enum.StrEnum):
     RUNNING = "Running"
     RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     # The last pass could not carry out its plan (the API refused a write, a name is taken): retried

@@ -11,9 +11,22 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.api import fields
 from controller.api.constants import DEFAULT_MOUNT_PATH, Action, Phase
 from controller.api.limits import check_template_size, check_world_size
 from controller.api.paths import InvalidSpec, check_path, check_tenant
+from controller.api.timings import (
+    IntervalAdvice,
+    Recovery,
+    StartupTimes,
+    interval_to_dict,
+    opt_int,
+    parse_interval,
+    parse_recovery,
+    parse_startup,
+    recovery_to_dict,
+    startup_to_dict,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,10 @@ class JobSpec:
     scheduler_port: int
     failure_policy: FailurePolicy
     ranks_per_pod: int = 1  # trainer processes per pod (msrun's local_worker_num)
+    auto_interval: bool = False  # spec.checkpointInterval: Auto: the suggested interval is applied
+    suspend: bool = False  # spec.suspend: no pods while true (Job's and Kueue's meaning)
+    ttl_after_finished: int | None = None  # spec.ttlSecondsAfterFinished: delete the finished job
+    pod_group: str | None = None  # spec.podGroup: Volcano / Coscheduling gang scheduling (core/gang.py)
 
     @property
     def world_size(self) -> int:
@@ -83,14 +100,6 @@ class ProgressRef:
     step: int
     time: str
     attempt: int | None = None
-
-
-@dataclass(frozen=True)
-class StartupTimes:
-    """Seconds per start-up phase of an attempt, the slowest rank's (import, rendezvous, ...)."""
-
-    attempt: int | None
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,8 @@ class JobStatus:
     last_complete_checkpoint: CheckpointRef | None = None
     last_progress: ProgressRef | None = None
     startup: StartupTimes | None = None
+    last_recovery: Recovery | None = None
+    checkpoint_interval: IntervalAdvice | None = None
     resumed_from_step: int | None = None
     observed_generation: int | None = None
     replicas: int | None = None  # replicas (pods) of the current attempt
@@ -186,7 +197,7 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
     output_dir = spec.get("outputDir") or f"{namespace}/{name}"
     check_path("spec.outputDir", output_dir, absolute=False)
     check_tenant(output_dir, namespace)
-    replicas, ranks_per_pod = int(spec["replicas"]), _ranks_per_pod(spec.get("ranksPerPod", 1))
+    replicas, ranks_per_pod = int(spec["replicas"]), fields.ranks_per_pod(spec.get("ranksPerPod", 1))
     check_world_size(replicas, ranks_per_pod)
     return JobSpec(
         replicas=replicas,
@@ -198,14 +209,11 @@ def parse_spec(spec: dict[str, Any], *, namespace: str, name: str) -> JobSpec:
         scheduler_port=int(spec.get("schedulerPort", 8118)),
         failure_policy=parse_failure_policy(spec.get("failurePolicy") or {}),
         ranks_per_pod=ranks_per_pod,
+        auto_interval=fields.interval_policy(spec.get("checkpointInterval", "Manual")),
+        suspend=spec.get("suspend") is True,
+        ttl_after_finished=fields.ttl(spec.get("ttlSecondsAfterFinished")),
+        pod_group=fields.pod_group(spec.get("podGroup"), template),
     )
-
-
-def _ranks_per_pod(value: Any) -> int:
-    """The CRD's bounds, again: a job admitted under an older CRD has no ranksPerPod (1)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidSpec(f"spec.ranksPerPod must be an integer >= 1, got {value!r}")
-    return value
 
 
 def parse_failure_policy(policy: dict[str, Any]) -> FailurePolicy:
@@ -250,10 +258,6 @@ def _parse_rule(index: int, rule: dict[str, Any]) -> Rule:
     return Rule(action, reasons=frozenset(reasons or ()))
 
 
-def opt_int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def parse_status(status: dict[str, Any]) -> JobStatus:
     checkpoint = status.get("lastCompleteCheckpoint")
     try:
@@ -284,7 +288,9 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get("step"), int)
         else None,
         last_progress=_progress(status.get("lastProgress")),
-        startup=_startup(status.get("startup")),
+        startup=parse_startup(status.get("startup")),
+        last_recovery=parse_recovery(status.get("lastRecovery")),
+        checkpoint_interval=parse_interval(status.get("checkpointInterval")),
         resumed_from_step=opt_int(status.get("resumedFromStep")),
         observed_generation=opt_int(status.get("observedGeneration")),
         replicas=opt_int(status.get("replicas")),
@@ -318,18 +324,6 @@ def _progress(value: Any) -> ProgressRef | None:
     if not isinstance(value, dict) or not isinstance(value.get("step"), int):
         return None
     return ProgressRef(int(value["step"]), str(value.get("time", "")), opt_int(value.get("attempt")))
-
-
-def _startup(value: Any) -> StartupTimes | None:
-    if not isinstance(value, dict):
-        return None
-    seconds = value.get("seconds")
-    phases = (
-        {k: float(v) for k, v in seconds.items() if isinstance(v, int | float)}
-        if isinstance(seconds, dict)
-        else {}
-    )
-    return StartupTimes(opt_int(value.get("attempt")), phases)
 
 
 def _times(value: Any) -> dict[str, str]:
@@ -380,7 +374,11 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
     if (p := status.last_progress) is not None:
         body["lastProgress"] = _compact({"step": p.step, "time": p.time, "attempt": p.attempt})
     if (t := status.startup) is not None:
-        body["startup"] = _compact({"attempt": t.attempt, "seconds": dict(t.seconds)})
+        body["startup"] = startup_to_dict(t)
+    if status.last_recovery is not None:
+        body["lastRecovery"] = recovery_to_dict(status.last_recovery)
+    if status.checkpoint_interval is not None:
+        body["checkpointInterval"] = interval_to_dict(status.checkpoint_interval)
     return _compact(body)
 
 

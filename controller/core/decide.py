@@ -19,8 +19,20 @@ from controller.api.types import JobStatus, TrainingJob, parse_status
 from controller.core import pods, reports
 from controller.core.context import Context, Transition
 from controller.core.observations import Observations
-from controller.core.plan import EmitEvent, Plan, Step, WriteStatus
-from controller.core.policy import conditions, devices, failures, progress, restart, startup, success
+from controller.core.plan import DeleteJob, EmitEvent, Plan, Step, WriteStatus
+from controller.core.policy import (
+    conditions,
+    devices,
+    failures,
+    interval,
+    progress,
+    recovery,
+    restart,
+    startup,
+    success,
+    suspend,
+)
+from controller.core.timefmt import parse_time
 
 
 def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, now: datetime) -> Plan:
@@ -36,24 +48,30 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
     gone = [p for p in obs.departed if pods.owned_by(p, job.uid)]
     summary = reports.summarize([*owned, *gone], world_size=ranks, attempt=status.attempt)
     status, obs = progress.observe(status, obs, summary)
+    status, recovered = recovery.complete(status)
     status = restart.refund(status, obs)
     current, older = pods.split_attempts(owned, status.attempt)
     ctx = Context(job, obs, now, current, older)
+    status = interval.suggest(ctx, status, summary)
     # Device faults reported after the fact: faulty nodes usable again, a counted exit converted.
     status, converted = restart.reattribute(ctx, devices.forget(ctx, status))
     cleanup = tuple(pods.deletions(older, obs))
 
     if status.phase.terminal:
         teardown = pods.deletions(current, obs) if status.phase is Phase.FAILED else []
-        transition = Transition(status, changes=tuple(teardown))
+        transition = _expire(ctx, status, Transition(status, changes=tuple(teardown)))
+    elif job.spec.suspend:
+        transition = suspend.suspend(ctx, status)
+    elif status.phase is Phase.SUSPENDED:
+        transition = suspend.resume(ctx, status)
     elif status.phase is Phase.RESTARTING:
         transition = startup.continue_restart(ctx, status)
     elif status.replicas is None:
         transition = startup.create_attempt(ctx, status)
     else:
         transition = _watch_attempt(ctx, status)
-    if converted:
-        transition = dataclasses.replace(transition, notices=converted + transition.notices)
+    if converted or recovered:
+        transition = dataclasses.replace(transition, notices=converted + recovered + transition.notices)
     return _ordered(job.status, cleanup, transition)
 
 
@@ -77,6 +95,17 @@ def decide_error(raw_status: Mapping[str, Any], reason: str, message: str, now: 
     )
     write: tuple[Step, ...] = (WriteStatus(marked),) if marked != status else ()
     return Plan((*write, EmitEvent("Warning", reason, message)))
+
+
+def _expire(ctx: Context, status: JobStatus, transition: Transition) -> Transition:
+    """A finished job past ttlSecondsAfterFinished is deleted; before that, looked at again then."""
+    ttl, done = ctx.job.spec.ttl_after_finished, parse_time(status.completion_time)
+    if ttl is None or done is None:
+        return transition
+    left = (done - ctx.now).total_seconds() + ttl
+    if left > 0:
+        return dataclasses.replace(transition, requeue_after=left)
+    return dataclasses.replace(transition, changes=(*transition.changes, DeleteJob(ctx.job.uid)))
 
 
 def _watch_attempt(ctx: Context, status: JobStatus) -> Transition:

@@ -28,6 +28,9 @@ class Observations:
     # Pods of the job deleted in the last minutes, as last seen: read only for their trainers'
     # reports (a stopping rank's final commit may come moments before its pod is gone).
     departed: Sequence[Mapping[str, Any]] = ()
+    # The jobs of the job's namespace, itself included: (seconds they have run, failures): an MTBF
+    # for a job that has not failed yet (core/policy/interval.py).
+    namespace_failures: tuple[float, int] = (0.0, 0)
     # From the checkpoint observer; None when the controller does not mount the shared volume.
     progress_tracked: bool = False  # without it, a hang cannot be told from a quiet healthy job
     checkpoint: CheckpointRef | None = None

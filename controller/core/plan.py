@@ -44,10 +44,16 @@ class CreatePods:
     replicas: int
     indices: tuple[int, ...]
     avoid_nodes: tuple[str, ...] = ()
+    save_steps: int | None = None  # spec.checkpointInterval: Auto, once there is a suggestion
 
     def body(self, index: int) -> dict[str, Any]:
         return podspec.worker_pod(
-            self.job, attempt=self.attempt, rank=index, replicas=self.replicas, avoid_nodes=self.avoid_nodes
+            self.job,
+            attempt=self.attempt,
+            rank=index,
+            replicas=self.replicas,
+            avoid_nodes=self.avoid_nodes,
+            save_steps=self.save_steps,
         )
 
     def bodies(self) -> Iterator[dict[str, Any]]:
@@ -67,6 +73,21 @@ class EmitEvent:
 
 
 @dataclass(frozen=True)
+class EnsurePodGroup:
+    """The job's PodGroup (core/gang.py), created or brought up to date before its pods."""
+
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    """The TrainingJob itself, finished and past its ttlSecondsAfterFinished; only this uid (a
+    job re-created under the same name is left alone). Its pods and Service go with it (owners)."""
+
+    uid: str
+
+
+@dataclass(frozen=True)
 class RecordRestart:
     """A restart decided in this pass, for metrics."""
 
@@ -80,26 +101,40 @@ class RecordRecovery:
     seconds: float  # from the failure seen to all workers of the next attempt running
 
 
+@dataclass(frozen=True)
+class RecordRecoveryPhases:
+    """A restart timed to the next trained step (core/policy/recovery.py), for metrics."""
+
+    seconds: dict[str, float]  # per phase
+    total: float  # the failure -> the first step of the next attempt finished
+
+
 Step = (
     DeletePod
+    | DeleteJob
     | EnsureService
     | EnsureReportAccess
+    | EnsurePodGroup
     | CreatePods
     | WriteStatus
     | EmitEvent
     | RecordRestart
     | RecordRecovery
+    | RecordRecoveryPhases
 )
 S = TypeVar(
     "S",
     DeletePod,
+    DeleteJob,
     EnsureService,
     EnsureReportAccess,
+    EnsurePodGroup,
     CreatePods,
     WriteStatus,
     EmitEvent,
     RecordRestart,
     RecordRecovery,
+    RecordRecoveryPhases,
 )
 
 

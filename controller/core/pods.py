@@ -77,3 +77,34 @@ def deletions(pods: Sequence[Pod], obs: Observations) -> list[DeletePod]:
         if not terminating(pod) or lost:
             out.append(DeletePod(name_of(pod), uid_of(pod), force=lost))
     return out
+
+
+_META_KEPT = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "creationTimestamp",
+    "deletionTimestamp",
+)
+
+
+def slim(pod: Pod) -> dict[str, Any]:
+    """The fields of a pod that anything in the controller reads; the informer caches only these.
+
+    A worker's spec (containers, env, volumes, affinity) and its managedFields are most of its
+    bytes and are never read back: the controller builds pods from the TrainingJob, not from its
+    cache. At 20,000 pods that is the difference between fitting the chart's memory limit and not.
+    """
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    slim_spec = {k: spec[k] for k in ("nodeName", "schedulerName") if k in spec}
+    return {
+        "apiVersion": pod.get("apiVersion"),
+        "kind": pod.get("kind"),
+        "metadata": {k: meta[k] for k in _META_KEPT if k in meta},
+        "spec": slim_spec,
+        "status": pod.get("status") or {},
+    }

@@ -13,6 +13,7 @@ from typing import Any
 
 from controller.api.constants import SHARED_VOLUME_NAME
 from controller.api.types import TrainingJob
+from controller.core import gang
 from respawn_protocol import contract
 from respawn_protocol import report as reports
 from respawn_protocol.crd import (
@@ -69,7 +70,9 @@ def headless_service(job: TrainingJob) -> dict[str, Any]:
     }
 
 
-def trainer_env(job: TrainingJob, attempt: int, index: int, replicas: int) -> list[dict[str, str]]:
+def trainer_env(
+    job: TrainingJob, attempt: int, index: int, replicas: int, save_steps: int | None = None
+) -> list[dict[str, str]]:
     """The variables the worker pod `index` of `replicas` gets. Auto-resume names the job's
     checkpoint directory and leaves `load_checkpoint` / `resume_training` (pretrained weights) to the
     user: the trainer resumes from the directory once it holds a complete step. With
@@ -100,6 +103,8 @@ def trainer_env(job: TrainingJob, attempt: int, index: int, replicas: int) -> li
         reports.POD_NAMESPACE: job.namespace,
         reports.REPORT_INTERVAL: f"{report_interval(job):g}",
     }
+    if save_steps is not None:
+        values[contract.SAVE_CHECKPOINT_STEPS] = str(save_steps)
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
@@ -169,17 +174,17 @@ def _avoid_nodes(spec: dict[str, Any], nodes: tuple[str, ...]) -> None:
 
 
 def worker_pod(
-    job: TrainingJob, *, attempt: int, rank: int, replicas: int, avoid_nodes: tuple[str, ...] = ()
+    job: TrainingJob,
+    *,
+    attempt: int,
+    rank: int,
+    replicas: int,
+    avoid_nodes: tuple[str, ...] = (),
+    save_steps: int | None = None,
 ) -> dict[str, Any]:
     template = copy.deepcopy(job.spec.template)
     spec: dict[str, Any] = template.get("spec") or {}
     name = pod_name(job.name, attempt, rank)
-    labels = {
-        **((template.get("metadata") or {}).get("labels") or {}),
-        **selector_labels(job),
-        LABEL_ATTEMPT: str(attempt),
-        LABEL_RANK: str(rank),
-    }
     spec["restartPolicy"] = "Never"
     spec["serviceAccountName"] = pod_account(job)
     spec["hostname"] = name
@@ -187,7 +192,7 @@ def worker_pod(
     if job.spec.shared_volume is not None:
         volumes = [v for v in spec.get("volumes") or [] if v.get("name") != SHARED_VOLUME_NAME]
         spec["volumes"] = [*volumes, {**job.spec.shared_volume, "name": SHARED_VOLUME_NAME}]
-    injected = trainer_env(job, attempt, rank, replicas)
+    injected = trainer_env(job, attempt, rank, replicas, save_steps)
     injected_names = {e["name"] for e in injected}
     for container in spec.get("containers") or []:
         if container.get("name") != job.spec.trainer_container:
@@ -202,12 +207,27 @@ def worker_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": job.namespace,
-            "labels": labels,
-            "annotations": (template.get("metadata") or {}).get("annotations") or {},
-            "ownerReferences": [owner_reference(job)],
-        },
+        "metadata": _pod_metadata(job, template.get("metadata") or {}, name, attempt, rank),
         "spec": spec,
+    }
+
+
+def _pod_metadata(
+    job: TrainingJob, template_meta: dict[str, Any], name: str, attempt: int, rank: int
+) -> dict[str, Any]:
+    """The template's labels and annotations, the PodGroup's marks, then the controller's own."""
+    group_labels, group_annotations = gang.member_marks(job)
+    labels = {
+        **(template_meta.get("labels") or {}),
+        **group_labels,
+        **selector_labels(job),
+        LABEL_ATTEMPT: str(attempt),
+        LABEL_RANK: str(rank),
+    }
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": labels,
+        "annotations": {**(template_meta.get("annotations") or {}), **group_annotations},
+        "ownerReferences": [owner_reference(job)],
     }

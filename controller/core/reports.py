@@ -9,11 +9,13 @@ count only for the current attempt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from controller.api.types import CheckpointRef, ProgressRef, StartupTimes
 from controller.core.pods import Pod, attempt_of
+from controller.core.timefmt import parse_time
 from respawn_protocol.report import Commit, Report, reports_of
 
 
@@ -23,6 +25,8 @@ class Summary:
     checkpoint: CheckpointRef | None = None
     progress: ProgressRef | None = None  # rank 0's, current attempt
     startup: StartupTimes | None = None  # current attempt, once every rank reported it
+    step_time: float | None = None  # rank 0's, current attempt
+    save_cost: float | None = None  # rank 0's seconds stood still per save, current attempt
 
 
 def _commit_order(c: Commit) -> tuple[int, int]:
@@ -44,11 +48,26 @@ def _complete(commits: dict[int, Commit], world_size: int) -> CheckpointRef | No
 
 
 def _startup(reports: list[Report], world_size: int, attempt: int) -> StartupTimes | None:
-    timed = {r.rank: r.startup for r in reports if r.startup}
+    timed = {r.rank: r for r in reports if r.startup}
     if world_size < 1 or set(timed) != set(range(world_size)):
         return None
-    phases = {phase for times in timed.values() for phase in times}
-    return StartupTimes(attempt, {p: max(t.get(p, 0.0) for t in timed.values()) for p in sorted(phases)})
+    phases = {phase for r in timed.values() for phase in r.startup}
+    return StartupTimes(
+        attempt,
+        {p: max(r.startup.get(p, 0.0) for r in timed.values()) for p in sorted(phases)},
+        _latest(r.started_at for r in timed.values()),
+        _latest(r.ready_at for r in timed.values()),
+    )
+
+
+def _latest(times: Iterable[str | None]) -> str | None:
+    """The latest of the ranks' wall-clock times; None unless every rank gave one."""
+    latest: tuple[datetime, str] | None = None
+    for text in times:
+        if text is None or (at := parse_time(text)) is None:
+            return None
+        latest = max(latest, (at, text)) if latest else (at, text)
+    return latest[1] if latest else None
 
 
 def summarize(pods: Sequence[Pod], *, world_size: int, attempt: int) -> Summary:
@@ -71,4 +90,11 @@ def summarize(pods: Sequence[Pod], *, world_size: int, attempt: int) -> Summary:
     progress = (
         ProgressRef(rank0.step, rank0.at, attempt) if rank0 and rank0.step is not None and rank0.at else None
     )
-    return Summary(seen, _complete(commits, world_size), progress, _startup(current, world_size, attempt))
+    return Summary(
+        seen,
+        _complete(commits, world_size),
+        progress,
+        _startup(current, world_size, attempt),
+        step_time=rank0.step_time if rank0 else None,
+        save_cost=rank0.save_cost if rank0 else None,
+    )

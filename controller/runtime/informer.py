@@ -91,6 +91,7 @@ class Informer:
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         logger: logging.Logger | None = None,
+        transform: Callable[[Obj], Obj] | None = None,
     ) -> None:
         self.name: str = name or str(getattr(list_func, "__name__", "informer"))
         self._list_func = list_func
@@ -102,6 +103,8 @@ class Informer:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._log = logger or logging.getLogger(__name__)
+        # Applied to every object before it is cached (and handed to handlers): keep what is read.
+        self._transform = transform or (lambda obj: obj)
         self._store = Store()
         self._handlers: list[EventHandler] = []
         self._synced = threading.Event()
@@ -234,7 +237,7 @@ class Informer:
                 # Items of built-in lists omit apiVersion/kind; watch events carry them. Make both alike.
                 item.setdefault("apiVersion", body.get("apiVersion"))
                 item.setdefault("kind", kind)
-                objects[object_key(item)] = item
+                objects[object_key(item)] = self._transform(item)
             meta = body.get("metadata") or {}
             continue_token = meta.get("continue")
             if not continue_token:
@@ -297,6 +300,7 @@ class Informer:
             self._log.warning("ignoring watch event of type %r", event_type, extra={"informer": self.name})
             return
         deleted = event_type == DELETED
+        obj = self._transform(obj)
         old = self._store.put(object_key(obj), None if deleted else obj)
         self.resource_version = _rv(obj) or self.resource_version
         self.stats.events += 1

@@ -35,6 +35,22 @@ STATUS: dict[str, Any] = {
     "lastCompleteCheckpoint": {"step": 30, "epoch": 1, "file": "e2e_rank_0-1_30.ckpt"},
     "lastProgress": {"step": 33, "time": "2026-01-01T10:07:00Z", "attempt": 2},
     "startup": {"attempt": 2, "seconds": {"import": 4.25, "rendezvous": 1.5, "compile": 2.0}},
+    "lastRecovery": {
+        "attempt": 2,
+        "reason": "NodeLost",
+        "failedAt": "2026-01-01T10:05:00Z",
+        "runningAt": "2026-01-01T10:05:03Z",
+        "seconds": {"detect": 0.5, "teardown": 1.25, "podStart": 1.5, "import": 4.25},
+        "totalSeconds": 12.75,
+    },
+    "checkpointInterval": {
+        "seconds": 93.9,
+        "steps": 188,
+        "mtbfSeconds": 2205.0,
+        "saveSeconds": 2.0,
+        "failures": 2,
+        "basis": "job",
+    },
 }
 
 # The controller's messages (controller/core/decide.py), in the order it writes them.
@@ -103,6 +119,14 @@ def test_status_shows_attempts_failures_restarts_and_checkpoint(
     assert "Resumed from: step 25" in out
     assert "Progress:     step 33 at 2026-01-01T10:07:00Z (reported)" in out
     assert "Start-up:     attempt 2: import 4.2s, rendezvous 1.5s, compile 2.0s" in out
+    assert (
+        "Recovery:     12.8s from the failure to the first step of attempt 2 (NodeLost): "
+        "detect 0.5s, teardown 1.2s, podStart 1.5s, import 4.2s"
+    ) in out
+    assert (
+        "Interval:     checkpoint every 188 steps (~94s) suggested: MTBF 2205s over 2 failure(s) of "
+        "this job, 2.00s per save"
+    ) in out
     assert "Last failure: NodeLost on st-a1-0 (node node-0), RestartJobIgnoreBudget" in out
     table = lines[lines.index(next(x for x in lines if x.startswith("ATTEMPT"))) :]
     rows = [row.split() for row in table[1:4]]

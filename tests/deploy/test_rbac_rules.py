@@ -33,6 +33,7 @@ from kubernetes import client, config
 
 from devcluster.controlplane import ControlPlane, free_port
 from devcluster.crds import apply_crds
+from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from tests.support import REPO
 from tests.support.deploy import (
     CHART,
@@ -64,6 +65,12 @@ NO_STATUS = "the job's status is never written"
 NOT_RUNNING = "the job never shows Running: pod changes are not seen"
 NO_RESTART = "a failed attempt is never replaced"
 NO_EVENTS = "no events are recorded"
+NOT_EXPIRED = "a finished job is never deleted after its ttlSecondsAfterFinished"
+NO_GANG = "a gang-scheduled job never gets its PodGroup, so never its pods"
+FOREIGN_GROUP = "a foreign PodGroup holding a job's name is not named on the job"
+STALE_GROUP = "a resized gang's PodGroup keeps the old size: the next attempt is never created"
+VOLCANO = {"podGroup": "Volcano"}
+COSCHEDULING = {"podGroup": "Coscheduling"}
 NODE_LOSS_MISSED = "a lost node goes unnoticed: no restart, node not avoided"
 DEVICE_FAULT_MISSED = "a device fault goes unnoticed: no restart, node not avoided"
 FOREIGN_UNNAMED = "a foreign Service or pod holding a job's name is not named on the job"
@@ -126,6 +133,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 def admin(plane: ControlPlane) -> Iterator[client.ApiClient]:
     api = config.new_client_from_config(config_file=str(plane.kubeconfig_path))
     apply_crds(api, REPO / "deploy")
+    apply_crds(api, REPO / "tests" / "support" / "crds")  # PodGroups, for gang scheduling
     yield api
     api.close()
 
@@ -366,13 +374,15 @@ def keeps_leadership(run: Run) -> str | None:
     return LOSES_LEASE
 
 
-def runs_a_job(run: Run, name: str = "job", node: str | None = None, **policy: Any) -> str | None:
+def runs_a_job(
+    run: Run, name: str = "job", node: str | None = None, spec: dict[str, Any] | None = None, **policy: Any
+) -> str | None:
     """A job created now gets its Service and pods; when they run, its status says Running."""
     if broken := starts(run):
         return broken
     admin, ns = run.admin, run.namespace
     mark = run.log_size()
-    create_job(admin, ns, played_job(name, **policy))
+    create_job(admin, ns, played_job(name, spec=spec, **policy))
     if not run.step(
         NO_PODS, lambda: len(job_pods(admin, ns, name, 0)) == 2, lambda: run.reconcile_refused(mark)
     ):
@@ -405,6 +415,101 @@ def restarts(run: Run) -> str | None:
         return len(job_pods(admin, ns, "restart", 1)) == 2 and not job_pods(admin, ns, "restart", 0)
 
     return None if run.step(NO_RESTART, replaced, lambda: run.reconcile_refused(mark)) else NO_RESTART
+
+
+def deletes_finished_jobs(run: Run) -> str | None:
+    """A job that succeeded is deleted once its ttlSecondsAfterFinished has passed."""
+    if broken := runs_a_job(run, "expires", spec={"ttlSecondsAfterFinished": 0}):
+        return broken
+    admin, ns, mark = run.admin, run.namespace, run.log_size()
+    for rank in (0, 1):
+        set_phase(admin, ns, f"expires-a0-{rank}", "Succeeded", exit_code=0)
+
+    def gone() -> bool:
+        try:
+            get_job(admin, ns, "expires")
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    return None if run.step(NOT_EXPIRED, gone, lambda: run.reconcile_refused(mark)) else NOT_EXPIRED
+
+
+def _pod_group(run: Run, api: str, name: str) -> dict[str, Any] | None:
+    group, version = api.split("/")
+    try:
+        return client.CustomObjectsApi(run.admin).get_namespaced_custom_object(
+            group, version, run.namespace, "podgroups", name
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def gang_schedules(run: Run) -> str | None:
+    """A job for Volcano, and one for the coscheduling plugin, get their PodGroup (minMember = the
+    gang) before their pods; each pod is marked as a member."""
+    for name, spec, api in (
+        ("vc", VOLCANO, "scheduling.volcano.sh/v1beta1"),
+        ("cs", COSCHEDULING, "scheduling.x-k8s.io/v1alpha1"),
+    ):
+        if broken := runs_a_job(run, name, spec=spec):
+            return NO_GANG if broken == NO_PODS else broken
+        group = _pod_group(run, api, name)
+        assert group is not None and group["spec"]["minMember"] == 2, group
+    pods = job_pods(run.admin, run.namespace, "vc", 0)
+    assert all(p.metadata.annotations["scheduling.k8s.io/group-name"] == "vc" for p in pods)
+    return None
+
+
+def names_foreign_pod_groups(run: Run) -> str | None:
+    """A PodGroup that holds a job's name but is not the job's is named on the job, left alone."""
+    if broken := starts(run):
+        return broken
+    admin, ns, mark = run.admin, run.namespace, run.log_size()
+    theirs = {"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup", "metadata": {"name": "pg"}}
+    client.CustomObjectsApi(admin).create_namespaced_custom_object(
+        "scheduling.volcano.sh", "v1beta1", ns, "podgroups", {**theirs, "spec": {"minMember": 9}}
+    )
+    create_job(admin, ns, played_job("pg", spec=VOLCANO))
+
+    def named() -> bool:
+        conditions = run.status("pg").get("conditions") or []
+        return any(c["type"] == "ReconcileError" and c["reason"] == "ForeignObject" for c in conditions)
+
+    if not run.step(FOREIGN_GROUP, named, lambda: run.reconcile_refused(mark)):
+        return FOREIGN_GROUP
+    group = _pod_group(run, "scheduling.volcano.sh/v1beta1", "pg")
+    assert group is not None and group["spec"]["minMember"] == 9, "a foreign PodGroup is left alone"
+    return None
+
+
+def resizes_pod_groups(run: Run) -> str | None:
+    """A gang grown between attempts gets its PodGroup's minMember raised before its new pods."""
+    for name, spec, api in (
+        ("vcgrow", VOLCANO, "scheduling.volcano.sh/v1beta1"),
+        ("csgrow", COSCHEDULING, "scheduling.x-k8s.io/v1alpha1"),
+    ):
+        if broken := runs_a_job(run, name, spec=spec) or _grows(run, name, api):
+            return broken
+    return None
+
+
+def _grows(run: Run, name: str, api: str) -> str | None:
+    admin, ns, mark = run.admin, run.namespace, run.log_size()
+    client.CustomObjectsApi(admin).patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, name, {"spec": {"replicas": 3}}
+    )
+    set_phase(admin, ns, f"{name}-a0-1", "Failed", exit_code=1)
+
+    def grown() -> bool:
+        group = _pod_group(run, api, name)
+        return (
+            len(job_pods(admin, ns, name, 1)) == 3 and group is not None and group["spec"]["minMember"] == 3
+        )
+
+    return None if run.step(STALE_GROUP, grown, lambda: run.reconcile_refused(mark)) else STALE_GROUP
 
 
 def records_events(run: Run) -> str | None:
@@ -509,6 +614,10 @@ FEATURES: dict[str, Callable[[Run], str | None]] = {
         keeps_leadership,
         runs_a_job,
         restarts,
+        deletes_finished_jobs,
+        gang_schedules,
+        names_foreign_pod_groups,
+        resizes_pod_groups,
         records_events,
         avoids_lost_nodes,
         avoids_faulty_devices,
@@ -529,11 +638,16 @@ TJ = "trainingjobs.training.respawn.dev"
 LEASES = "leases.coordination.k8s.io"
 ROLES = "roles.rbac.authorization.k8s.io"
 BINDINGS = "rolebindings.rbac.authorization.k8s.io"
+VC_GROUPS = "podgroups.scheduling.volcano.sh"
+CS_GROUPS = "podgroups.scheduling.x-k8s.io"
 CASES: dict[str, Case] = {
     "ClusterRole nodes:list": Case("starts", NEVER_READY, "informer=nodes"),
     "ClusterRole nodes:watch": Case("avoids_lost_nodes", NODE_LOSS_MISSED, "informer=nodes"),
     f"ClusterRole {TJ}:list": Case("starts", NEVER_READY, "informer=trainingjobs"),
     f"ClusterRole {TJ}:watch": Case("runs_a_job", NO_PODS, "informer=trainingjobs"),
+    f"ClusterRole {TJ}:delete": Case(
+        "deletes_finished_jobs", NOT_EXPIRED, "cannot delete resource trainingjobs"
+    ),
     "ClusterRole trainingjobs/status.training.respawn.dev:update": Case(
         "runs_a_job", NO_STATUS, "cannot update resource trainingjobs/status"
     ),
@@ -560,6 +674,18 @@ CASES: dict[str, Case] = {
     f"ClusterRole {BINDINGS}:create": Case("runs_a_job", NO_PODS, "cannot create resource rolebindings"),
     f"ClusterRole {BINDINGS}:get": Case(
         "reports_foreign_objects", FOREIGN_UNNAMED, "cannot get resource rolebindings"
+    ),
+    f"ClusterRole {VC_GROUPS}:create": Case("gang_schedules", NO_GANG, "cannot create resource podgroups"),
+    f"ClusterRole {CS_GROUPS}:create": Case("gang_schedules", NO_GANG, "cannot create resource podgroups"),
+    f"ClusterRole {VC_GROUPS}:get": Case(
+        "names_foreign_pod_groups", FOREIGN_GROUP, "cannot get resource podgroups"
+    ),
+    f"ClusterRole {CS_GROUPS}:get": Case("resizes_pod_groups", STALE_GROUP, "cannot get resource podgroups"),
+    f"ClusterRole {VC_GROUPS}:update": Case(
+        "resizes_pod_groups", STALE_GROUP, "cannot update resource podgroups"
+    ),
+    f"ClusterRole {CS_GROUPS}:update": Case(
+        "resizes_pod_groups", STALE_GROUP, "cannot update resource podgroups"
     ),
     "ClusterRole services:create": Case("runs_a_job", NO_PODS, "cannot create resource services"),
     "ClusterRole services:get": Case(

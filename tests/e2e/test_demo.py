@@ -27,3 +27,10 @@ def test_demo_reaches_its_summary(tmp_path: Path) -> None:
     assert summary["last_failure"]["exitCode"] == 137
     assert 0 < summary["resumed_from_step"] < summary["final_step"]
     assert summary["steps_lost"] >= 0 and summary["time_to_recover_seconds"] is not None
+    phases = summary["recovery_breakdown_seconds"]
+    assert summary["kill_to_first_step_seconds"] > max(phases.values()) > 0, summary
+    assert {"detect", "teardown", "podStart", "processStart", "import", "firstStep"} <= set(phases), phases
+    # The suggested interval comes from the real failure and the trainer's measured save cost.
+    advice = summary["checkpoint_interval_suggested"]
+    assert (advice["basis"], advice["failures"]) == ("job", 1) and advice["saveSeconds"] > 0, advice
+    assert advice["steps"] >= 1 and advice["seconds"] > 0, advice

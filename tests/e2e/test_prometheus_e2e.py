@@ -56,6 +56,7 @@ WORKER = r"""
 import hashlib, json, os, sys, time
 from pathlib import Path
 from respawn_protocol.meta import Meta, Record, meta_path, read_meta
+from trainer_image.training.report import Reporter
 
 out = Path(os.environ["RESPAWN_OUTPUT_DIR"])
 rank, attempt = int(os.environ["RESPAWN_RANK"]), int(os.environ["RESPAWN_ATTEMPT"])
@@ -67,6 +68,8 @@ records = list(meta.checkpoints) if meta else []
 start = meta.last_global_step if meta else 0
 resumed = {"file": meta.last_ckpt_file, "step": start, "global_step": start} if meta else None
 end, save = (8, 5) if attempt == 0 else (12, 10)
+reporter = Reporter.from_env(os.environ, rank=rank, attempt=attempt)  # start-up timings, commits
+reporter.phase("import", 0.1)
 with open(out / "log" / f"rank_{rank}" / "steps.jsonl", "a") as log:
     for step in range(start + 1, end + 1):
         record = {"global_step": step, "epoch": 1, "step": step, "loss": 5.0 / step, "lr": 0.001}
@@ -74,12 +77,15 @@ with open(out / "log" / f"rank_{rank}" / "steps.jsonl", "a") as log:
             record.update(resumed_from=resumed, startup_seconds=0.1)
         log.write(json.dumps(record) + "\n")
         log.flush()
+        reporter.stepped(step, 0.05)
         if step == save:
             name = f"stand_in_rank_{rank}-1_{step}.ckpt"
             data = bytes([step]) * 64
             (ckpt / name).write_bytes(data)
             records.append(Record(name, 1, step, step, len(data), hashlib.sha256(data).hexdigest()))
             meta_path(ckpt).write_bytes(Meta(1, step, name, step, records).to_json())
+            reporter.committed(step=step, epoch=1, file=name, attempt=attempt)
+reporter.close()
 deadline = time.monotonic() + 240
 while not (out / "release").exists():
     if time.monotonic() > deadline:
@@ -286,6 +292,23 @@ def test_every_dashboard_panel_has_data_after_a_failure(
         "time to recover",
         lambda: prometheus.query(f"respawn_time_to_recover_seconds_count{{{selector}}}"),
         30,
+    )
+    # The restart timed to the next trained step, once the new gang reported its start-up.
+    recovery = wait_for(
+        "status.lastRecovery", lambda: status().get("lastRecovery", {}).get("totalSeconds"), 60
+    )
+    phases = status()["lastRecovery"]["seconds"]
+    assert recovery > max(phases.values()) > 0 and {"detect", "podStart", "import", "firstStep"} <= set(
+        phases
+    )
+    by_phase = wait_for(
+        "recovery phases scraped",
+        lambda: prometheus.query(f"respawn_recovery_phase_seconds_count{{{selector}}} > 0"),
+        30,
+    )
+    assert {r["metric"]["phase"] for r in by_phase} >= {"detect", "podStart", "import", "firstStep"}
+    wait_for(
+        "recovery scraped", lambda: prometheus.query(f"respawn_recovery_seconds_count{{{selector}}} > 0"), 30
     )
 
     # Every panel of the dashboard, as Grafana would send it. Rates need two samples after a change,

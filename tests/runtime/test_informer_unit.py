@@ -187,6 +187,21 @@ def test_watch_starts_from_the_list_and_applies_events(
     assert informer.stats.events == 3 and informer.stats.lists == 1
 
 
+def test_transform_shapes_what_is_cached_from_lists_and_watches(
+    make_informer: Callable[..., Informer], api: FakeApi, recorder: Recorder
+) -> None:
+    events = ({"type": "MODIFIED", "object": cm("a", 104, v="2")}, {"type": "ADDED", "object": cm("c", 105)})
+    api.script.append(lambda kwargs: FakeResponse(events=events, hold=True))
+
+    def keep_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": obj["kind"], "metadata": obj["metadata"]}  # drops "data"
+
+    informer = make_informer(transform=keep_metadata)
+    wait_for("the watch applied", lambda: informer.get("ns/c") is not None, interval=FAST)
+    assert all("data" not in (informer.get(k) or {"data": 1}) for k in ("ns/a", "ns/b", "ns/c"))
+    assert informer.get("ns/a") == {"kind": "ConfigMap", "metadata": cm("a", 104)["metadata"]}
+
+
 def test_watch_ending_normally_resumes_from_the_last_version_without_listing(
     make_informer: Callable[..., Informer], api: FakeApi
 ) -> None:

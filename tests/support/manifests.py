@@ -88,7 +88,9 @@ def run_config_map(run: Mapping[str, Any], name: str = "run", namespace: str | N
     }
 
 
-def played_job(name: str, replicas: int = 2, **policy: Any) -> dict[str, Any]:
+def played_job(
+    name: str, replicas: int = 2, spec: Mapping[str, Any] | None = None, **policy: Any
+) -> dict[str, Any]:
     """A job whose pods nothing schedules or runs: the test writes their status (`pod_status`)."""
     return training_job(
         name,
@@ -97,6 +99,7 @@ def played_job(name: str, replicas: int = 2, **policy: Any) -> dict[str, Any]:
         command=["true"],
         pod={"schedulerName": PLAYED_SCHEDULER},
         backoff=(0, 0),
+        spec=spec,
         **policy,
     )
 

@@ -100,6 +100,20 @@ def test_precedence_is_arguments_over_environment_over_yaml(tmp_path: Path) -> N
         Trainer(config, environ={**env, contract.ATTEMPT: "-1"})
 
 
+def test_the_controller_s_auto_interval_replaces_save_checkpoint_steps(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    configured = Trainer(config, environ={}).config.checkpoint_monitor
+    assert configured is not None
+    auto = Trainer(config, environ={contract.SAVE_CHECKPOINT_STEPS: "37"}).config.checkpoint_monitor
+    assert auto is not None and auto.save_checkpoint_steps == 37 != configured.save_checkpoint_steps
+    assert auto.prefix == configured.prefix, "only the interval changes"
+    for bad in ("0", "ten"):
+        with pytest.raises(ConfigError, match="RESPAWN_SAVE_CHECKPOINT_STEPS"):
+            Trainer(config, environ={contract.SAVE_CHECKPOINT_STEPS: bad})
+    without = Trainer({}, environ={contract.SAVE_CHECKPOINT_STEPS: "5"}).config
+    assert without.checkpoint_monitor is None, "no monitor: nothing to save, nothing added"
+
+
 def test_environment_resume_training_values() -> None:
     assert env_overrides({contract.RESUME_TRAINING: "True"}) == {"resume_training": True}
     assert env_overrides({contract.RESUME_TRAINING: "a_rank_0-1_2.ckpt"}) == {

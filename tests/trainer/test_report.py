@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from respawn_protocol import report as protocol
 from tests.support.poll import wait_for
-from trainer_image.training.report import Reporter
+from trainer_image.training.report import Reporter, process_started
 
 
 class Pod:
@@ -70,10 +71,16 @@ def test_other_ranks_send_commits_and_startup_but_no_heartbeat() -> None:
     reporter.close()
     report = pod.report(1)
     assert "step" not in report and report["commit"]["step"] == 10
-    assert report["startup"] == {"firstStep": 0.2}, "a start of one step: no compile to tell"
+    assert {k: v for k, v in report["startup"].items() if not k.endswith("At")} == {"firstStep": 0.2}, (
+        "a start of one step: no compile to tell"
+    )
     assert protocol.decode(1, protocol.Report(1, startup={"bogus": 1.0}).encode()) == protocol.Report(1)
     decoded = protocol.decode(1, pod.annotations[protocol.annotation_key(1)])
     assert decoded is not None and decoded.commit is not None and decoded.commit.step == 10
+    assert (
+        decoded.started_at == report["startup"]["startedAt"]
+        and decoded.ready_at == report["startup"]["readyAt"]
+    )
 
 
 def test_a_failed_write_is_retried_with_the_next_change() -> None:
@@ -114,4 +121,9 @@ def test_startup_timings_go_out_after_the_second_step_with_the_compile_told_apar
     reporter.stepped(8, 0.5)
     wait_for("the start-up report", lambda: "startup" in pod.report(1), 10)
     reporter.close()
-    assert pod.report(1)["startup"] == {"import": 4.0, "load": 0.25, "firstStep": 3.0, "compile": 2.5}
+    startup = pod.report(1)["startup"]
+    started, ready = (datetime.fromisoformat(startup.pop(k)) for k in ("startedAt", "readyAt"))
+    assert startup == {"import": 4.0, "load": 0.25, "firstStep": 3.0, "compile": 2.5}
+    # Wall-clock times: the process's own start (before this test ran), the first step's end.
+    assert started < ready <= datetime.now(UTC)
+    assert started.timestamp() == pytest.approx(process_started(), abs=0.05)

@@ -8,6 +8,7 @@ travel as `respawn.*` extras in the same file.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,7 @@ class Backend:
         self.network_names = {p.name for p in self.model.get_parameters()}
         self._buffers: dict[str, np.ndarray] = {}
         self._pending: Snapshot | None = None  # its copy must finish before the next optimizer update
+        self.copy_waited = 0.0  # seconds steps have waited for snapshot copies: part of a save's cost
         self.owned: set[str] | None = None  # None: this rank saves every parameter
 
     def remove_redundancy(self, rank: int, world_size: int) -> dict[str, int]:
@@ -167,7 +169,9 @@ class Backend:
         inputs = [Tensor(batch)] + ([] if keep is None else [Tensor(keep)])
         loss, grads, overflow, lr = self.grad_step(*inputs)
         if self._pending is not None:  # the optimizer must not write what a snapshot still reads
+            waited = time.perf_counter()
             self._pending.wait_copied()
+            self.copy_waited += time.perf_counter() - waited
             self._pending = None
         # mutable: a tuple argument is otherwise a constant, and the graph recompiles on every call
         scale = self.apply_step(ms.mutable(grads), overflow)

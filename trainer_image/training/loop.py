@@ -97,6 +97,7 @@ class _Run:
     saved_at: int  # global step of the last committed checkpoint (the load counts as one)
     reporter: Reporter
     first_step: bool = True  # the next step is this start's first
+    copy_waited_before: float = 0.0  # backend.copy_waited at the last save
 
     @property
     def finished(self) -> bool:
@@ -338,8 +339,12 @@ def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
     if state.checkpointer is not None and (
         progress.global_step % state.save_every == 0 or state.finished or stop.requested
     ):
+        saving, waited = time.perf_counter(), state.backend.copy_waited
         state.checkpointer.save(progress)
         state.saved_at = progress.global_step
+        # The save call, plus what steps since the last save waited for its snapshot copy.
+        state.reporter.saved(time.perf_counter() - saving + waited - state.copy_waited_before)
+        state.copy_waited_before = state.backend.copy_waited
 
 
 def _step_record(state: _Run, result: StepResult, t0: float) -> dict[str, Any]:

@@ -12,6 +12,7 @@ credentials) reporting is off and every call is a no-op.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,8 +28,22 @@ REQUEST_TIMEOUT = 5.0
 DEFAULT_INTERVAL = 30.0
 
 
-def now_text() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def now_text(at: float | None = None) -> str:
+    moment = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def process_started() -> float:
+    """Wall-clock time this process started: its start in ticks since boot (/proc/self/stat, field
+    22) against CLOCK_BOOTTIME now, so the interpreter's own start-up is counted too. Now where
+    /proc is not readable."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.time()
+    return time.time() - max(0.0, age)
 
 
 def pod_patcher(namespace: str, pod: str) -> Send:
@@ -70,6 +85,9 @@ class Reporter:
         self._closing = False
         self._failures = 0
         self._timings: dict[str, float] = {}  # start-up phases, sent after the second step
+        self._started_at = now_text(process_started())
+        self._ready_at: str | None = None
+        self._save_cost: float | None = None
         self._steps = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -104,6 +122,7 @@ class Reporter:
         self._steps += 1
         if self._steps == 1:
             self._timings["firstStep"] = step_time
+            self._ready_at = now_text()
         elif self._steps == 2:
             self._timings["compile"] = max(0.0, self._timings["firstStep"] - step_time)
             self.started(self._timings)
@@ -113,11 +132,24 @@ class Reporter:
             self._state = replace(self._state, step=global_step, step_time=round(step_time, 4), at=now_text())
             self._cond.notify()
 
+    def saved(self, blocked: float) -> None:
+        """Seconds a save held training up (the save call, and waiting for an async snapshot's
+        copy): a moving average, sent with rank 0's next heartbeat."""
+        cost = blocked if self._save_cost is None else 0.7 * self._save_cost + 0.3 * blocked
+        self._save_cost = cost
+        if self._send is not None and self._heartbeat:
+            with self._cond:
+                self._state = replace(self._state, save_cost=round(cost, 4))
+
     def committed(self, *, step: int, epoch: int | None, file: str, attempt: int | None) -> None:
         self._update(commit=Commit(step=step, epoch=epoch, file=file, attempt=attempt, at=now_text()))
 
     def started(self, timings: Mapping[str, float]) -> None:
-        self._update(startup={k: v for k, v in timings.items() if k in protocol.STARTUP_PHASES})
+        self._update(
+            startup={k: v for k, v in timings.items() if k in protocol.STARTUP_PHASES},
+            started_at=self._started_at,
+            ready_at=self._ready_at,
+        )
 
     def close(self, timeout: float = 3.0) -> None:
         """Send what is pending (within `timeout`), then stop the thread."""

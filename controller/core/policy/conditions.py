@@ -89,3 +89,17 @@ def scheduled(conditions: Conditions, attempt: int, now: datetime) -> Conditions
     return set_condition(
         conditions, Condition.SCHEDULED, True, "AllWorkersScheduled", f"attempt {attempt}", now
     )
+
+
+def suspended(conditions: Conditions, stopped: int | None, now: datetime) -> Conditions:
+    message = (
+        f"spec.suspend is true; attempt {stopped} stopped" if stopped is not None else "spec.suspend is true"
+    )
+    conditions = set_condition(conditions, Condition.RUNNING, False, "Suspended", message, now)
+    return set_condition(conditions, Condition.SUSPENDED, True, "Suspended", message, now)
+
+
+def resumed(conditions: Conditions, attempt: int, now: datetime) -> Conditions:
+    return set_condition(
+        conditions, Condition.SUSPENDED, False, "Resumed", f"spec.suspend is false; attempt {attempt}", now
+    )

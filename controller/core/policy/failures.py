@@ -20,7 +20,7 @@ from controller.api.types import FailurePolicy, JobStatus, Rule
 from controller.core import podspec
 from controller.core.context import Context
 from controller.core.devicefaults import Fault, FaultClass, chips_of_pod
-from controller.core.pods import Pod, container_status, node_of, rank_of
+from controller.core.pods import Pod, attempt_of, container_status, name_of, node_of, owned_by, rank_of
 from controller.core.policy import devices
 from controller.core.timefmt import parse_time
 from respawn_protocol.contract import ExitClass, classify_exit
@@ -144,6 +144,10 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
         reason, message = _exit_failure(exit_code, trainer, terminated.get("message"))
         if reason is Reason.ERROR and (fault := devices.exit_fault(pod, ctx, base.at)) is not None:
             return _device_failure(base, fault, devices.explain(base.node, fault, base.at, message))
+        if reason is Reason.ERROR and (down := _gang_node_down(ctx)) is not None:
+            node, since = down
+            message += f" while node {node} of the gang was not ready (since {since.isoformat()})"
+            return replace(base, reason=Reason.NODE_LOST, message=message, node=node)
         return replace(base, reason=reason, message=message)
     if phase == "Succeeded":
         return None
@@ -155,6 +159,17 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
 
 def _when(condition: dict[str, Any], ctx: Context) -> datetime:
     return parse_time(condition.get("lastTransitionTime")) or ctx.now
+
+
+def _gang_node_down(ctx: Context) -> tuple[str, datetime] | None:
+    """A NotReady node under a worker of the attempt, not yet counted as lost: (node, since).
+
+    Ranks that lose a peer on such a node exit with an error of their own (the collective broke)
+    well before `nodeLostTimeoutSeconds`; that exit is the node's fault, not the job's."""
+    for pod in sorted(ctx.current, key=name_of):
+        if (lost := node_lost_in(pod, ctx)) is not None:
+            return node_of(pod), lost[1]
+    return None
 
 
 def _node_failure(pod: Pod, base: Failure, ctx: Context) -> Failure | None:
@@ -187,11 +202,20 @@ def _device_failure(base: Failure, fault: Fault, message: str) -> Failure:
 
 
 def missing_ranks(ctx: Context, status: JobStatus) -> list[Failure]:
-    """A rank of the current attempt whose pod is gone: deleted and already removed."""
+    """A rank of the current attempt whose pod is gone: deleted and already removed. Its last
+    state, when the informer saw it go, says why (an eviction's DisruptionTarget): the pass that
+    sees a failure may come after the pod left."""
     replicas = status.replicas or ctx.job.spec.replicas
     missing = sorted(set(range(replicas)) - {rank_of(p) for p in ctx.current})
     if not missing:
         return []
+    last_seen = {
+        rank_of(p): p
+        for p in ctx.obs.departed
+        if owned_by(p, ctx.job.uid) and attempt_of(p) == status.attempt
+    }
+    if (gone := last_seen.get(missing[0])) is not None and (why := detect(gone, ctx)) is not None:
+        return [why]
     name = podspec.pod_name(ctx.job.name, status.attempt, missing[0])
     return [Failure(Reason.POD_DELETED, f"worker rank {missing[0]} disappeared", ctx.now, name)]
 

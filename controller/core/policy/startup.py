@@ -12,18 +12,19 @@ from typing import Any
 
 from controller.api.constants import Phase, Reason
 from controller.api.types import JobStatus
-from controller.core import podspec
+from controller.core import gang, podspec
 from controller.core.context import Context, Transition
 from controller.core.plan import (
     CreatePods,
     EmitEvent,
+    EnsurePodGroup,
     EnsureReportAccess,
     EnsureService,
     RecordRecovery,
     Step,
 )
 from controller.core.pods import Pod, container_status, node_of, phase_of, rank_of
-from controller.core.policy import conditions
+from controller.core.policy import conditions, recovery
 from controller.core.policy.failures import Failure
 from controller.core.timefmt import format_time, parse_time
 
@@ -50,8 +51,13 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
     changes: tuple[Step, ...] = (EnsureService(podspec.headless_service(job)),)
     if missing:
         access = podspec.report_access(job, attempt=status.attempt, replicas=replicas)
-        create = CreatePods(job, status.attempt, replicas, missing, tuple(avoid))
-        changes += (EnsureReportAccess(access), create)
+        advice = status.checkpoint_interval if job.spec.auto_interval else None
+        save_steps = advice.steps if advice is not None else None
+        create = CreatePods(job, status.attempt, replicas, missing, tuple(avoid), save_steps)
+        changes += (EnsureReportAccess(access),)
+        if (group := gang.pod_group(job, replicas, podspec.owner_reference(job))) is not None:
+            changes += (EnsurePodGroup(group),)
+        changes += (create,)
     # The trainer resolves its resume point with the same function the observer uses.
     resumed = ctx.obs.checkpoint.step if ctx.obs.checkpoint is not None else status.checkpoint_step_at_restart
     created = dataclasses.replace(
@@ -64,6 +70,8 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
         next_attempt_after=None,
     )
     size = f" x {job.spec.ranks_per_pod} ranks" if job.spec.ranks_per_pod > 1 else ""
+    if job.spec.auto_interval and status.checkpoint_interval is not None:
+        size += f"; checkpoint every {status.checkpoint_interval.steps} steps (Auto)"
     event = EmitEvent("Normal", "AttemptCreated", f"attempt {status.attempt}: {replicas} workers{size}")
     return Transition(created, changes=changes, notices=(event,))
 
@@ -80,7 +88,7 @@ def running(ctx: Context, status: JobStatus) -> Transition | None:
     if seen is not None:
         notices += (RecordRecovery((ctx.now - seen).total_seconds()),)
     up = dataclasses.replace(
-        status,
+        recovery.begin(ctx, status),
         phase=Phase.RUNNING,
         running_since=status.running_since or format_time(ctx.now),
         failure_seen_at=None,

@@ -100,10 +100,11 @@ What the controller does to the objects it manages, in the namespaces it watches
 Each rule names the calls that need it (controller/app.py informers, controller/kube.py).
 */}}
 {{- define "respawn.jobRules" -}}
-# Informer (list+watch) on TrainingJobs. Reads come from its cache: no get.
+# Informer (list+watch) on TrainingJobs. Reads come from its cache: no get. KubeWriter.delete_job:
+# a finished job past its ttlSecondsAfterFinished.
 - apiGroups: [training.respawn.dev]
   resources: [trainingjobs]
-  verbs: [list, watch]
+  verbs: [list, watch, delete]
 # KubeWriter.write_status: replace on the status subresource, guarded by resourceVersion.
 - apiGroups: [training.respawn.dev]
   resources: [trainingjobs/status]
@@ -133,6 +134,11 @@ Each rule names the calls that need it (controller/app.py informers, controller/
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [rolebindings]
   verbs: [create, get]
+# KubeWriter.ensure_owned: the job's PodGroup for gang scheduling (spec.podGroup, core/gang.py),
+# Volcano's or the coscheduling plugin's; get after a 409, update when the gang's size changes.
+- apiGroups: [scheduling.volcano.sh, scheduling.x-k8s.io]
+  resources: [podgroups]
+  verbs: [create, get, update]
 # KubeWriter.ensure_service: the job's headless Service; get after a 409, as for pods.
 - apiGroups: [""]
   resources: [services]

@@ -368,3 +368,26 @@ def test_a_reconcile_error_is_recorded_once_and_cleared_by_the_next_good_pass() 
     assert next(c for c in cleared.conditions if c["type"] == "ReconcileError")["status"] == "False"
     settled = {**RUNNING, "observedGeneration": 1}
     assert run(job(settled), [pod(0), pod(1)]).status is None, "no error, nothing to clear, no write"
+
+
+def test_an_evicted_rank_already_gone_still_explains_the_restart() -> None:
+    """The pass that sees the survivor's exit comes after the evicted pod was removed: the
+    informer's last state of it (Observations.departed) says it was evicted, so the restart is
+    not counted. Without that last state the rank merely disappeared, which counts."""
+    evicted_at = format_time(NOW - timedelta(seconds=4))
+    disruption = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+    evicted = pod(0, conditions=[{**disruption, "lastTransitionTime": evicted_at}], deleting=True)
+    survivor = pod(1, phase="Failed", exit_code=1, finished=NOW - timedelta(seconds=1))
+    another_attempt = pod(0, attempt=7, conditions=[{**disruption, "lastTransitionTime": evicted_at}])
+    for departed, reason, counted in (
+        ([evicted], Reason.EVICTED, False),
+        ([another_attempt], Reason.ERROR, True),
+        ([], Reason.ERROR, True),
+    ):
+        st = run(job(RUNNING), [survivor], Observations(departed=departed)).status
+        assert st is not None and st.last_failure is not None
+        assert (st.last_failure.reason, st.restarts, st.uncounted_restarts) == (
+            reason.value,
+            int(counted),
+            int(not counted),
+        ), departed

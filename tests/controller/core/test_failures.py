@@ -203,3 +203,21 @@ def test_a_verdict_names_a_faulty_node_only_for_node_faults() -> None:
     assert on_node(Reason.DEVICE_FAULT).faulty_node == "node-3"
     assert on_node(Reason.NODE_LOST).faulty_node == "node-3"
     assert on_node(Reason.ERROR).faulty_node is None
+
+
+def test_an_exit_while_a_peer_node_is_not_ready_is_the_node_s_fault() -> None:
+    """The survivor of a peer on a NotReady node exits 1 long before the node counts as lost: the
+    restart is NodeLost (uncounted, node avoided), not the job's error."""
+    survivor = pod(1, phase="Failed", exit_code=1, node="node-1", finished=NOW - timedelta(seconds=1))
+    ctx, _ = context(job(RUNNING), [pod(0), survivor], FLAKY)
+    failure = failures.detect(survivor, ctx)
+    assert failure is not None and failure.reason is Reason.NODE_LOST and failure.node == "node-0"
+    assert "exited with code 1 while node node-0 of the gang was not ready" in failure.message
+    verdict = failures.classify(failure, ctx.policy)
+    assert not verdict.counted and verdict.faulty_node == "node-0"
+    # With every node ready it stays the job's own error; a permanent exit is never re-attributed.
+    ready, _ = context(job(RUNNING), [pod(0), survivor])
+    assert failures.detect(survivor, ready).reason is Reason.ERROR  # type: ignore[union-attr]
+    permanent = pod(1, phase="Failed", exit_code=ExitCode.CONFIG_ERROR, node="node-1")
+    flaky, _ = context(job(RUNNING), [pod(0), permanent], FLAKY)
+    assert failures.detect(permanent, flaky).reason is Reason.PERMANENT_ERROR  # type: ignore[union-attr]

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from tests.support.chaos.common import COUNTED, KINDS, pod_attempt, pod_job
+from kubernetes import client
+
+from tests.support.chaos.common import COUNTED, KINDS, pod_attempt, pod_job, retrying
 from tests.support.e2e import losses
 
 if TYPE_CHECKING:
@@ -111,7 +113,9 @@ def verify(soak: ChaosSoak) -> dict[str, Any]:
     if actual_total != expected_total or not expected_counted[0] <= actual_counted <= expected_counted[1]:
         problems.append(
             f"restarts counted {actual_counted} / uncounted {actual_uncounted}; expected total "
-            f"{expected_total}, counted in [{expected_counted[0]}, {expected_counted[1]}]"
+            f"{expected_total}, counted in [{expected_counted[0]}, {expected_counted[1]}]; "
+            f"faults per attempt {dict(sorted((k, sorted(v)) for k, v in hit.items()))}; "
+            f"the jobs' events {_job_events(soak)}"
         )
 
     figures = {
@@ -133,6 +137,7 @@ def verify(soak: ChaosSoak) -> dict[str, Any]:
         "overlaps": overlaps,
         "order_unverified_pairs": unverified,
         "watch_relists": soak.recorder.relists,
+        "job_events": sum(len(v) for v in _job_events(soak).values()),
         "controller_exits": list(soak.replicas.exits),
     }
     if problems:
@@ -223,3 +228,14 @@ def summary(figures: dict[str, Any]) -> str:
         f"pod watch relists: {figures['watch_relists']}",
     ]
     return "\n".join(lines)
+
+
+def _job_events(soak: ChaosSoak) -> dict[str, list[str]]:
+    """Each chaos job's events, oldest first: which restart was classified how."""
+    listed = retrying(lambda: client.CoreV1Api(soak.api).list_namespaced_event(soak.namespace))
+    events: dict[str, list[str]] = defaultdict(list)
+    for e in sorted(listed.items, key=lambda e: str(e.last_timestamp or e.event_time or "")):
+        name = e.involved_object.name
+        if e.involved_object.kind == "TrainingJob" and not soak.jobs[name].reference:
+            events[name].append(f"{e.reason}: {(e.message or '')[:160]}")
+    return dict(events)
