@@ -16,7 +16,9 @@ MindFormers writes meta.json with a rename (`os.replace`), after the checkpoint 
 seen here names a file that is complete. The watch is a poll of meta.json's identity (inode, size,
 mtime) every `RESPAWN_WRAP_POLL` seconds (default 0.5), which works on any shared file system.
 
-The child's `RANK_ID` defaults to `RESPAWN_RANK` (MindFormers' rank without a communication group).
+With `RESPAWN_RANKS_PER_POD` n > 1 (the command is msrun with n local workers) the pod's n ranks
+are watched and reported, each under its own key. With one rank the child's `RANK_ID` defaults to
+`RESPAWN_RANK` (MindFormers' rank without a communication group).
 SIGTERM and SIGINT are passed to the child; the wrapper exits with the child's code (128 + N when a
 signal N killed it). The child gets `PR_SET_PDEATHSIG`: a wrapper killed outright takes it along.
 """
@@ -93,27 +95,46 @@ class MetaWatch:
         log.info("reported commit %s (step %d, epoch %d)", name, progress.step, epoch)
 
 
-def _watch(watch: MetaWatch, stop: threading.Event, interval: float) -> None:
+def _watch(watches: Sequence[MetaWatch], stop: threading.Event, interval: float) -> None:
     while not stop.wait(interval):
-        watch.check()
+        for watch in watches:
+            watch.check()
+
+
+def pod_ranks(environ: Mapping[str, str]) -> range:
+    """The ranks this pod trains: `RESPAWN_RANK` and, with `RESPAWN_RANKS_PER_POD` n > 1 (msrun's
+    local workers), the n - 1 after it."""
+    first = _int_env(environ, contract.RANK, 0) or 0
+    return range(first, first + max(_int_env(environ, contract.RANKS_PER_POD, 1) or 1, 1))
 
 
 def child_env(environ: Mapping[str, str]) -> dict[str, str]:
     env = dict(environ)
-    env.setdefault("RANK_ID", environ.get(contract.RANK, "0"))
+    if len(pod_ranks(environ)) == 1:  # several ranks: msrun gives each its own
+        env.setdefault("RANK_ID", environ.get(contract.RANK, "0"))
     return env
 
 
-def run(command: Sequence[str], environ: Mapping[str, str], reporter: Reporter | None = None) -> int:
-    """Run `command` to its end under the watch; its exit code (128 + N for signal N). `reporter`:
-    the pod's (from `environ`) unless given."""
-    rank = _int_env(environ, contract.RANK, 0) or 0
-    attempt = _int_env(environ, contract.ATTEMPT, None)
-    reporter = reporter or Reporter.from_env(environ, rank=rank, attempt=attempt)
+def _watches(environ: Mapping[str, str], reporters: Mapping[int, Reporter]) -> list[MetaWatch]:
     checkpoints = environ.get(contract.JOB_CHECKPOINT_DIR)
-    watch = MetaWatch(Path(checkpoints) / f"rank_{rank}", reporter, attempt) if checkpoints else None
-    if watch is None:
+    if not checkpoints:
         log.warning("%s is not set: no checkpoint is reported", contract.JOB_CHECKPOINT_DIR)
+        return []
+    attempt = _int_env(environ, contract.ATTEMPT, None)
+    return [
+        MetaWatch(Path(checkpoints) / f"rank_{r}", reporter, attempt) for r, reporter in reporters.items()
+    ]
+
+
+def run(
+    command: Sequence[str], environ: Mapping[str, str], reporters: Mapping[int, Reporter] | None = None
+) -> int:
+    """Run `command` to its end under the watch; its exit code (128 + N for signal N). `reporters`:
+    one per rank of the pod (from `environ`) unless given."""
+    attempt = _int_env(environ, contract.ATTEMPT, None)
+    if reporters is None:
+        reporters = {r: Reporter.from_env(environ, rank=r, attempt=attempt) for r in pod_ranks(environ)}
+    watches = _watches(environ, reporters)
     proc = subprocess.Popen(list(command), env=child_env(environ), preexec_fn=_die_with_parent)
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -122,23 +143,20 @@ def run(command: Sequence[str], environ: Mapping[str, str], reporter: Reporter |
 
     previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
     stop = threading.Event()
-    watcher = None
-    if watch is not None:
-        interval = float(environ.get(POLL_ENV) or DEFAULT_POLL)
-        watcher = threading.Thread(
-            target=_watch, args=(watch, stop, interval), name="meta-watch", daemon=True
-        )
-        watcher.start()
+    interval = float(environ.get(POLL_ENV) or DEFAULT_POLL)
+    watcher = threading.Thread(target=_watch, args=(watches, stop, interval), name="meta-watch", daemon=True)
+    watcher.start()
     try:
         code = proc.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         stop.set()
-        if watch is not None and watcher is not None:
-            watcher.join()
-            watch.check()  # the child's last commit, written just before it exited
-        reporter.close()
+        watcher.join()
+        for watch in watches:
+            watch.check()  # the child's last commits, written just before it exited
+        for reporter in reporters.values():
+            reporter.close()
     return 128 - code if code < 0 else code
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -91,13 +92,56 @@ def test_each_commit_is_reported_with_its_step_and_the_exit_code_passes(tmp_path
     }
     rank_dir = str(tmp_path / "checkpoint" / "rank_1")
     command = [sys.executable, "-c", FAKE_TRAINER, str(src), rank_dir, str(reported), "3"]
-    code = run(command, environ, Reporter(rank=1, attempt=2, send=send, interval=0))
+    code = run(command, environ, {1: Reporter(rank=1, attempt=2, send=send, interval=0)})
     assert code == 3
     commits = [r.commit for v in sent if (r := decode(1, v)) and r.commit]
     assert [(c.file, c.step, c.epoch, c.attempt) for c in commits] == [
         ("CKP_rank_1-1_2.ckpt", 12, 1, 2),
         ("CKP_rank_1_1-1_4.ckpt", 14, 1, 2),
     ]
+
+
+# Commits one file in each rank folder named on the command line (as msrun's local workers would),
+# then exits; records whether the wrapper set RANK_ID.
+FAKE_WORKERS = """
+import json, os, shutil, sys
+out, src, dirs = sys.argv[1], sys.argv[2], sys.argv[3:]
+open(out, "w").write(os.environ.get("RANK_ID", "unset"))
+for rank_dir in dirs:
+    os.makedirs(rank_dir)
+    name = "CKP_rank_%s-1_2.ckpt" % rank_dir.rsplit("_", 1)[1]
+    shutil.copy(os.path.join(src, "step.ckpt"), os.path.join(rank_dir, name))
+    with open(os.path.join(rank_dir, "meta.tmp"), "w") as f:
+        json.dump({"last_epoch": 1, "last_step": 2, "last_ckpt_file": name}, f)
+    os.replace(os.path.join(rank_dir, "meta.tmp"), os.path.join(rank_dir, "meta.json"))
+"""
+
+
+def test_every_rank_of_the_pod_is_reported(tmp_path: Path) -> None:
+    save(tmp_path / "src" / "step.ckpt", step=2, epoch=1)
+    sent: dict[int, list[str]] = {4: [], 5: []}
+
+    def sender(rank: int) -> Callable[[str, str], None]:
+        return lambda _key, value: sent[rank].append(value)
+
+    reporters = {rank: Reporter(rank=rank, attempt=0, send=sender(rank), interval=0) for rank in sent}
+    environ = {k: v for k, v in os.environ.items() if k != "RANK_ID"}
+    environ.update(
+        RESPAWN_RANK="4",
+        RESPAWN_RANKS_PER_POD="2",
+        RESPAWN_ATTEMPT="0",
+        RESPAWN_JOB_CHECKPOINT_DIR=str(tmp_path / "checkpoint"),
+    )
+    dirs = [str(tmp_path / "checkpoint" / f"rank_{r}") for r in (4, 5)]
+    out = tmp_path / "rank_id"
+    assert (
+        run([sys.executable, "-c", FAKE_WORKERS, str(out), str(tmp_path / "src"), *dirs], environ, reporters)
+        == 0
+    )
+    assert out.read_text() == "unset", "msrun gives each local worker its RANK_ID"
+    for rank, values in sent.items():
+        commit = decode(rank, values[-1]).commit  # type: ignore[union-attr]
+        assert commit is not None and (commit.file, commit.step) == (f"CKP_rank_{rank}-1_2.ckpt", 2)
 
 
 WAITING_CHILD = """
