@@ -8,7 +8,8 @@ MindFormers writes when its `output_dir` is the job's output directory). Each ne
 is reported as a commit through the trainer's own `Reporter`, with the absolute step and epoch that
 MindFormers recorded in the file (`trainer_image/foreign.py`: meta.json's `last_step` counts within
 an epoch and restarts after MindFormers' own resume). A file whose step cannot be read is not
-reported (a warning says so). What is not reported: progress between checkpoints and start-up
+reported (a warning says so), nor is the file meta.json names when the wrapper starts (an earlier
+attempt's, reported by that attempt). What is not reported: progress between checkpoints and start-up
 timings (MindFormers does not publish them), and the attempt is the controller's `RESPAWN_ATTEMPT`
 of this pod, not one recorded by MindFormers.
 
@@ -63,7 +64,12 @@ class MetaWatch:
         self._seen: tuple[int, int, int] | None = None
         self.reported: str | None = None  # the last file reported
 
-    def check(self) -> None:
+    def prime(self) -> None:
+        """Take what meta.json names before the child starts as known: an earlier attempt wrote it
+        (and reported it), so it is not reported again as this attempt's commit."""
+        self.check(report=False)
+
+    def check(self, *, report: bool = True) -> None:
         """Look once; report a new commit. Never raises for what is on disk."""
         try:
             st = safefs.lstat_regular(meta_path(self.rank_dir))
@@ -79,6 +85,9 @@ class MetaWatch:
             log.warning("unreadable meta.json: %s", e)
             return
         if meta is None or meta.last_ckpt_file == self.reported:
+            return
+        if not report:
+            self.reported = meta.last_ckpt_file
             return
         self._report(meta.last_ckpt_file, meta.last_epoch)
 
@@ -135,6 +144,8 @@ def run(
     if reporters is None:
         reporters = {r: Reporter.from_env(environ, rank=r, attempt=attempt) for r in pod_ranks(environ)}
     watches = _watches(environ, reporters)
+    for watch in watches:
+        watch.prime()
     proc = subprocess.Popen(list(command), env=child_env(environ), preexec_fn=_die_with_parent)
 
     def forward(signum: int, _frame: FrameType | None) -> None:

@@ -34,7 +34,7 @@ from tests.support.poll import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # a first use builds the venv (~2 min)
 
-STEPS, SAVE_STEPS = 8, 4
+STEPS, SAVE_STEPS = 6, 3
 FLAGS = ("--steps", str(STEPS), "--save_steps", str(SAVE_STEPS))
 
 

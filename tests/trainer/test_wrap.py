@@ -101,6 +101,19 @@ def test_each_commit_is_reported_with_its_step_and_the_exit_code_passes(tmp_path
     ]
 
 
+def test_the_checkpoint_an_earlier_attempt_left_is_not_reported_again(tmp_path: Path) -> None:
+    rank_dir = tmp_path / "checkpoint" / "rank_0"
+    save(rank_dir / "CKP_rank_0-1_3.ckpt", step=3, epoch=1)
+    (rank_dir / "meta.json").write_text(
+        '{"last_epoch": 1, "last_step": 3, "last_ckpt_file": "CKP_rank_0-1_3.ckpt"}'
+    )
+    sent: list[str] = []
+    environ = {**os.environ, "RESPAWN_RANK": "0", "RESPAWN_JOB_CHECKPOINT_DIR": str(tmp_path / "checkpoint")}
+    reporter = Reporter(rank=0, attempt=1, send=lambda _key, value: sent.append(value), interval=0)
+    assert run([sys.executable, "-c", "pass"], environ, {0: reporter}) == 0
+    assert sent == []
+
+
 # Commits one file in each rank folder named on the command line (as msrun's local workers would),
 # then exits; records whether the wrapper set RANK_ID.
 FAKE_WORKERS = """
