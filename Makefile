@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit assets cluster clean
+.PHONY: demo test lint typecheck unit assets mindformers cluster clean
 
 # A Python environment with the project and every locked dependency: exact versions with their
 # hashes (requirements/dev.txt), nothing resolved at install time. Rebuilt when either changes.
@@ -23,6 +23,11 @@ lock: $(VENV)/.installed
 assets: $(VENV)/.installed
 	$(BIN)/python -m devcluster assets
 
+# The real MindFormers 2.0.0 for the interop tests, in a venv of its own built from the hashed lock
+# requirements/mindformers.txt; cached outside the repo, keyed by the lock (tests/support/mindformers.py).
+mindformers: $(VENV)/.installed
+	$(BIN)/python -m tests.support.mindformers
+
 # Style, then the layer contracts in pyproject.toml (docs/architecture.md).
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -33,7 +38,7 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
 # The whole suite: lint, types, then every test against a real API server.
-test: lint typecheck assets
+test: lint typecheck assets mindformers
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # A local cluster in the foreground; prints the kubeconfig path. Ctrl-C stops it.

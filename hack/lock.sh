@@ -15,3 +15,18 @@ run() {
 run --output-file requirements/controller.txt
 run --extra trainer --output-file requirements/trainer.txt
 run --all-extras --output-file requirements/dev.txt
+
+# The real MindFormers for the interop tests (requirements/mindformers.in says why it is apart):
+# its requirements resolved, then mindformers itself with the hash of its one wheel.
+mindformers=mindformers==2.0.0
+env -u PIP_FIND_LINKS "$compile" --quiet --generate-hashes --allow-unsafe --strip-extras \
+  --no-emit-index-url --no-emit-find-links --no-header \
+  --output-file requirements/mindformers.txt requirements/mindformers.in
+wheels=$(mktemp -d)
+trap 'rm -rf "$wheels"' EXIT
+env -u PIP_FIND_LINKS "$(dirname "$compile")/pip" download --quiet --no-deps -d "$wheels" "$mindformers"
+{
+  echo "$mindformers \\"
+  "$(dirname "$compile")/pip" hash "$wheels"/* | sed -n 's/^--hash=/    --hash=/p'
+  echo "    # via requirements/mindformers.in (installed without its dependencies: hack/lock.sh)"
+} >>requirements/mindformers.txt

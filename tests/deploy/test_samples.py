@@ -28,7 +28,12 @@ def by_kind(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def test_the_samples_are_there() -> None:
-    assert [p.name for p in SAMPLES] == ["ascend-8npu.yaml", "single-worker.yaml", "two-workers.yaml"]
+    assert [p.name for p in SAMPLES] == [
+        "ascend-8npu.yaml",
+        "mindformers.yaml",
+        "single-worker.yaml",
+        "two-workers.yaml",
+    ]
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
@@ -73,7 +78,10 @@ def test_sample_is_wired_together(sample: Path) -> None:
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+TRAINER_SAMPLES = [p for p in SAMPLES if p.stem != "mindformers"]
+
+
+@pytest.mark.parametrize("sample", TRAINER_SAMPLES, ids=lambda p: p.stem)
 def test_sample_run_yaml_is_a_valid_trainer_config(sample: Path) -> None:
     configmap = by_kind(sample)["ConfigMap"]
     raw = yaml.safe_load(configmap["data"]["run.yaml"])
@@ -100,4 +108,28 @@ def test_ascend_sample_takes_a_whole_npu_node() -> None:
 
 def test_replica_counts() -> None:
     replicas = {p.stem: by_kind(p)["TrainingJob"]["spec"]["replicas"] for p in SAMPLES}
-    assert replicas == {"single-worker": 1, "two-workers": 2, "ascend-8npu": 2}
+    assert replicas == {"single-worker": 1, "two-workers": 2, "ascend-8npu": 2, "mindformers": 1}
+
+
+def test_mindformers_sample_runs_mindformers_own_trainer_wrapped() -> None:
+    """MindFormers' run_mindformer.py under trainer_image.wrap, its resume flags naming the job's own
+    directories through the controller's variables (expanded by kubelet; the node agent's `expand`
+    here), as tests/e2e/test_mindformers_e2e.py runs it."""
+    from devcluster.podsetup import expand
+
+    objects = by_kind(REPO / "deploy" / "samples" / "mindformers.yaml")
+    container = objects["TrainingJob"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "trainer_image.wrap", "--"]
+    env = {
+        "RESPAWN_OUTPUT_DIR": "/mnt/shared/team/llm",
+        "RESPAWN_JOB_CHECKPOINT_DIR": "/mnt/shared/team/llm/checkpoint",
+    }
+    args = [expand(a, env) for a in container["args"]]
+    assert args[1].endswith("run_mindformer.py")
+    flags = dict(zip(args[2::2], args[3::2], strict=True))
+    assert flags["--output_dir"] == "/mnt/shared/team/llm"
+    assert flags["--load_checkpoint"] == "/mnt/shared/team/llm/checkpoint"
+    assert flags["--resume_training"] == "True"
+    run = yaml.safe_load(objects["ConfigMap"]["data"]["run.yaml"])
+    (monitor,) = [c for c in run["callbacks"] if c["type"] == "CheckpointMonitor"]
+    assert monitor["checkpoint_format"] == run["load_ckpt_format"] == "ckpt"

@@ -15,6 +15,7 @@
 | `deploy` | the chart's paths, rendered objects, the controller run as a ServiceAccount, RBAC reviews |
 | `informer` | an informer event recorder |
 | `core_inputs` | inputs of the controller's pure core, for its table tests |
+| `mindformers` | real MindFormers 2.0.0: its venv, the TEST-ONLY stand-in and CPU launcher |
 | `lintcontracts` | the import-linter contract that no module imports a test module |
 """
 
