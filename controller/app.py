@@ -32,7 +32,7 @@ from controller.core.pods import slim as slim_pod
 from controller.core.timefmt import parse_time
 from controller.runtime.api_responses import count_responses
 from controller.runtime.health import HealthServer, informer_checks
-from controller.runtime.informer import DELETED, Informer
+from controller.runtime.informer import Informer
 from controller.runtime.informer_group import InformerGroup
 from controller.runtime.leader import LeaderElector
 from controller.runtime.metrics_auth import KubeReviewer, MetricsAuth
@@ -156,17 +156,21 @@ class Controller:
         jobs.add_index(JOB_BY_LEFT_NODE, _nodes_left)
         jobs.add_index(JOB_BY_NAMESPACE, index_by_field("metadata", "namespace"))
         jobs.on_event(lambda _type, obj, _old: self.queue.add(object_key(obj)))
+        pods.before_delete(self._pod_leaving)
         pods.on_event(self._on_pod)
         nodes.on_event(self._on_node)
         if configmaps is not None:
             configmaps.on_event(self._on_configmap)
         return Caches(jobs=jobs, pods=pods, nodes=nodes, device_configmaps=configmaps)
 
-    def _on_pod(self, type_: str, pod: dict[str, Any], _old: dict[str, Any] | None) -> None:
+    def _on_pod(self, _type: str, pod: dict[str, Any], _old: dict[str, Any] | None) -> None:
         for key in index_by_label(LABEL_JOB)(pod):
-            if type_ == DELETED:
-                self.reconciler.departed(key, pod)
             self.queue.add(key)
+
+    def _pod_leaving(self, pod: dict[str, Any]) -> None:
+        # Before the cache drops it: a pass that no longer finds the pod must find its last state.
+        for key in index_by_label(LABEL_JOB)(pod):
+            self.reconciler.departed(key, pod)
 
     def _jobs_on_node(self, node: str) -> set[str]:
         return {k for p in self.caches.pods.by_index(POD_BY_NODE, node) for k in index_by_label(LABEL_JOB)(p)}

@@ -107,6 +107,7 @@ class Informer:
         self._transform = transform or (lambda obj: obj)
         self._store = Store()
         self._handlers: list[EventHandler] = []
+        self._before_delete: list[Callable[[Obj], None]] = []
         self._synced = threading.Event()
         self._stopping = threading.Event()
         self._response_lock = threading.Lock()
@@ -150,6 +151,15 @@ class Informer:
         return self._synced.wait(timeout)
 
     # -- reading the cache -------------------------------------------------------------------
+
+    def before_delete(self, callback: Callable[[Obj], None]) -> None:
+        """Call `callback(obj)` with an object's final state just before it leaves the cache.
+
+        Event handlers run after the cache changed, so a reader on another thread can find the
+        object gone before any handler knew it went; what must be known by then (the controller's
+        record of departed pods) is recorded here. Register before `start()`; keep it short.
+        """
+        self._before_delete.append(callback)
 
     def on_event(self, handler: EventHandler) -> None:
         """Call `handler(event_type, obj, old_obj)` for every change; register before `start()`.
@@ -242,6 +252,10 @@ class Informer:
             continue_token = meta.get("continue")
             if not continue_token:
                 break
+        with self._store.lock:
+            leaving = [obj for key, obj in self._store.objects.items() if key not in objects]
+        for gone in leaving:
+            self._call_before_delete(gone)
         old = self._store.replace(objects)
         self.resource_version = str(meta.get("resourceVersion", ""))
         for key, obj in objects.items():
@@ -301,11 +315,20 @@ class Informer:
             return
         deleted = event_type == DELETED
         obj = self._transform(obj)
+        if deleted:
+            self._call_before_delete(obj)
         old = self._store.put(object_key(obj), None if deleted else obj)
         self.resource_version = _rv(obj) or self.resource_version
         self.stats.events += 1
         # A re-opened watch may replay an ADDED for a cached object: report what changed in the cache.
         self._dispatch(DELETED if deleted else MODIFIED if old is not None else ADDED, obj, old)
+
+    def _call_before_delete(self, obj: Obj) -> None:
+        for callback in self._before_delete:
+            try:
+                callback(obj)
+            except Exception:
+                self._log.exception("before-delete callback failed", extra={"informer": self.name})
 
     def _dispatch(self, kind: str, obj: Obj, old: Obj | None) -> None:
         for handler in self._handlers:

@@ -10,7 +10,7 @@ health stay per member (`members`): each shows up as its own readiness check.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from controller.runtime.informer import EventHandler, Informer
 from controller.runtime.store import IndexFunc, Obj, object_key
@@ -27,6 +27,10 @@ class InformerGroup:
     def on_event(self, handler: EventHandler) -> None:
         for member in self.members:
             member.on_event(handler)
+
+    def before_delete(self, callback: Callable[[Obj], None]) -> None:
+        for member in self.members:
+            member.before_delete(callback)
 
     def add_index(self, name: str, func: IndexFunc) -> None:
         for member in self.members:

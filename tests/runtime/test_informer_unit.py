@@ -257,6 +257,35 @@ def test_410_relists_and_reports_what_changed_in_the_gap(
     assert api.watches()[1]["resource_version"] == str(api.rv), "watch resumes from the relist's version"
 
 
+def test_before_delete_sees_the_object_while_the_cache_still_holds_it(
+    api: FakeApi, recorder: Recorder
+) -> None:
+    """A reader on another thread must never find an object gone before the callback knew of it:
+    the callback runs first, for a watched delete and for one only a relist discovers."""
+    seen: list[tuple[str, bool]] = []
+    informer = Informer(api, list_kwargs={"namespace": "ns"}, name="cms", backoff_base=0.01)
+    informer.before_delete(
+        lambda obj: seen.append((object_key(obj), informer.get(object_key(obj)) is not None))
+    )
+    informer.on_event(recorder)
+
+    def deleted_then_gone(kwargs: dict) -> FakeResponse:
+        api.delete("a")
+        api.delete("b")  # not delivered: only the relist after the 410 tells
+        expired = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}
+        events = ({"type": "DELETED", "object": cm("a", 150)}, {"type": "ERROR", "object": expired})
+        return FakeResponse(events=events, hold=True)
+
+    api.script.append(deleted_then_gone)
+    informer.start()
+    try:
+        wait_for("both deletes", lambda: len(seen) == 2, interval=FAST)
+    finally:
+        informer.stop(timeout=5)
+    assert seen == [("ns/a", True), ("ns/b", True)]
+    assert informer.keys() == []
+
+
 def test_connection_errors_back_off_and_resume_the_watch(
     make_informer: Callable[..., Informer], api: FakeApi
 ) -> None:
