@@ -38,6 +38,7 @@ from trainer_image.training.stop import StopRequest
 if TYPE_CHECKING:
     from trainer_image.checkpoint.checkpointer import Checkpointer
     from trainer_image.training.backend import Backend, StepResult
+    from trainer_image.training.compile_cache import CompileCache
     from trainer_image.training.data import DataStream
     from trainer_image.training.parallel import Cluster
 
@@ -97,6 +98,7 @@ class _Run:
     saved_at: int  # global step of the last committed checkpoint (the load counts as one)
     reporter: Reporter
     first_step: bool = True  # the next step is this start's first
+    compile_cache: CompileCache | None = None  # until the first step has compiled every graph
 
     @property
     def finished(self) -> bool:
@@ -118,14 +120,16 @@ def run(
     _check_before_import(config, world_size=world_size, rank=rank, job_checkpoint_dir=job_checkpoint_dir)
     cluster = None
     if config.use_parallel and world_size > 1:
-        import mindspore  # noqa: F401  (timed apart from the rendezvous)
-
         from trainer_image.training.parallel import Cluster
 
-        joining = time.perf_counter()
-        reporter.phase("import", joining - started)
-        cluster = Cluster.join(config, rank=rank, world_size=world_size, environ=os.environ)
-        reporter.phase("rendezvous", time.perf_counter() - joining)
+        cluster = Cluster.join(
+            config,
+            rank=rank,
+            world_size=world_size,
+            environ=os.environ,
+            phase=reporter.phase,
+            started=started,
+        )
         stop.share(cluster.any_of)  # the gang stops after the same step
     try:
         gang = Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
@@ -170,6 +174,8 @@ def _train(
             state.checkpointer.wait()
     finally:
         state.steplog.close()
+        if state.compile_cache is not None:
+            state.compile_cache.close()
     status: Literal["completed", "stopped"] = "completed" if state.finished else "stopped"
     log.info("%s at global step %d", status, state.progress.global_step)
     return Outcome(
@@ -184,6 +190,7 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
     """Everything before the first step: build the stream and the backend, load the start, open the
     checkpointer and the step log."""
     from trainer_image.training.backend import Backend  # MindSpore: the slow import
+    from trainer_image.training.compile_cache import CompileCache
     from trainer_image.training.data import build_stream
 
     imported = time.perf_counter()
@@ -191,7 +198,16 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
     stream = build_stream(config, rank=gang.rank, world_size=gang.world_size)
     epochs = config.runner_config.epochs
     total_steps = config.lr_schedule.total_steps
-    backend = Backend(config, total_steps=total_steps if total_steps > 0 else epochs * stream.steps_per_epoch)
+    total_steps = total_steps if total_steps > 0 else epochs * stream.steps_per_epoch
+    backend = Backend(config, total_steps=total_steps)
+    cache = CompileCache.open(
+        config,
+        total_steps=total_steps,
+        rank=gang.rank,
+        world_size=gang.world_size,
+        data_parallel=gang.cluster is not None,
+        environ=os.environ,
+    )
     saved = _saved_parameters(backend, config, gang)
     built = time.perf_counter()
 
@@ -200,6 +216,7 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
     loaded_at = time.perf_counter()
     reporter.phase("load", loaded_at - built)
     state = _open(config, gang, stream, backend, progress, resolution, started=started, reporter=reporter)
+    state.compile_cache = cache
     log.info(
         "start: global step %d, %d steps to go; import %.2fs, build %.2fs, load %.2fs",
         progress.global_step,
@@ -335,6 +352,9 @@ def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
     progress.advance(steps_per_epoch=state.stream.steps_per_epoch)
     state.steplog.write(_step_record(state, result, t0))
     state.reporter.stepped(progress.global_step, time.perf_counter() - t0)
+    if state.compile_cache is not None:  # the first step compiled every graph
+        state.compile_cache.finish()
+        state.compile_cache = None
     if state.checkpointer is not None and (
         progress.global_step % state.save_every == 0 or state.finished or stop.requested
     ):
