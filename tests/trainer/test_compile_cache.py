@@ -184,7 +184,7 @@ def test_a_writer_killed_while_compiling_leaves_nothing_the_next_start_uses(
     p.proc.send_signal(signal.SIGKILL)
     p.wait()
     assert _entries(root) == []  # only its private directory
-    again = _run(launch, out, root)
+    again = _run(launch, out, root, runner_config__epochs=1)
     assert "compile cache miss" in again.output() and len(_entries(root)) == 1
     _run(launch, tmp_path / "plain", None, runner_config__epochs=1)
     assert losses(out) == losses(tmp_path / "plain")
