@@ -37,11 +37,12 @@ _SCHEDULER = (
 )
 _NO_STEP = (-1, -1)
 SCHEDULER_LOOKUP_TIMEOUT = 300.0  # rank 0's pod gets its DNS record when it starts; wait for it
-# MindSpore 2.10's CPU collectives poll the scheduler for the peers' host names and the group's
-# unique id, sleeping a random whole number of seconds between polls, 3 to 5 by default: a worker
-# that asks before its peers have registered loses seconds. One second keeps the polls cheap; the
-# number of polls is fixed (from MS_NODE_TIMEOUT), so giving up takes a third as long as before,
-# still minutes. A value in the pod's environment wins.
+# MindSpore 2.10 waits a random whole number of seconds, 3 to 5 by default, between a worker's
+# heartbeats to the scheduler, and a worker learns from a heartbeat's answer that every rank has
+# registered: up to 5 s after the last rank joined. The CPU collectives poll the scheduler for the
+# peers' host names and the group id at the same interval. One second costs the scheduler a few
+# small messages a second per rank; the number of polls is fixed (from MS_NODE_TIMEOUT), so a group
+# that never forms is given up after a third of the time, still minutes. The pod's values win.
 RENDEZVOUS_DEFAULTS = {"MS_RETRY_INTERVAL_LOWER": "1", "MS_RETRY_INTERVAL_UPPER": "1"}
 
 
