@@ -9,7 +9,8 @@ to the first step the next attempt finished (`totalSeconds`), and the phases det
 podStart, processStart, import, rendezvous, load, compile, firstStep (docs/controller.md, Time to
 recover). Printed: each restart, then n / median / max of the total and of each phase.
 
-    python scripts/bench_recovery.py [--kills 6] [--trainer DIR] [--no-compile-cache] [--workdir DIR]
+    python scripts/bench_recovery.py [--kills 6] [--trainer DIR] [--no-compile-cache]
+                                     [--format ckpt|safetensors] [--workdir DIR]
 
 `--trainer DIR` runs the trainer of another checkout (the pods' PYTHONPATH; the controller is
 always this tree's): the before figure of a trainer change. `--no-compile-cache` sets
@@ -58,9 +59,16 @@ PHASES = (
 STEPS_BEFORE_KILL = 4  # steps each attempt trains before the next kill
 
 
-def run_yaml() -> dict[str, Any]:
-    """The demo's run, long enough for every kill (the LR schedule's length is the demo's)."""
-    return {**DEMO_RUN, "runner_config": {**DEMO_RUN["runner_config"], "epochs": 200}}
+def run_yaml(fmt: str) -> dict[str, Any]:
+    """The demo's run, long enough for every kill (the LR schedule's length is the demo's), its
+    checkpoints in `fmt`."""
+    (monitor,) = DEMO_RUN["callbacks"]
+    return {
+        **DEMO_RUN,
+        "runner_config": {**DEMO_RUN["runner_config"], "epochs": 200},
+        "callbacks": [{**monitor, "checkpoint_format": fmt}],
+        "load_ckpt_format": fmt,
+    }
 
 
 def job(shared: Path, *, trainer: Path, cache: Path | None, kills: int) -> dict[str, Any]:
@@ -136,6 +144,7 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--trainer", type=Path, default=REPO, help="checkout whose trainer the pods run")
     parser.add_argument("--no-compile-cache", action="store_true", help="RESPAWN_COMPILE_CACHE=off")
+    parser.add_argument("--format", choices=("ckpt", "safetensors"), default="ckpt", help="checkpoints")
     parser.add_argument("--workdir", type=Path, default=REPO / ".devcluster" / "bench_recovery")
     args = parser.parse_args()
     workdir: Path = args.workdir.resolve()
@@ -149,13 +158,13 @@ def main() -> int:
         core = client.CoreV1Api(api)
         core.create_namespace({"metadata": {"name": NS}})
         core.create_namespaced_service_account(NS, {"metadata": {"name": "default"}})
-        core.create_namespaced_config_map(NS, run_config_map(run_yaml(), "run"))
+        core.create_namespaced_config_map(NS, run_config_map(run_yaml(args.format), "run"))
         state = StateDir(cluster.agent_state_dir)
         with running_controller(api, NS, shared=shared, device_faults=False):
             create_job(api, NS, job(shared, trainer=args.trainer.resolve(), cache=cache, kills=args.kills))
             rows = [kill_once(api, state, shared, k, victim=1 - k % 2) for k in range(args.kills)]
     print(
-        f"\ntrainer {args.trainer}, compile cache {'off' if cache is None else cache}, "
+        f"\ntrainer {args.trainer}, compile cache {'off' if cache is None else cache}, {args.format}, "
         f"{len(rows)} kills in {time.monotonic() - started:.0f} s"
     )
     print(summary(rows))

@@ -205,3 +205,34 @@ def test_a_damaged_entry_is_ignored_by_a_real_start_which_trains_exactly_and_pub
     assert losses(tmp_path / "b") == losses(tmp_path / "a")
     assert len(_entries(root)) == 1
     assert "compile cache hit" in _run(launch, tmp_path / "c", root, runner_config__epochs=1).output()
+
+
+def test_a_start_points_mindspore_at_its_private_directory_until_it_closes(tmp_path: Path) -> None:
+    config = parse_config(tiny_config(tmp_path / "out"))
+    environ = {"RESPAWN_COMPILE_CACHE_DIR": str(tmp_path / "root"), "MS_COMPILER_CACHE_ENABLE": "0"}
+    compile_cache._used_in_process = False
+    try:
+        cache = CompileCache.open(
+            config, total_steps=20, rank=0, world_size=1, data_parallel=False, environ=environ
+        )
+        assert cache is not None and not cache.hit
+        assert environ["MS_COMPILER_CACHE_ENABLE"] == "1"
+        assert Path(environ["MS_COMPILER_CACHE_PATH"]).parent == tmp_path / "root"
+        again = CompileCache.open(
+            config, total_steps=20, rank=0, world_size=1, data_parallel=False, environ={}
+        )
+        assert again is None  # MindSpore keeps a process's first cache path
+        cache.finish()
+        assert environ == {
+            "RESPAWN_COMPILE_CACHE_DIR": str(tmp_path / "root"),
+            "MS_COMPILER_CACHE_ENABLE": "0",
+        }
+        assert list((tmp_path / "root").iterdir()) == []  # no graph written: nothing published
+    finally:
+        compile_cache._used_in_process = False
+    off = {"RESPAWN_COMPILE_CACHE": "off"}
+    assert (
+        CompileCache.open(config, total_steps=20, rank=0, world_size=1, data_parallel=False, environ=off)
+        is None
+    )
+    assert off == {"RESPAWN_COMPILE_CACHE": "off"}

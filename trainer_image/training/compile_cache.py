@@ -101,8 +101,19 @@ class CompileCache:
     """One start's use of the cache: `open` before the first compile, `published` after the first
     step, `close` at the end."""
 
-    def __init__(self, root: Path, key: str, parts: dict[str, Any], work: Path, *, hit: bool) -> None:
+    def __init__(
+        self,
+        root: Path,
+        key: str,
+        parts: dict[str, Any],
+        work: Path,
+        *,
+        hit: bool,
+        environ: MutableMapping[str, str] | None = None,
+    ) -> None:
         self.root, self.key, self.parts, self.work, self.hit = root, key, parts, work, hit
+        self._environ = environ
+        self._saved = {name: None if environ is None else environ.get(name) for name in (MS_ENABLE, MS_PATH)}
 
     @classmethod
     def open(
@@ -135,10 +146,11 @@ class CompileCache:
         except OSError as e:
             log.warning("compile cache off for this start: %s is unusable: %s", root, e)
             return None
+        cache = cls(root, key, parts, work, hit=hit, environ=environ)
         environ[MS_ENABLE] = "1"
         environ[MS_PATH] = str(work)
         log.info("compile cache %s: %s", "hit" if hit else "miss", root / key)
-        return cls(root, key, parts, work, hit=hit)
+        return cache
 
     def publish(self) -> None:
         """After the first step (every graph compiled and written by MindSpore): on a miss, make the
@@ -165,8 +177,16 @@ class CompileCache:
         self.close()
 
     def close(self) -> None:
-        """Remove the private directory (a published one is no longer there)."""
+        """Remove the private directory (a published one is no longer there) and give the MindSpore
+        variables back their values: a later compile of this process caches nothing."""
         shutil.rmtree(self.work, ignore_errors=True)
+        if self._environ is not None:
+            for name, value in self._saved.items():
+                if value is None:
+                    self._environ.pop(name, None)
+                else:
+                    self._environ[name] = value
+            self._environ = None
 
 
 # ------------------------------------------------------------------------------------------ entries
