@@ -23,6 +23,7 @@ manifest is removed and the start compiles as on a miss.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -207,7 +208,8 @@ def _copy_entry(entry: Path, work: Path) -> bool:
     except CorruptEntry as e:
         _discard(entry, str(e), work)
         return False
-    os.utime(entry / MANIFEST)  # last hit: what pruning goes by
+    with contextlib.suppress(OSError):  # another user's entry: used, but its age stays the writer's
+        os.utime(entry / MANIFEST)  # last hit: what pruning goes by
     return True
 
 
