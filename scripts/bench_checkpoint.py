@@ -241,6 +241,7 @@ def resume_run(workdir: Path, fmt: str, checkpoint_dir: Path) -> dict[str, float
     steps = out / "log" / "rank_0" / "steps.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RESPAWN_", "MS_COMPILER_CACHE"))}
     env["PYTHONPATH"] = str(REPO)
+    env["RESPAWN_COMPILE_CACHE"] = "off"  # the first step's figure is the compile's
     log_path = workdir / f"resume-{fmt}.log"
     with open(log_path, "wb") as log:
         t0 = time.perf_counter()

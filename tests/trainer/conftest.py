@@ -15,13 +15,14 @@ from tests.support.trainer import TrainerProcess
 
 @pytest.fixture(scope="session")
 def trainer_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for trainer processes; a shared MindSpore compile cache keeps restarts fast."""
+    """Environment for trainer processes; one compile cache root for the session keeps restarts fast
+    (trainer_image/training/compile_cache.py keys its entries apart; MindSpore's own cache, shared
+    like this, gave one config another's graphs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RESPAWN_")}
     env.update(
         PYTHONPATH=str(REPO),
         GLOG_v="3",
-        MS_COMPILER_CACHE_ENABLE="1",
-        MS_COMPILER_CACHE_PATH=str(tmp_path_factory.mktemp("compile_cache")),
+        RESPAWN_COMPILE_CACHE_DIR=str(tmp_path_factory.mktemp("compile_cache")),
     )
     return env
 

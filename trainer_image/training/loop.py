@@ -23,10 +23,9 @@ from respawn_protocol.steplog import StepLog
 from trainer_image.checkpoint.confine import check_output_dir, open_step_log
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import ConfigError, TrainerConfig
+from trainer_image.training.gang import Gang, Outcome
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import (
-    Agree,
-    Barrier,
     continue_progress,
     lineage_parent,
     load_first,
@@ -39,44 +38,10 @@ from trainer_image.training.stop import StopRequest
 if TYPE_CHECKING:
     from trainer_image.checkpoint.checkpointer import Checkpointer
     from trainer_image.training.backend import Backend, StepResult
+    from trainer_image.training.compile_cache import CompileCache
     from trainer_image.training.data import DataStream
-    from trainer_image.training.parallel import Cluster
 
 log = logging.getLogger("trainer_image")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: Literal["completed", "stopped"]
-    global_step: int
-    checkpointed: bool  # the state at `global_step` is committed (or nothing ran since the load)
-    resumed_from: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class Gang:
-    """This rank's place: its rank, the gang's size, the controller's attempt and the job's checkpoint
-    directory (auto-resume from it wins over load_checkpoint; None outside respawn), and the cluster
-    when the ranks train data parallel (None: each rank trains alone on its shard)."""
-
-    rank: int
-    world_size: int
-    attempt: int | None = None
-    cluster: Cluster | None = None
-    job_checkpoint_dir: Path | None = None
-
-    @property
-    def data_parallel_ranks(self) -> int:
-        """How many ranks share each global batch."""
-        return self.world_size if self.cluster is not None else 1
-
-    @property
-    def agree(self) -> Agree | None:
-        return None if self.cluster is None else self.cluster.agree
-
-    @property
-    def barrier(self) -> Barrier | None:
-        return None if self.cluster is None else self.cluster.barrier
 
 
 @dataclass
@@ -99,6 +64,7 @@ class _Run:
     reporter: Reporter
     first_step: bool = True  # the next step is this start's first
     copy_waited_before: float = 0.0  # backend.copy_waited at the last save
+    compile_cache: CompileCache | None = None  # until the first step has compiled every graph
 
     @property
     def finished(self) -> bool:
@@ -120,14 +86,16 @@ def run(
     _check_before_import(config, world_size=world_size, rank=rank, job_checkpoint_dir=job_checkpoint_dir)
     cluster = None
     if config.use_parallel and world_size > 1:
-        import mindspore  # noqa: F401  (timed apart from the rendezvous)
-
         from trainer_image.training.parallel import Cluster
 
-        joining = time.perf_counter()
-        reporter.phase("import", joining - started)
-        cluster = Cluster.join(config, rank=rank, world_size=world_size, environ=os.environ)
-        reporter.phase("rendezvous", time.perf_counter() - joining)
+        cluster = Cluster.join(
+            config,
+            rank=rank,
+            world_size=world_size,
+            environ=os.environ,
+            phase=reporter.phase,
+            started=started,
+        )
         stop.share(cluster.any_of)  # the gang stops after the same step
     try:
         gang = Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
@@ -172,6 +140,8 @@ def _train(
             state.checkpointer.wait()
     finally:
         state.steplog.close()
+        if state.compile_cache is not None:
+            state.compile_cache.close()
     status: Literal["completed", "stopped"] = "completed" if state.finished else "stopped"
     log.info("%s at global step %d", status, state.progress.global_step)
     return Outcome(
@@ -186,6 +156,7 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
     """Everything before the first step: build the stream and the backend, load the start, open the
     checkpointer and the step log."""
     from trainer_image.training.backend import Backend  # MindSpore: the slow import
+    from trainer_image.training.compile_cache import CompileCache
     from trainer_image.training.data import build_stream
 
     imported = time.perf_counter()
@@ -193,7 +164,16 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
     stream = build_stream(config, rank=gang.rank, world_size=gang.world_size)
     epochs = config.runner_config.epochs
     total_steps = config.lr_schedule.total_steps
-    backend = Backend(config, total_steps=total_steps if total_steps > 0 else epochs * stream.steps_per_epoch)
+    total_steps = total_steps if total_steps > 0 else epochs * stream.steps_per_epoch
+    backend = Backend(config, total_steps=total_steps)
+    cache = CompileCache.open(
+        config,
+        total_steps=total_steps,
+        rank=gang.rank,
+        world_size=gang.world_size,
+        data_parallel=gang.cluster is not None,
+        environ=os.environ,
+    )
     saved = _saved_parameters(backend, config, gang)
     built = time.perf_counter()
 
@@ -202,6 +182,7 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
     loaded_at = time.perf_counter()
     reporter.phase("load", loaded_at - built)
     state = _open(config, gang, stream, backend, progress, resolution, started=started, reporter=reporter)
+    state.compile_cache = cache
     log.info(
         "start: global step %d, %d steps to go; import %.2fs, build %.2fs, load %.2fs",
         progress.global_step,
@@ -338,6 +319,9 @@ def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
     progress.advance(steps_per_epoch=state.stream.steps_per_epoch)
     state.steplog.write(_step_record(state, result, t0))
     state.reporter.stepped(progress.global_step, time.perf_counter() - t0)
+    if state.compile_cache is not None:  # the first step compiled every graph
+        state.compile_cache.finish()
+        state.compile_cache = None
     if state.checkpointer is not None and (
         progress.global_step % state.save_every == 0 or state.finished or stop.requested
     ):

@@ -37,6 +37,13 @@ _SCHEDULER = (
 )
 _NO_STEP = (-1, -1)
 SCHEDULER_LOOKUP_TIMEOUT = 300.0  # rank 0's pod gets its DNS record when it starts; wait for it
+# MindSpore 2.10 waits a random whole number of seconds, 3 to 5 by default, between a worker's
+# heartbeats to the scheduler, and a worker learns from a heartbeat's answer that every rank has
+# registered: up to 5 s after the last rank joined. The CPU collectives poll the scheduler for the
+# peers' host names and the group id at the same interval. One second costs the scheduler a few
+# small messages a second per rank; the number of polls is fixed (from MS_NODE_TIMEOUT), so a group
+# that never forms is given up after a third of the time, still minutes. The pod's values win.
+RENDEZVOUS_DEFAULTS = {"MS_RETRY_INTERVAL_LOWER": "1", "MS_RETRY_INTERVAL_UPPER": "1"}
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -54,11 +61,10 @@ class Cluster:
         self._all_gather: Any = None
 
     @classmethod
-    def join(
-        cls, config: TrainerConfig, *, rank: int, world_size: int, environ: MutableMapping[str, str]
-    ) -> Cluster:
-        """Set the dynamic-cluster variables (the controller's win), start the scheduler on rank 0,
-        `init()`, and switch MindSpore to data parallel with averaged gradients."""
+    def prepare(cls, *, rank: int, world_size: int, environ: MutableMapping[str, str]) -> Cluster:
+        """Set the dynamic-cluster variables (the controller's win) and start the scheduler on rank 0.
+        Needs no MindSpore import: called before it, the scheduler's own import (~2 s) overlaps
+        this process's."""
         for name in (contract.MS_SCHED_HOST, contract.MS_SCHED_PORT):
             if not environ.get(name):
                 raise ConfigError(f"use_parallel with {world_size} ranks needs {name} in the environment")
@@ -66,6 +72,8 @@ class Cluster:
         environ.setdefault(contract.MS_LOCAL_WORKER, "1")
         environ.setdefault(contract.MS_NODE_ID, str(rank))
         environ.setdefault(contract.MS_NODE_RANK, str(rank))
+        for name, value in RENDEZVOUS_DEFAULTS.items():
+            environ.setdefault(name, value)
         environ[contract.MS_ROLE] = "MS_WORKER"
         # MindSpore only parses an IP here; the controller gives rank 0's DNS name.
         environ[contract.MS_SCHED_HOST] = scheduler_ip(environ[contract.MS_SCHED_HOST])
@@ -75,8 +83,39 @@ class Cluster:
                 f"{contract.WORLD_SIZE}={world_size}"
             )
         log.info("joining the cluster as rank %d of %d", rank, world_size)
-        scheduler = _start_scheduler(environ) if rank == 0 else None
-        cluster = cls(rank, world_size, scheduler)
+        return cls(rank, world_size, _start_scheduler(environ) if rank == 0 else None)
+
+    @classmethod
+    def join(
+        cls,
+        config: TrainerConfig,
+        *,
+        rank: int,
+        world_size: int,
+        environ: MutableMapping[str, str],
+        phase: Callable[[str, float], None] = lambda name, seconds: None,
+        started: float | None = None,
+    ) -> Cluster:
+        """`prepare`, import MindSpore, `connect`; tells `phase` the import (since `started`, a
+        perf_counter) and the rendezvous, which includes `prepare`."""
+        t0 = time.perf_counter()
+        cluster = cls.prepare(rank=rank, world_size=world_size, environ=environ)
+        preparing = time.perf_counter() - t0
+        try:
+            import mindspore  # noqa: F401  (timed apart from the rendezvous)
+        except BaseException:
+            cluster.close()
+            raise
+        joining = time.perf_counter()
+        phase("import", joining - (t0 if started is None else started) - preparing)
+        cluster.connect(config)
+        phase("rendezvous", time.perf_counter() - joining + preparing)
+        return cluster
+
+    def connect(self, config: TrainerConfig) -> None:
+        """`init()`, and switch MindSpore to data parallel with averaged gradients; on failure the
+        scheduler child is stopped."""
+        rank, world_size = self.rank, self.world_size
         try:
             import mindspore as ms
             from mindspore.communication import get_group_size, get_rank, init
@@ -92,10 +131,9 @@ class Cluster:
                 parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True, device_num=world_size
             )
         except BaseException:
-            cluster.close()
+            self.close()
             raise
         log.info("joined the cluster as rank %d of %d", rank, world_size)
-        return cluster
 
     def gather(self, values: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Every rank's `values` (same length everywhere), in rank order."""
