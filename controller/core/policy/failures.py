@@ -144,7 +144,11 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
         reason, message = _exit_failure(exit_code, trainer, terminated.get("message"))
         if reason is Reason.ERROR and (fault := devices.exit_fault(pod, ctx, base.at)) is not None:
             return _device_failure(base, fault, devices.explain(base.node, fault, base.at, message))
-        if reason is Reason.ERROR and (down := _gang_node_down(ctx)) is not None:
+        if (
+            reason is Reason.ERROR
+            and _lost_peer_exit(exit_code)
+            and (down := _gang_node_down(ctx)) is not None
+        ):
             node, since = down
             message += f" while node {node} of the gang was not ready (since {since.isoformat()})"
             return replace(base, reason=Reason.NODE_LOST, message=message, node=node)
@@ -159,6 +163,12 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
 
 def _when(condition: dict[str, Any], ctx: Context) -> datetime:
     return parse_time(condition.get("lastTransitionTime")) or ctx.now
+
+
+def _lost_peer_exit(exit_code: Any) -> bool:
+    """An exit a survivor makes when its collective breaks: the trainer's own error code, not a
+    signal's (a SIGKILLed or OOM-killed rank died of its own cause, whatever its peers' nodes do)."""
+    return isinstance(exit_code, int) and 0 < exit_code < 128
 
 
 def _gang_node_down(ctx: Context) -> tuple[str, datetime] | None:

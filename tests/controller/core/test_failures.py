@@ -218,6 +218,9 @@ def test_an_exit_while_a_peer_node_is_not_ready_is_the_node_s_fault() -> None:
     # With every node ready it stays the job's own error; a permanent exit is never re-attributed.
     ready, _ = context(job(RUNNING), [pod(0), survivor])
     assert failures.detect(survivor, ready).reason is Reason.ERROR  # type: ignore[union-attr]
+    killed = pod(1, phase="Failed", exit_code=137, node="node-1")
+    flaky_killed, _ = context(job(RUNNING), [pod(0), killed], FLAKY)
+    assert failures.detect(killed, flaky_killed).reason is Reason.ERROR, "a signal's death is its own"  # type: ignore[union-attr]
     permanent = pod(1, phase="Failed", exit_code=ExitCode.CONFIG_ERROR, node="node-1")
     flaky, _ = context(job(RUNNING), [pod(0), permanent], FLAKY)
     assert failures.detect(permanent, flaky).reason is Reason.PERMANENT_ERROR  # type: ignore[union-attr]
