@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
 
 from controller.api.types import parse_job
@@ -77,12 +78,13 @@ def restricted(api_client: client.ApiClient) -> Iterator[str]:
     try:
         lax = pods_of(bare_job(securityDefaults=False), name)[0]
         # The accounts the workers run as (the controller creates them with the job's report Role).
-        for account in (
-            "respawn-bare",
-            "respawn-two-workers",
-            "respawn-single-worker",
-            "respawn-ascend-8npu",
-        ):
+        jobs = [
+            doc
+            for sample in SAMPLES
+            for doc in yaml.safe_load_all(sample.read_text())
+            if doc and doc.get("kind") == "TrainingJob"
+        ]
+        for account in {"respawn-bare", *(f"respawn-{doc['metadata']['name']}" for doc in jobs)}:
             core.create_namespaced_service_account(name, {"metadata": {"name": account}})
         wait_for(
             "PodSecurity to enforce restricted", lambda: REFUSED in (refusal(api_client, name, lax) or "")

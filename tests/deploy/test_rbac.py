@@ -113,6 +113,7 @@ def can(
 JOB_VERBS = [
     ("list", "trainingjobs.training.respawn.dev"),
     ("watch", "trainingjobs.training.respawn.dev"),
+    ("delete", "trainingjobs.training.respawn.dev"),  # a finished job past ttlSecondsAfterFinished
     ("update", "trainingjobs.training.respawn.dev/status"),
     ("update", "trainingjobs.training.respawn.dev/finalizers"),
     ("list", "pods"),
@@ -131,6 +132,12 @@ JOB_VERBS = [
     ("update", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("get", "rolebindings.rbac.authorization.k8s.io"),
+    ("create", "podgroups.scheduling.volcano.sh"),
+    ("get", "podgroups.scheduling.volcano.sh"),
+    ("update", "podgroups.scheduling.volcano.sh"),
+    ("create", "podgroups.scheduling.x-k8s.io"),
+    ("get", "podgroups.scheduling.x-k8s.io"),
+    ("update", "podgroups.scheduling.x-k8s.io"),
 ]
 NEVER = [
     # Reads come from informer caches (tests/deploy/test_rbac_rules.py shows what needs get).
@@ -141,7 +148,6 @@ NEVER = [
     ("create", "trainingjobs.training.respawn.dev"),
     ("update", "trainingjobs.training.respawn.dev"),
     ("patch", "trainingjobs.training.respawn.dev"),
-    ("delete", "trainingjobs.training.respawn.dev"),
     ("patch", "trainingjobs.training.respawn.dev/status"),
     ("update", "pods"),
     ("deletecollection", "pods"),
