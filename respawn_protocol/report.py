@@ -9,14 +9,15 @@ never overwrite each other and no read-modify-write is needed. The value is smal
      "commit": {"step": 1000, "epoch": 2, "file": "llama_rank_0-2_500.ckpt", "attempt": 3,
                 "at": "..."},
      "startup": {"import": 4.1, "rendezvous": 1.2, "load": 0.3, "compile": 2.5, "firstStep": 2.9,
-                 "startedAt": "...", "readyAt": "..."}}
+                 "startedAt": "...", "readyAt": "...", "resumedFrom": 1000}}
 
 `step` and `at` are the last optimizer step this rank finished and when (its wall clock), `saveCost`
 the seconds training stood still per checkpoint save, lately (the δ of Young/Daly); only rank
 0 sends them on a timer (data-parallel ranks step together, so one heartbeat per job keeps the API
 load flat), every rank sends each commit as it happens and its start-up timings once. `startedAt`
 (the process started) and `readyAt` (its first step finished) place the start-up on the wall clock,
-so the controller can time a restart from the failure to the next trained step.
+so the controller can time a restart from the failure to the next trained step; `resumedFrom` is
+the global step of the job's own checkpoint the start resumed, as saved (before any rescale).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Report:
     startup: Mapping[str, float] = field(default_factory=dict)
     started_at: str | None = None  # wall clock: the process started
     ready_at: str | None = None  # wall clock: its first step finished
+    resumed_from: int | None = None  # global step of the job's checkpoint this start resumed (as saved)
 
     def encode(self) -> str:
         body: dict[str, Any] = {"attempt": self.attempt}
@@ -83,6 +85,8 @@ class Report:
         if self.startup:
             startup: dict[str, Any] = {k: round(v, 3) for k, v in self.startup.items()}
             startup |= {k: v for k, v in (("startedAt", self.started_at), ("readyAt", self.ready_at)) if v}
+            if self.resumed_from is not None:
+                startup["resumedFrom"] = self.resumed_from
             body["startup"] = startup
         return json.dumps(body, separators=(",", ":"))
 
@@ -135,6 +139,7 @@ def decode(rank: int, value: str) -> Report | None:
         startup=phases,
         started_at=_str(startup.get("startedAt")) if phases else None,
         ready_at=_str(startup.get("readyAt")) if phases else None,
+        resumed_from=_int(startup.get("resumedFrom")) if phases else None,
     )
 
 

@@ -26,6 +26,7 @@ class StartupTimes:
     seconds: dict[str, float] = field(default_factory=dict)
     started_at: str | None = None  # the last rank's process started (its wall clock)
     ready_at: str | None = None  # the last rank finished its first step
+    resumed_from: int | None = None  # the job checkpoint's global step the ranks resumed (as saved)
 
 
 def parse_startup(value: Any) -> StartupTimes | None:
@@ -43,6 +44,7 @@ def parse_startup(value: Any) -> StartupTimes | None:
         phases,
         started if isinstance(started, str) else None,
         ready if isinstance(ready, str) else None,
+        opt_int(value.get("resumedFrom")),
     )
 
 
@@ -52,6 +54,7 @@ def startup_to_dict(t: StartupTimes) -> dict[str, Any]:
         "seconds": dict(t.seconds),
         "startedAt": t.started_at,
         "readyAt": t.ready_at,
+        "resumedFrom": t.resumed_from,
     }
     return {k: v for k, v in body.items() if v is not None}
 

@@ -33,9 +33,14 @@ def _commit_order(c: Commit) -> tuple[int, int]:
     return (c.attempt if c.attempt is not None else -1, c.step)
 
 
-def _complete(commits: dict[int, Commit], world_size: int) -> CheckpointRef | None:
-    if world_size < 1 or set(commits) != set(range(world_size)):
+def _complete(commits: dict[int, Commit], world_size: int, attempt: int) -> CheckpointRef | None:
+    """Until the current gang has committed, the newest commits are an earlier gang's, whose size
+    may differ (a resize): every rank that gang reported must be there, not only the new gang's."""
+    if commits and max(_commit_order(c)[0] for c in commits.values()) != attempt:
+        world_size = max(world_size, 1 + max(commits))
+    if world_size < 1 or not set(range(world_size)) <= set(commits):
         return None
+    commits = {r: c for r, c in commits.items() if r < world_size}
     oldest = min(commits.values(), key=lambda c: c.step)
     times = [c.at for c in commits.values() if c.step == oldest.step and c.at]
     return CheckpointRef(
@@ -57,7 +62,14 @@ def _startup(reports: list[Report], world_size: int, attempt: int) -> StartupTim
         {p: max(r.startup.get(p, 0.0) for r in timed.values()) for p in sorted(phases)},
         _latest(r.started_at for r in timed.values()),
         _latest(r.ready_at for r in timed.values()),
+        _agreed(r.resumed_from for r in timed.values()),
     )
+
+
+def _agreed(steps: Iterable[int | None]) -> int | None:
+    """The step every rank resumed (a gang resumes one step); None if any did not say or they differ."""
+    found = set(steps)
+    return found.pop() if len(found) == 1 and None not in found else None
 
 
 def _latest(times: Iterable[str | None]) -> str | None:
@@ -78,13 +90,11 @@ def summarize(pods: Sequence[Pod], *, world_size: int, attempt: int) -> Summary:
         pod_attempt = attempt_of(pod)
         for report in reports_of((pod.get("metadata") or {}).get("annotations")):
             seen = True
-            if report.rank >= world_size:
-                continue
             if (c := report.commit) is not None and (
                 report.rank not in commits or _commit_order(c) > _commit_order(commits[report.rank])
             ):
                 commits[report.rank] = c
-            if pod_attempt == attempt and report.attempt in (None, attempt):
+            if report.rank < world_size and pod_attempt == attempt and report.attempt in (None, attempt):
                 current.append(report)
     rank0 = next((r for r in current if r.rank == 0 and r.step is not None and r.at), None)
     progress = (
@@ -92,7 +102,7 @@ def summarize(pods: Sequence[Pod], *, world_size: int, attempt: int) -> Summary:
     )
     return Summary(
         seen,
-        _complete(commits, world_size),
+        _complete(commits, world_size, attempt),
         progress,
         _startup(current, world_size, attempt),
         step_time=rank0.step_time if rank0 else None,

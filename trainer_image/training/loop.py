@@ -273,6 +273,7 @@ def _open(
             ),
         )
     epochs = config.runner_config.epochs - progress.epoch_base
+    reporter.resumed(_job_step(resolution, gang))
     return _Run(
         config=config,
         gang=gang,
@@ -289,6 +290,16 @@ def _open(
         saved_at=progress.global_step,
         reporter=reporter,
     )
+
+
+def _job_step(resolution: Resolution, gang: Gang) -> int | None:
+    """The global step of the job's own checkpoint this start resumes (as saved), for the controller's
+    status.resumedFromStep; None for random init or a start from the user's load_checkpoint."""
+    job_dir = gang.job_checkpoint_dir
+    if resolution.random_init or job_dir is None:
+        return None
+    mine = all(job_dir in path.parents for path in resolution.files.values())
+    return resolution.global_step if mine else None
 
 
 # ------------------------------------------------------------------------------------------------ steps

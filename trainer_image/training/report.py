@@ -88,6 +88,7 @@ class Reporter:
         self._started_at = now_text(process_started())
         self._ready_at: str | None = None
         self._save_cost: float | None = None
+        self._resumed_from: int | None = None
         self._steps = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -115,6 +116,10 @@ class Reporter:
     def phase(self, name: str, seconds: float) -> None:
         """A start-up phase's duration (import, rendezvous, load); kept until the steps tell compile."""
         self._timings.setdefault(name, seconds)
+
+    def resumed(self, global_step: int | None) -> None:
+        """The job's own checkpoint this start resumed (its global step as saved); None: it did not."""
+        self._resumed_from = global_step
 
     def stepped(self, global_step: int, step_time: float) -> None:
         """A finished step. After the second, the start-up timings go out: the first step's excess
@@ -149,6 +154,7 @@ class Reporter:
             startup={k: v for k, v in timings.items() if k in protocol.STARTUP_PHASES},
             started_at=self._started_at,
             ready_at=self._ready_at,
+            resumed_from=self._resumed_from,
         )
 
     def close(self, timeout: float = 3.0) -> None:

@@ -56,6 +56,10 @@ def observe(status: JobStatus, obs: Observations, reports: Summary) -> tuple[Job
         status = dataclasses.replace(status, last_progress=reports.progress)
     if reports.startup is not None:
         status = dataclasses.replace(status, startup=reports.startup)
+        if reports.startup.resumed_from is not None and reports.startup.attempt == status.attempt:
+            # What the trainers did resume, over the prediction made at the restart (a SIGKILL can
+            # take a rank's last commit report with it, and a resolver may find a step unusable).
+            status = dataclasses.replace(status, resumed_from_step=reports.startup.resumed_from)
     progress = reports.progress or (
         status.last_progress
         if status.last_progress and status.last_progress.attempt == status.attempt

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controller.api.types import CheckpointRef, ProgressRef, StartupTimes, parse_status
+from controller.api.types import CheckpointRef, ProgressRef, StartupTimes, parse_status, status_to_dict
 from controller.core import reports
 from controller.core.observations import Observations
 from controller.core.policy import progress
@@ -61,14 +61,30 @@ def reported(rank: int, attempt: int = 0, **report: Any) -> dict[str, Any]:
             id="a newer attempt's commit wins over a higher older step (resumed further back)",
         ),
         pytest.param(
-            [reported(0, commit=commit(20)), reported(1, commit=commit(20)), reported(5, commit=commit(1))],
-            CheckpointRef(20, 1, "llm_rank_0-1_20.ckpt", AT, 0),
-            id="a rank beyond the world size is ignored",
+            [
+                reported(0, 1, commit=commit(20, 1)),
+                reported(1, 1, commit=commit(20, 1)),
+                reported(5, commit=commit(1)),
+            ],
+            CheckpointRef(20, 1, "llm_rank_0-1_20.ckpt", AT, 1),
+            id="once the gang has committed, a rank beyond its size is ignored",
         ),
     ],
 )
 def test_last_complete_checkpoint(pods: list[dict[str, Any]], expected: CheckpointRef | None) -> None:
     assert reports.summarize(pods, world_size=2, attempt=1).checkpoint == expected
+
+
+def test_after_a_shrink_the_old_gang_s_ranks_count_until_the_new_gang_commits() -> None:
+    """2 ranks -> 1: rank 0 committed step 7 as its peer died having committed only 6. Until the
+    1-rank gang commits, step 7 is not complete: the old gang had two ranks."""
+    old_gang = [reported(0, commit=commit(7)), reported(1, commit=commit(6))]
+    assert reports.summarize(old_gang, world_size=1, attempt=1).checkpoint == CheckpointRef(
+        6, 1, "llm_rank_0-1_6.ckpt", AT, 0
+    )
+    committed = [reported(0, 1, commit=commit(13, 1)), reported(1, commit=commit(6))]
+    checkpoint = reports.summarize(committed, world_size=1, attempt=1).checkpoint
+    assert checkpoint is not None and checkpoint.step == 13, "the new gang's own commit"
 
 
 def test_progress_and_startup_count_only_for_the_current_attempt() -> None:
@@ -154,3 +170,19 @@ def test_a_final_commit_reported_moments_before_the_pod_was_deleted_still_counts
     plan = run(body, [], Observations(departed=[*gone, stranger]))
     assert plan.status is not None and plan.status.last_complete_checkpoint is not None
     assert plan.status.last_complete_checkpoint.step == 37, "another job's pod is not this job's report"
+
+
+def test_the_step_the_trainers_resumed_replaces_the_prediction_made_at_the_restart() -> None:
+    """At the restart the controller predicts the resume step from the reports it has; a SIGKILL
+    can take a rank's last commit report with it. The new gang's start-up report says what it did
+    resume, and status follows it, once, with no write after that."""
+    timings = {"import": 1.0, "firstStep": 0.5}
+    body = job({"phase": "Running", "attempt": 1, "replicas": 2, "resumedFromStep": 10})
+    pods = [reported(r, 1, startup={**timings, "resumedFrom": 11}) for r in (0, 1)]
+    plan = run(body, pods)
+    assert plan.status is not None and plan.status.resumed_from_step == 11
+    again = run(job(status_to_dict(plan.status)), pods)
+    assert again.status is None, "the applied report round-trips through status: no write per pass"
+    split = [reported(0, 1, startup={**timings, "resumedFrom": 11}), reported(1, 1, startup=timings)]
+    unsure = run(body, split).status
+    assert unsure is not None and unsure.resumed_from_step == 10, "only what every rank says"
