@@ -183,17 +183,7 @@ def _draw_time(ax: Axes, drawn: list[_Rank]) -> float:
             label=None if prev.index else "no step logged (failure to next first step)",
         )
         if prev.last_loss is not None:
-            ax.scatter(
-                [xs[end]],
-                [prev.last_loss],
-                marker="X",
-                s=110,
-                color="crimson",
-                edgecolors="black",
-                linewidths=0.6,
-                zorder=5,
-                label=None if prev.index else "failure (last step before restart)",
-            )
+            _mark_failure(ax, xs[end], prev.last_loss, first=not prev.index)
         ax.annotate(
             f"down {gap:.0f}s",
             xy=(xs[end], 0.0),  # at the foot of the span: the legend sits at the top right
@@ -286,17 +276,7 @@ def _draw_resumes(ax: Axes, starts: list[history.Start], resumes: list[history.R
 def _draw_failure(ax: Axes, res: history.Resume, base: int, loss: float, *, labelled: bool) -> None:
     """The last step before the restart, and the span of steps the resume redoes."""
     assert res.failed_at is not None
-    ax.scatter(
-        [res.failed_at],
-        [loss],
-        marker="X",
-        s=110,
-        color="crimson",
-        edgecolors="black",
-        linewidths=0.6,
-        zorder=5,
-        label=None if labelled else "failure (last step before restart)",
-    )
+    _mark_failure(ax, res.failed_at, loss, first=not labelled)
     if res.steps_redone:
         ax.axvspan(base, res.failed_at, color="crimson", alpha=0.08, zorder=0)
         ax.annotate(
@@ -356,3 +336,18 @@ _CHUNK = 1 << 16
 
 def _column(values: Any, at: np.ndarray) -> np.ndarray:
     return np.frombuffer(values, dtype=np.int64 if values.typecode == "q" else np.float64)[at]
+
+
+def _mark_failure(ax: Any, x: float, loss: float, *, first: bool) -> None:
+    """The last step before a restart, as a cross; only the first one goes in the legend."""
+    ax.scatter(
+        [x],
+        [loss],
+        marker="X",
+        s=110,
+        color="crimson",
+        edgecolors="black",
+        linewidths=0.6,
+        zorder=5,
+        label="failure (last step before restart)" if first else None,
+    )

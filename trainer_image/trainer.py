@@ -70,7 +70,6 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 def with_save_interval(config: TrainerConfig, environ: Mapping[str, str]) -> TrainerConfig:
     """The controller's suggested checkpoint interval (spec.checkpointInterval: Auto) in place of the
     CheckpointMonitor's; without a monitor there is nothing to save, so nothing changes."""
-
     raw = environ.get(contract.SAVE_CHECKPOINT_STEPS)
     if not raw:
         return config
@@ -88,8 +87,6 @@ def with_save_interval(config: TrainerConfig, environ: Mapping[str, str]) -> Tra
 
 
 def rank_and_world(environ: Mapping[str, str]) -> tuple[int, int]:
-    from trainer_image.config import ConfigError
-
     try:
         rank = int(environ.get(contract.RANK, "0"))
         world = int(environ.get(contract.WORLD_SIZE, "1"))
@@ -101,8 +98,6 @@ def rank_and_world(environ: Mapping[str, str]) -> tuple[int, int]:
 
 
 def attempt_of(environ: Mapping[str, str]) -> int | None:
-    from trainer_image.config import ConfigError
-
     value = environ.get(contract.ATTEMPT)
     if value is None or value == "":
         return None

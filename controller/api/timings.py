@@ -8,14 +8,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from respawn_protocol.crd import RECOVERY_PHASES
-
 
 def opt_int(value: Any) -> int | None:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-PHASES = RECOVERY_PHASES
 
 
 @dataclass(frozen=True)
