@@ -1,5 +1,6 @@
 """`python -m trainer_image --config run.yaml [overrides]`: one rank, exit code per contract.ExitCode;
-with RESPAWN_RANKS_PER_POD > 1, one process per rank of the pod (trainer_image/supervisor.py)."""
+with RESPAWN_RANKS_PER_POD > 1, one process per rank of the pod (trainer_image/supervisor.py); with
+RESPAWN_RESTART_IN_PLACE, a supervisor that restarts the pod's ranks in place (trainer_image/inplace.py)."""
 
 from __future__ import annotations
 
@@ -53,11 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
 
-    from trainer_image import supervisor
+    from trainer_image import inplace, supervisor
     from trainer_image.config import ConfigError
 
     try:
         ranks = supervisor.ranks_per_pod(os.environ)
+        if inplace.enabled(os.environ):  # the pod's entry point, outliving its ranks (docs/trainer.md)
+            supervisor.check_ranks(os.environ, ranks)
+            return inplace.serve(argv, os.environ, ranks)
     except ConfigError as e:
         log.error("permanent error: %s", e)
         return ExitCode.CONFIG_ERROR

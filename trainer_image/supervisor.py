@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -40,6 +40,7 @@ log = logging.getLogger("trainer_image.supervisor")
 # Kubernetes' default terminationMessagePath; written only if the runtime mounted it.
 TERMINATION_LOG = Path("/dev/termination-log")
 KILL_AFTER = 3.0  # seconds from SIGTERM to SIGKILL for the ranks of a pod whose rank failed
+STOP_GRACE = 30.0  # ... for ranks the controller stops (in place): they may be committing a save
 _POLL = 0.05
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
@@ -111,6 +112,9 @@ class Supervisor:
         *,
         termination_log: Path = TERMINATION_LOG,
         kill_after: float = KILL_AFTER,
+        should_stop: Callable[[], bool] | None = None,
+        stop_grace: float = STOP_GRACE,
+        on_failure: Callable[[Child], None] | None = None,
     ) -> None:
         self.command = list(command)
         self.environ = dict(environ)
@@ -120,8 +124,14 @@ class Supervisor:
         self.children: list[Child] = []
         self.exited: list[Child] = []  # in the order they exited
         self.cause: Child | None = None  # the first rank that failed on its own
-        self.stopping = False  # asked to stop by a signal
+        self.stopping = False  # asked to stop, by a signal or by `should_stop`
+        self.signalled = False  # by a signal: the pod is going
         self.kill_at: float | None = None
+        # In place (trainer_image/inplace.py): the controller's word to stop the ranks, and who to
+        # tell at once when one fails on its own.
+        self.should_stop = should_stop
+        self.stop_grace = stop_grace
+        self.on_failure = on_failure
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
@@ -130,7 +140,7 @@ class Supervisor:
                 self._start()
             except OSError as e:
                 log.error("cannot start the pod's ranks: %s", e)
-                self._terminate(time.monotonic())
+                self._terminate(time.monotonic(), self.kill_after)
                 self._wait()
                 return ExitCode.FAILED
             self._wait()
@@ -152,7 +162,7 @@ class Supervisor:
             log.info("started rank %d (local rank %d of %d) as pid %d", child.rank, local, self.n, proc.pid)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.stopping = True
+        self.stopping = self.signalled = True
         for child in self._live():
             _send(child, signum)
 
@@ -165,6 +175,12 @@ class Supervisor:
                 returncode = child.proc.poll()
                 if returncode is not None:
                     self._exited(child, returncode)
+            if not self.stopping and self.should_stop is not None and self.should_stop():
+                # SIGTERM: a rank in a step commits it and stops, one blocked in a collective with a
+                # dead peer leaves within its own deadline (training/stop.py); SIGKILL after the grace.
+                self.stopping = True
+                if self.kill_at is None:
+                    self._terminate(time.monotonic(), self.stop_grace)
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
                 for child in self._live():
                     _send(child, signal.SIGKILL)
@@ -179,12 +195,14 @@ class Supervisor:
         if child.code != 0 and self.cause is None and not self.stopping and self.kill_at is None:
             self.cause = child
             log.error("%s: stopping the pod's other ranks", child.describe(self.n))
-            self._terminate(time.monotonic())
+            if self.on_failure is not None:
+                self.on_failure(child)
+            self._terminate(time.monotonic(), self.kill_after)
 
-    def _terminate(self, now: float) -> None:
+    def _terminate(self, now: float, grace: float) -> None:
         for child in self._live():
             _send(child, signal.SIGTERM)
-        self.kill_at = now + self.kill_after
+        self.kill_at = now + grace
 
     def _finish(self) -> int:
         """The pod's exit code; a failure is also written to the termination message file."""

@@ -165,6 +165,16 @@ class KubeWriter:
             if exc.status not in (404, 409):  # gone, or a successor holds the name
                 raise
 
+    def annotate_pod(self, namespace: str, name: str, *, uid: str, key: str, value: str) -> None:
+        """Set one annotation on a pod, only the incarnation with `uid` (a merge patch that names
+        the uid fails with 409 on a successor). A pod already gone is no error: the next pass sees."""
+        body = {"metadata": {"uid": uid, "annotations": {key: value}}}
+        try:
+            self._request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", body, merge=True)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
     def delete_job(self, namespace: str, name: str, *, uid: str) -> None:
         """Delete a TrainingJob (ttlSecondsAfterFinished), only the incarnation with `uid`."""
         options = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
@@ -248,11 +258,13 @@ class KubeWriter:
             raise ForeignObject(kind, namespace, name, leftover=_leftover(existing, body))
         raise Conflict(f"{kind} {name} was created and deleted by someone else meanwhile")
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, *, merge: bool = False
+    ) -> dict[str, Any]:
         self.requests += 1
         headers = {"Accept": "application/json"}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = "application/merge-patch+json" if merge else "application/json"
         request = self._api.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )

@@ -29,6 +29,7 @@ from controller.core.decide import decide, decide_error, decide_invalid
 from controller.core.devicefaults import CONFIGMAP_NAMESPACE, CONFIGMAP_PREFIX, NodeReport, node_report
 from controller.core.observations import NodeState, Observations, node_state
 from controller.core.plan import (
+    AnnotatePod,
     CreatePods,
     DeleteJob,
     DeletePod,
@@ -312,6 +313,8 @@ class ReconcilePass:
                     self._overlay[job.key] = (job.body["metadata"].get("resourceVersion", ""), new)
                 case DeletePod(name, uid, force):
                     self._writer.delete_pod(job.namespace, name, uid=uid, force=force)
+                case AnnotatePod(name, uid, key, value):
+                    self._writer.annotate_pod(job.namespace, name, uid=uid, key=key, value=value)
                 case DeleteJob(uid):
                     self._writer.delete_job(job.namespace, job.body["metadata"]["name"], uid=uid)
                     log.info("deleted: finished, ttlSecondsAfterFinished passed", extra={"job": job.key})

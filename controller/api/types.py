@@ -55,6 +55,9 @@ class FailurePolicy:
     device_fault_window: float = 60.0
     # A faulty node no report calls healthy again is allowed again after this; 0 = never.
     faulty_node_ttl: float = 3600.0
+    # A trainer's failure on a healthy node restarts the gang's processes in their pods
+    # (respawn_protocol/inplace.py) instead of recreating the pods.
+    restart_in_place: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,9 @@ class JobStatus:
     completion_time: str | None = None
     attempt_created_at: str | None = None  # the current attempt's pods were created
     running_since: str | None = None  # every worker of the current attempt first seen running
+    # The attempt whose pods the current attempt runs in, kept across in-place restarts; None: the
+    # current attempt's own pods.
+    pod_attempt: int | None = None
     conditions: tuple[dict[str, Any], ...] = ()
 
 
@@ -238,6 +244,7 @@ def parse_failure_policy(policy: dict[str, Any]) -> FailurePolicy:
         startup_timeout=float(startup) if startup else None,
         device_fault_window=float(policy.get("deviceFaultWindowSeconds", 60)),
         faulty_node_ttl=float(policy.get("faultyNodeTTLSeconds", 3600)),
+        restart_in_place=policy.get("restartInPlace") is True,
     )
 
 
@@ -301,6 +308,7 @@ def parse_status(status: dict[str, Any]) -> JobStatus:
         completion_time=status.get("completionTime"),
         attempt_created_at=status.get("attemptCreatedAt"),
         running_since=status.get("runningSince"),
+        pod_attempt=opt_int(status.get("podAttempt")),
         conditions=tuple(status.get("conditions") or ()),
     )
 
@@ -358,6 +366,7 @@ def status_to_dict(status: JobStatus) -> dict[str, Any]:
         "completionTime": status.completion_time,
         "attemptCreatedAt": status.attempt_created_at,
         "runningSince": status.running_since,
+        "podAttempt": status.pod_attempt,
         "conditions": list(status.conditions),
     }
     if (f := status.last_failure) is not None:

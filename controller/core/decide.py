@@ -16,7 +16,7 @@ from typing import Any
 
 from controller.api.constants import Phase, Reason
 from controller.api.types import JobStatus, TrainingJob, parse_status
-from controller.core import pods, reports
+from controller.core import inplace, pods, reports
 from controller.core.context import Context, Transition
 from controller.core.observations import Observations
 from controller.core.plan import DeleteJob, EmitEvent, Plan, Step, WriteStatus
@@ -44,8 +44,14 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
         conditions=conditions.reconciled(job.status.conditions, now),
     )
     owned = [p for p in pod_list if pods.owned_by(p, job.uid)]
+    status, abandoned = _in_place_or_not(job, obs, now, status, owned)
+    owned = [inplace.project(p, status, job.spec.trainer_container) for p in owned]
     ranks = (status.replicas or job.spec.replicas) * (status.ranks_per_pod or job.spec.ranks_per_pod)
-    gone = [p for p in obs.departed if pods.owned_by(p, job.uid)]
+    gone = [
+        inplace.project(p, status, job.spec.trainer_container)
+        for p in obs.departed
+        if pods.owned_by(p, job.uid)
+    ]
     summary = reports.summarize([*owned, *gone], world_size=ranks, attempt=status.attempt)
     status, obs = progress.observe(status, obs, summary)
     status, recovered = recovery.complete(status)
@@ -55,7 +61,7 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
     status = interval.suggest(ctx, status, summary)
     # Device faults reported after the fact: faulty nodes usable again, a counted exit converted.
     status, converted = restart.reattribute(ctx, devices.forget(ctx, status))
-    cleanup = tuple(pods.deletions(older, obs))
+    cleanup = _cleanup(status, older, obs)
 
     if status.phase.terminal:
         teardown = pods.deletions(current, obs) if status.phase is Phase.FAILED else []
@@ -70,8 +76,9 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
         transition = startup.create_attempt(ctx, status)
     else:
         transition = _watch_attempt(ctx, status)
-    if converted or recovered:
-        transition = dataclasses.replace(transition, notices=converted + recovered + transition.notices)
+    if converted or recovered or abandoned:
+        notices = abandoned + converted + recovered + transition.notices
+        transition = dataclasses.replace(transition, notices=notices)
     return _ordered(job.status, cleanup, transition)
 
 
@@ -95,6 +102,29 @@ def decide_error(raw_status: Mapping[str, Any], reason: str, message: str, now: 
     )
     write: tuple[Step, ...] = (WriteStatus(marked),) if marked != status else ()
     return Plan((*write, EmitEvent("Warning", reason, message)))
+
+
+def _in_place_or_not(
+    job: TrainingJob, obs: Observations, now: datetime, status: JobStatus, owned: Sequence[pods.Pod]
+) -> tuple[JobStatus, tuple[Step, ...]]:
+    """An in-place restart whose gang cannot run the next attempt (a pod failed, left or lost its
+    node before the start) recreates the gang instead."""
+    why = inplace.broken(Context(job, obs, now), status, owned)
+    if why is None:
+        return status, ()
+    event = EmitEvent(
+        "Warning", "InPlaceRestartAbandoned", f"attempt {status.attempt}: {why}; recreating the pods"
+    )
+    return dataclasses.replace(status, pod_attempt=None), (event,)
+
+
+def _cleanup(status: JobStatus, older: Sequence[pods.Pod], obs: Observations) -> tuple[Step, ...]:
+    """Pods of earlier attempts go; those an in-place restart keeps only stop their trainers."""
+    if status.phase.terminal:
+        return tuple(pods.deletions(older, obs))
+    kept = [p for p in older if inplace.held(p, status)]
+    gone = [p for p in older if not inplace.held(p, status)]
+    return inplace.stop(kept, status.attempt) + tuple(pods.deletions(gone, obs))
 
 
 def _expire(ctx: Context, status: JobStatus, transition: Transition) -> Transition:

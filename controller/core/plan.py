@@ -20,6 +20,16 @@ class DeletePod:
 
 
 @dataclass(frozen=True)
+class AnnotatePod:
+    """One annotation on one pod: the controller's word to a supervisor (respawn_protocol/inplace.py)."""
+
+    name: str
+    uid: str  # only the pod decided on
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
 class EnsureService:
     body: dict[str, Any]
 
@@ -111,6 +121,7 @@ class RecordRecoveryPhases:
 
 Step = (
     DeletePod
+    | AnnotatePod
     | DeleteJob
     | EnsureService
     | EnsureReportAccess
@@ -125,6 +136,7 @@ Step = (
 S = TypeVar(
     "S",
     DeletePod,
+    AnnotatePod,
     DeleteJob,
     EnsureService,
     EnsureReportAccess,

@@ -14,7 +14,7 @@ from typing import Any
 from controller.api.constants import SHARED_VOLUME_NAME
 from controller.api.types import TrainingJob
 from controller.core import gang
-from respawn_protocol import contract
+from respawn_protocol import contract, inplace
 from respawn_protocol import report as reports
 from respawn_protocol.crd import (
     API_VERSION,
@@ -105,6 +105,8 @@ def trainer_env(
     }
     if save_steps is not None:
         values[contract.SAVE_CHECKPOINT_STEPS] = str(save_steps)
+    if job.spec.failure_policy.restart_in_place:
+        values[inplace.ENV] = "true"
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
@@ -135,11 +137,14 @@ def report_access(job: TrainingJob, *, attempt: int, replicas: int) -> tuple[dic
         "ownerReferences": [owner_reference(job)],
     }
     names = [pod_name(job.name, attempt, rank) for rank in range(replicas)]
+    # A supervisor that restarts in place also watches its own pod for the controller's word: list
+    # and watch by name (fieldSelector metadata.name, which RBAC authorizes as that resourceName).
+    verbs = ["patch", "get", "list", "watch"] if job.spec.failure_policy.restart_in_place else ["patch"]
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": meta,
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"], "resourceNames": names}],
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": verbs, "resourceNames": names}],
     }
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from controller.api.constants import Action, Phase, Reason
 from controller.api.types import FailurePolicy, FailureRecord, JobStatus
-from controller.core import pods
+from controller.core import inplace, pods
 from controller.core.context import Context, Transition
 from controller.core.devicefaults import FaultClass
 from controller.core.observations import Observations
@@ -132,6 +132,13 @@ def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[
     last = ctx.obs.last_step
     steps_lost = last - step if last is not None and step is not None else None
     kind = "counted" if counted else "not counted"
+    # Process failures on healthy nodes keep the pods (core/inplace.py): the supervisors stop and
+    # start the trainers; the pods' attempt is the one that created them.
+    in_place = inplace.eligible(ctx, status, verdict)
+    if in_place:
+        teardown = inplace.stop(ctx.current, status.attempt + 1)
+        kind += ", in place"
+    pod_attempt = (status.attempt if status.pod_attempt is None else status.pod_attempt) if in_place else None
     event = EmitEvent(
         "Warning",
         "Restarting",
@@ -153,6 +160,7 @@ def _restart(ctx: Context, status: JobStatus, verdict: Verdict, teardown: tuple[
         replicas=None,
         ranks_per_pod=None,
         running_since=None,
+        pod_attempt=pod_attempt,
         conditions=conditions.restarting(status.conditions, f.reason.value, verdict.message, ctx.now),
     )
     return Transition(

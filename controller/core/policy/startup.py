@@ -12,7 +12,7 @@ from typing import Any
 
 from controller.api.constants import Phase, Reason
 from controller.api.types import JobStatus
-from controller.core import gang, podspec
+from controller.core import gang, inplace, podspec
 from controller.core.context import Context, Transition
 from controller.core.plan import (
     CreatePods,
@@ -49,10 +49,12 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
     avoid = status.faulty_nodes if job.spec.failure_policy.avoid_faulty_nodes else ()
     missing = tuple(rank for rank in range(replicas) if rank not in existing)
     changes: tuple[Step, ...] = (EnsureService(podspec.headless_service(job)),)
-    if missing:
+    advice = status.checkpoint_interval if job.spec.auto_interval else None
+    save_steps = advice.steps if advice is not None else None
+    if status.pod_attempt is not None:  # kept pods: their supervisors start the attempt
+        changes += inplace.start(ctx.current, status.attempt, save_steps)
+    elif missing:
         access = podspec.report_access(job, attempt=status.attempt, replicas=replicas)
-        advice = status.checkpoint_interval if job.spec.auto_interval else None
-        save_steps = advice.steps if advice is not None else None
         create = CreatePods(job, status.attempt, replicas, missing, tuple(avoid), save_steps)
         changes += (EnsureReportAccess(access),)
         if (group := gang.pod_group(job, replicas, podspec.owner_reference(job))) is not None:
@@ -72,6 +74,8 @@ def create_attempt(ctx: Context, status: JobStatus) -> Transition:
     size = f" x {job.spec.ranks_per_pod} ranks" if job.spec.ranks_per_pod > 1 else ""
     if job.spec.auto_interval and status.checkpoint_interval is not None:
         size += f"; checkpoint every {status.checkpoint_interval.steps} steps (Auto)"
+    if status.pod_attempt is not None:
+        size += f", in the pods of attempt {status.pod_attempt}"
     event = EmitEvent("Normal", "AttemptCreated", f"attempt {status.attempt}: {replicas} workers{size}")
     return Transition(created, changes=changes, notices=(event,))
 

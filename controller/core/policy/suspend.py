@@ -32,6 +32,7 @@ def suspend(ctx: Context, status: JobStatus) -> Transition:
         replicas=None,
         ranks_per_pod=None,
         running_since=None,
+        pod_attempt=None,  # a suspended job has no pods to keep
         next_attempt_after=None,
         failure_seen_at=None,
         checkpoint_step_at_restart=checkpoint.step if checkpoint else status.checkpoint_step_at_restart,
