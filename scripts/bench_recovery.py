@@ -1,15 +1,18 @@
-"""Kill -> first resumed step, per restart with pod recreation: median and max of status.lastRecovery.
+"""Kill -> first resumed step, per restart: median and max of status.lastRecovery, with pod
+recreation or (`--in-place`) restarting the trainers in their pods.
 
 The demo's job (`make demo`: 2-rank data-parallel TrainingJob, the tiny LLaMA with hidden size 64,
 async checkpoints every 2 steps) runs on a local cluster with the controller in this process
 (backoff 1 s). Once an attempt has finished its first steps, one rank's trainer is SIGKILLed —
 rank 1, then rank 0 (which runs MindSpore's scheduler), in turn — and the controller restarts the
-gang with new pods. For every restart the controller records `status.lastRecovery`: the failure
-to the first step the next attempt finished (`totalSeconds`), and the phases detect, teardown,
-podStart, processStart, import, rendezvous, load, compile, firstStep (docs/controller.md, Time to
-recover). Printed: each restart, then n / median / max of the total and of each phase.
+gang with new pods; with `--in-place` (failurePolicy.restartInPlace) the rank's trainer process
+under the pod's supervisor is killed and the gang restarts in the same pods. For every restart
+the controller records `status.lastRecovery`: the failure to the first step the next attempt
+finished (`totalSeconds`), and the phases detect, teardown, podStart, processStart, import,
+rendezvous, load, compile, firstStep (docs/controller.md, Time to recover). Printed: each
+restart, then n / median / max of the total and of each phase.
 
-    python scripts/bench_recovery.py [--kills 6] [--trainer DIR] [--no-compile-cache]
+    python scripts/bench_recovery.py [--kills 6] [--in-place] [--trainer DIR] [--no-compile-cache]
                                      [--format ckpt|safetensors] [--workdir DIR]
 
 `--trainer DIR` runs the trainer of another checkout (the pods' PYTHONPATH; the controller is
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -71,7 +76,7 @@ def run_yaml(fmt: str) -> dict[str, Any]:
     }
 
 
-def job(shared: Path, *, trainer: Path, cache: Path | None, kills: int) -> dict[str, Any]:
+def job(shared: Path, *, trainer: Path, cache: Path | None, kills: int, in_place: bool) -> dict[str, Any]:
     body = training_job(
         JOB,
         namespace=NS,
@@ -80,6 +85,7 @@ def job(shared: Path, *, trainer: Path, cache: Path | None, kills: int) -> dict[
         shared=shared,
         backoff=(1, 1),
         maxRestarts=kills + 2,
+        restartInPlace=in_place,
     )
     env = [{"name": "PYTHONPATH", "value": str(trainer)}]
     env += (
@@ -96,7 +102,7 @@ def steps_of(shared: Path, rank: int) -> list[dict[str, Any]]:
 
 
 def kill_once(
-    api: client.ApiClient, state: StateDir, shared: Path, attempt: int, victim: int
+    api: client.ApiClient, state: StateDir, shared: Path, attempt: int, victim: int, *, in_place: bool
 ) -> dict[str, Any]:
     """Wait until `attempt` has trained a few steps, SIGKILL rank `victim`'s trainer, and wait for the
     next attempt's recovery record (every rank's first step finished)."""
@@ -110,7 +116,12 @@ def kill_once(
         600,
         interval=0.05,
     )
-    faults.kill(state, NS, f"{JOB}-a{attempt}-{victim}")
+    if in_place:  # the trainer, the only child of the pod's supervisor; the pods are attempt 0's
+        top = faults.find_process(state, NS, f"{JOB}-a0-{victim}").pid
+        (trainer,) = (int(c) for c in Path(f"/proc/{top}/task/{top}/children").read_text().split())
+        os.kill(trainer, signal.SIGKILL)
+    else:
+        faults.kill(state, NS, f"{JOB}-a{attempt}-{victim}")
     recovery = wait_for(
         f"the recovery of attempt {attempt + 1}",
         lambda: (
@@ -122,6 +133,8 @@ def kill_once(
         interval=0.1,
     )
     row = {"attempt": attempt + 1, "victim": victim, "reason": recovery.get("reason")}
+    said = client.CoreV1Api(api).list_namespaced_event(NS, field_selector=f"involvedObject.name={JOB}").items
+    row["how"] = [e.message for e in said if e.reason in ("Restarting", "InPlaceRestartAbandoned")][-2:]
     row["totalSeconds"] = recovery["totalSeconds"]
     row.update({p: recovery.get("seconds", {}).get(p) for p in PHASES})
     print(json.dumps(row), flush=True)
@@ -142,6 +155,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--kills", type=int, default=6)
+    parser.add_argument("--in-place", action="store_true", help="failurePolicy.restartInPlace")
     parser.add_argument("--trainer", type=Path, default=REPO, help="checkout whose trainer the pods run")
     parser.add_argument("--no-compile-cache", action="store_true", help="RESPAWN_COMPILE_CACHE=off")
     parser.add_argument("--format", choices=("ckpt", "safetensors"), default="ckpt", help="checkpoints")
@@ -161,10 +175,17 @@ def main() -> int:
         core.create_namespaced_config_map(NS, run_config_map(run_yaml(args.format), "run"))
         state = StateDir(cluster.agent_state_dir)
         with running_controller(api, NS, shared=shared, device_faults=False):
-            create_job(api, NS, job(shared, trainer=args.trainer.resolve(), cache=cache, kills=args.kills))
-            rows = [kill_once(api, state, shared, k, victim=1 - k % 2) for k in range(args.kills)]
+            trainer = args.trainer.resolve()
+            create_job(
+                api, NS, job(shared, trainer=trainer, cache=cache, kills=args.kills, in_place=args.in_place)
+            )
+            rows = [
+                kill_once(api, state, shared, k, victim=1 - k % 2, in_place=args.in_place)
+                for k in range(args.kills)
+            ]
     print(
-        f"\ntrainer {args.trainer}, compile cache {'off' if cache is None else cache}, {args.format}, "
+        f"\n{'in place' if args.in_place else 'pods recreated'}, trainer {args.trainer}, "
+        f"compile cache {'off' if cache is None else cache}, {args.format}, "
         f"{len(rows)} kills in {time.monotonic() - started:.0f} s"
     )
     print(summary(rows))

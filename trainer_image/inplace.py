@@ -14,12 +14,14 @@ a node drain, the gang recreated) the ranks get it and the supervisor exits with
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import Protocol
 
@@ -27,12 +29,14 @@ from respawn_protocol import contract, report
 from respawn_protocol import inplace as protocol
 from respawn_protocol.contract import ExitCode
 from respawn_protocol.inplace import Command, State
-from trainer_image.supervisor import Child, Supervisor
+from trainer_image.supervisor import Child, Supervisor, child_env
+from trainer_image.training.parallel import _die_with_parent
 from trainer_image.training.report import now_text, pod_patcher
 
 log = logging.getLogger("trainer_image.inplace")
 WATCH_SECONDS = 300  # one watch request's length; the channel reconnects after it
 RETRY = 1.0  # seconds between attempts at an API call that failed
+WARM_ENV = "RESPAWN_WARM_START"  # "off": the next attempt's processes start only when it does
 _IDLE_POLL = 0.05
 
 
@@ -136,13 +140,15 @@ class InPlace:
         n: int,
         channel: Channel,
         *,
-        make: Callable[..., Supervisor] = Supervisor,
+        warm_command: Sequence[str] | None = None,
     ) -> None:
         self.command, self.environ, self.n = list(command), dict(environ), n
         self.channel = channel
-        self.make = make
         self.attempt = int(self.environ.get(contract.ATTEMPT, "0") or 0)
         self.terminated: int | None = None  # a signal while no rank runs
+        # trainer_image/warm.py: the next attempt's processes, importing while this one stops.
+        self.warm_command = list(warm_command) if warm_command else None
+        self.spares: dict[int, subprocess.Popen[bytes]] = {}
 
     def run(self) -> int:
         environ = self.environ
@@ -167,19 +173,59 @@ class InPlace:
 
     def _one_attempt(self, environ: Mapping[str, str]) -> tuple[int, Supervisor]:
         attempt = self.attempt
-        supervisor = self.make(
+        supervisor = Supervisor(
             self.command,
             environ,
             self.n,
             should_stop=lambda: self._told_to_stop(attempt),
-            on_failure=lambda child: self.channel.say(self._state(protocol.FAILING, child)),
+            on_failure=self._failed,
+            spawn=self._spawn,
         )
         self.channel.say(State(attempt, protocol.RUNNING, now_text()))
         return supervisor.run(), supervisor
 
+    def _failed(self, child: Child) -> None:
+        self.channel.say(self._state(protocol.FAILING, child))
+        self._warm()
+
     def _told_to_stop(self, attempt: int) -> bool:
         command = self.channel.command()
-        return command is not None and command.attempt > attempt
+        if command is None or command.attempt <= attempt:
+            return False
+        self._warm()
+        return True
+
+    def _warm(self) -> None:
+        """Start the next attempt's processes now, one per local rank, unless they run already."""
+        if self.warm_command is None or self.spares:
+            return
+        for local in range(self.n):
+            try:
+                self.spares[local] = subprocess.Popen(
+                    self.warm_command,
+                    env=child_env(self.environ, local),
+                    stdin=subprocess.PIPE,
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                )
+            except OSError as e:
+                log.warning("cannot start a warm process for local rank %d: %s", local, e)
+
+    def _spawn(self, local: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """The warm process of this local rank, given its environment; a new one without it."""
+        spare = self.spares.pop(local, None)
+        if spare is not None and spare.poll() is None and spare.stdin is not None:
+            try:
+                spare.stdin.write(json.dumps(env).encode() + b"\n")
+                spare.stdin.close()
+                return spare
+            except OSError:
+                spare.kill()
+        return subprocess.Popen(
+            self.command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
 
     def _state(self, state: str, cause: Child | None) -> State:
         if cause is None:
@@ -204,6 +250,9 @@ class InPlace:
         self.terminated = signum
 
     def _end(self, code: int) -> int:
+        for spare in self.spares.values():
+            spare.kill()
+            spare.wait()
         self.channel.close(timeout=3.0)
         return code
 
@@ -216,4 +265,9 @@ def serve(args: Sequence[str], environ: Mapping[str, str], n: int) -> int:
     if not pod or not namespace:  # not in a pod of the controller's: nobody to wait for
         log.warning("%s set outside a respawn pod: ranks are not restarted in place", protocol.ENV)
         return Supervisor(command, child_environ, n).run()
-    return InPlace(command, child_environ, n, PodChannel(namespace, pod)).run()
+    warm = (
+        None
+        if environ.get(WARM_ENV, "").lower() in ("0", "false", "off")
+        else [*command[:2], "trainer_image.warm", *args]
+    )
+    return InPlace(command, child_environ, n, PodChannel(namespace, pod), warm_command=warm).run()

@@ -115,6 +115,7 @@ class Supervisor:
         should_stop: Callable[[], bool] | None = None,
         stop_grace: float = STOP_GRACE,
         on_failure: Callable[[Child], None] | None = None,
+        spawn: Callable[[int, dict[str, str]], subprocess.Popen[bytes]] | None = None,
     ) -> None:
         self.command = list(command)
         self.environ = dict(environ)
@@ -132,6 +133,7 @@ class Supervisor:
         self.should_stop = should_stop
         self.stop_grace = stop_grace
         self.on_failure = on_failure
+        self.spawn = spawn or self._popen  # (local rank, its environment) -> its process
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
@@ -149,14 +151,17 @@ class Supervisor:
                 signal.signal(sig, handler)
         return self._finish()
 
+    def _popen(self, _local: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+
     def _start(self) -> None:
         for local in range(self.n):
-            proc = subprocess.Popen(
-                self.command,
-                env=child_env(self.environ, local),
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            )
+            proc = self.spawn(local, child_env(self.environ, local))
             child = Child(int(self.environ.get(contract.RANK, "0")) + local, local, proc)
             self.children.append(child)
             log.info("started rank %d (local rank %d of %d) as pid %d", child.rank, local, self.n, proc.pid)

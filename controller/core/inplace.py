@@ -19,8 +19,7 @@ from controller.api.types import JobStatus
 from controller.core.context import Context
 from controller.core.plan import AnnotatePod, Step
 from controller.core.pods import Pod, attempt_of, name_of, node_of, phase_of, terminating, uid_of
-from controller.core.policy import devices
-from controller.core.policy.failures import Verdict
+from controller.core.policy import devices, failures
 from respawn_protocol import inplace
 from respawn_protocol.crd import LABEL_ATTEMPT
 
@@ -28,6 +27,7 @@ from respawn_protocol.crd import LABEL_ATTEMPT
 PROCESS_FAULTS = frozenset({Reason.ERROR, Reason.OOM_KILLED, Reason.STOPPED, Reason.PROGRESS_TIMEOUT})
 IDLE = "WaitingForAttempt"  # the waiting reason of a kept pod whose supervisor awaits its start
 POD_PHASE = "podPhase"  # in a view's status: the phase the pod itself has
+POD_ATTEMPT = "podAttempt"  # ... and the attempt that created it
 
 
 def state_of(pod: Pod) -> inplace.State | None:
@@ -39,8 +39,14 @@ def command_of(pod: Pod) -> inplace.Command | None:
 
 
 def held(pod: Pod, status: JobStatus) -> bool:
-    """A pod the current attempt runs in although an earlier attempt created it."""
-    return status.pod_attempt is not None and attempt_of(pod) == status.pod_attempt
+    """A pod the current attempt runs in although an earlier attempt created it (a view too)."""
+    return status.pod_attempt is not None and own_attempt(pod) == status.pod_attempt
+
+
+def own_attempt(pod: Pod) -> int | None:
+    """The attempt that created the pod, also of a view (whose label says the attempt it serves)."""
+    own = (pod.get("status") or {}).get(POD_ATTEMPT)
+    return own if isinstance(own, int) else attempt_of(pod)
 
 
 def project(pod: Pod, status: JobStatus, trainer: str) -> Pod:
@@ -71,11 +77,14 @@ def project(pod: Pod, status: JobStatus, trainer: str) -> Pod:
 
 
 def _view(pod: Pod, attempt: int, phase: str | None, trainer: str, container: dict[str, Any] | None) -> Pod:
+    own = attempt_of(pod)
     meta = dict(pod.get("metadata") or {})
     meta["labels"] = {**(meta.get("labels") or {}), LABEL_ATTEMPT: str(attempt)}
     status = dict(pod.get("status") or {})
-    # The pod's own phase stays readable: whether the pod itself can host the next attempt.
+    # The pod's own phase and attempt stay readable: whether it can host the next attempt, and
+    # whether an in-place restart keeps it.
     status.setdefault(POD_PHASE, status.get("phase"))
+    status.setdefault(POD_ATTEMPT, own)
     status["phase"] = phase
     if container is not None:
         statuses = [s for s in status.get("containerStatuses") or [] if s.get("name") != trainer]
@@ -88,7 +97,7 @@ def idle(pod: Pod) -> bool:
     return any(((s.get("state") or {}).get("waiting") or {}).get("reason") == IDLE for s in statuses)
 
 
-def eligible(ctx: Context, status: JobStatus, verdict: Verdict) -> bool:
+def eligible(ctx: Context, status: JobStatus, verdict: failures.Verdict) -> bool:
     """Whether this restart can keep the gang's pods: the job asks for it, the trainers failed on
     their own, and every pod of the gang is up on a ready node under a supervisor."""
     if not ctx.policy.restart_in_place or verdict.action is Action.FAIL_JOB:
@@ -96,7 +105,7 @@ def eligible(ctx: Context, status: JobStatus, verdict: Verdict) -> bool:
     if verdict.failure.reason not in PROCESS_FAULTS or verdict.faulty_node:
         return False
     replicas = status.replicas or ctx.job.spec.replicas
-    return len(ctx.current) == replicas and all(_usable(p, ctx) for p in ctx.current)
+    return len(ctx.current) == replicas and not any(_unusable(p, ctx) for p in ctx.current)
 
 
 def own_phase(pod: Pod) -> str | None:
@@ -104,15 +113,22 @@ def own_phase(pod: Pod) -> str | None:
     return status.get(POD_PHASE, status.get("phase"))
 
 
-def _usable(pod: Pod, ctx: Context) -> bool:
-    node, report = ctx.obs.nodes.get(node_of(pod)), ctx.obs.device_reports.get(node_of(pod))
-    return (
-        state_of(pod) is not None
-        and own_phase(pod) == "Running"
-        and not terminating(pod)
-        and (node is None or node.ready)
-        and (report is None or devices.running_fault(pod, report) is None)
-    )
+def _unusable(pod: Pod, ctx: Context, *, blink: bool = False) -> str | None:
+    """Why this kept pod cannot run the next attempt; None if it can. With `blink`, a NotReady node
+    still can until it counts as lost (nodeLostTimeoutSeconds): its processes run on meanwhile."""
+    if state_of(pod) is None:
+        return "no supervisor"
+    if own_phase(pod) != "Running" or terminating(pod):
+        return f"pod {'terminating' if terminating(pod) else own_phase(pod) or 'phase unknown'}"
+    node = ctx.obs.nodes.get(node_of(pod))
+    if node is not None and not node.ready:
+        lost = failures.node_lost_in(pod, ctx)
+        if not blink or (lost is not None and lost[0] <= 0):
+            return f"node {node_of(pod)} not ready"
+    report = ctx.obs.device_reports.get(node_of(pod))
+    if report is not None and devices.running_fault(pod, report) is not None:
+        return f"a device fault on node {node_of(pod)}"
+    return None
 
 
 def stop(pods: Sequence[Pod], attempt: int) -> tuple[Step, ...]:
@@ -145,6 +161,6 @@ def broken(ctx: Context, status: JobStatus, owned: Sequence[Pod]) -> str | None:
     if len(kept) < replicas:
         return f"{replicas - len(kept)} of the gang's {replicas} pods are gone"
     for pod in kept:
-        if not _usable(pod, ctx):
-            return f"pod {name_of(pod)} cannot run the next attempt (pod {own_phase(pod) or 'phase unknown'})"
+        if (why := _unusable(pod, ctx, blink=True)) is not None:
+            return f"pod {name_of(pod)} cannot run the next attempt: {why}"
     return None

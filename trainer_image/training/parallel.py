@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import json
 import logging
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from respawn_protocol import contract
@@ -192,6 +193,31 @@ def scheduler_ip(
             time.sleep(0.5)
 
 
+# A scheduler started ahead (trainer_image/warm.py): MindSpore imported, `init()` once it is given
+# the environment `prepare` made. It dies with the process that started it, as the scheduler does.
+_WARM_SCHEDULER = (
+    "import json, os, signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "from mindspore.communication import init\n"
+    "line = sys.stdin.readline()\n"
+    "if not line: sys.exit(0)\n"
+    "os.environ.clear(); os.environ.update(json.loads(line)); init()\n"
+)
+_warm: list[subprocess.Popen[bytes]] = []
+
+
+def warm_scheduler(environ: Mapping[str, str]) -> None:
+    """Start rank 0's scheduler process now, to be handed its environment by `prepare` later."""
+    env = {**environ, contract.MS_ROLE: "MS_SCHED"}
+    _warm.append(
+        subprocess.Popen(
+            [sys.executable, "-c", _WARM_SCHEDULER],
+            env=env,
+            stdin=subprocess.PIPE,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    )
+
+
 def _start_scheduler(environ: MutableMapping[str, str]) -> subprocess.Popen[bytes]:
     env: dict[str, Any] = dict(environ)
     env[contract.MS_ROLE] = "MS_SCHED"
@@ -200,6 +226,15 @@ def _start_scheduler(environ: MutableMapping[str, str]) -> subprocess.Popen[byte
         environ[contract.MS_SCHED_HOST],
         environ[contract.MS_SCHED_PORT],
     )
+    while _warm:
+        proc = _warm.pop()
+        if proc.poll() is None and proc.stdin is not None:
+            try:
+                proc.stdin.write(json.dumps(env).encode() + b"\n")
+                proc.stdin.close()
+                return proc
+            except OSError:
+                proc.kill()
     return subprocess.Popen(
         [sys.executable, "-c", _SCHEDULER],
         env=env,
