@@ -124,10 +124,11 @@ def test_environment_resume_training_values() -> None:
 
 
 def test_exit_code_contract() -> None:
-    assert [int(c) for c in ExitCode] == [0, 1, 75, 143, 78]
+    assert [int(c) for c in ExitCode] == [0, 1, 75, 143, 78, 74]
     assert classify_exit(0) is ExitClass.SUCCEEDED
     assert classify_exit(75) is ExitClass.STOPPED
     assert classify_exit(78) is ExitClass.PERMANENT
+    assert classify_exit(74) is ExitClass.INFRASTRUCTURE
     for code in (1, 2, 137, 143, 255):
         assert classify_exit(code) is ExitClass.RETRYABLE
 
