@@ -44,12 +44,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, s
     return out
 
 
-def resumed(tmp_path: Path, env: dict[str, str], load_checkpoint: Path, first: int) -> str:
+def resumed(
+    tmp_path: Path, env: dict[str, str], load_checkpoint: Path, first: int, **overrides: object
+) -> str:
     """Train from `load_checkpoint` to the end; the losses from global step `first` on are the
     reference's (checked by the caller); returns the log."""
     out = tmp_path / "out"
-    config = write_config(tmp_path / "run.yaml", tiny_config(out, load_checkpoint=str(load_checkpoint)))
-    proc = train(env, config)
+    config = tiny_config(out, load_checkpoint=str(load_checkpoint), **overrides)
+    proc = train(env, write_config(tmp_path / "run.yaml", config))
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     assert [r["global_step"] for r in step_lines(out)] == list(range(first, TOTAL_STEPS + 1))
     return proc.stderr.decode()
@@ -111,7 +113,10 @@ def test_a_unified_checkpoint_directory_resumes_its_step(
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     unified = merged / "unified_checkpoint"
     assert sorted(p.name for p in unified.iterdir()) == ["meta.json", "unified-1_6.ckpt"]
-    resumed(tmp_path, trainer_env, unified, first=7)
+    monitors = [*tiny_config(tmp_path)["callbacks"], {"type": "MFLossMonitor", "per_print_times": 4}]
+    log = resumed(tmp_path, trainer_env, unified, first=7, callbacks=monitors)
+    printed = [int(line.split("step ")[1].split()[0]) for line in log.splitlines() if "(epoch " in line]
+    assert printed == [8, 12, 16, 20], "MFLossMonitor's per_print_times, by global step"
     first = step_lines(tmp_path / "out")[0]["resumed_from"]
     assert first == {"file": "unified-1_6.ckpt", "step": "1_6", "global_step": 6}
     ref = losses(reference)

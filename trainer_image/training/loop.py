@@ -347,7 +347,20 @@ def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
     result = state.backend.step(batch, keep)
     stop.end_step()
     progress.advance(steps_per_epoch=state.stream.steps_per_epoch)
-    state.steplog.write(_step_record(state, result, t0))
+    record = _step_record(state, result, t0)
+    state.steplog.write(record)
+    monitor = state.config.loss_monitor
+    if monitor is not None and progress.global_step % monitor.per_print_times == 0:  # MFLossMonitor
+        log.info(
+            "step %d (epoch %d, step %d): loss %.6f, lr %.6g, loss scale %g, %.1f ms",
+            progress.global_step,
+            progress.epoch,
+            progress.step,
+            record["loss"],
+            record["lr"],
+            record["loss_scale"],
+            record["step_time"] * 1000,
+        )
     state.reporter.stepped(progress.global_step, time.perf_counter() - t0)
     if state.compile_cache is not None:  # the first step compiled every graph
         state.compile_cache.finish()
