@@ -43,7 +43,7 @@ from respawn_protocol.candidates import (
     runs_newest_first,
     scan_rank,
 )
-from respawn_protocol.flat import Unified, loose_files, read_unified
+from respawn_protocol.flat import Unified, loose_files, read_unified, sharded_parts
 from respawn_protocol.layout import (
     EXTENSIONS,
     StepKey,
@@ -114,6 +114,9 @@ def resolve(
         unified = read_unified(root)
         if unified is not None:
             return _resolve_unified(root, unified, resume_training, world_size, formats, check, exclude)
+        parts = sharded_parts(root)
+        if parts is not None:
+            return _resolve_sharded(root, parts, resume_training, world_size, formats, exclude)
         if not rank_folders(root, None, [])[0] and has_loose_checkpoints(root, formats):
             return _resolve_flat(root, resume_training, world_size, formats, check, exclude, at_most)
         ranks, legacy = rank_folders(root, world_size, warnings)
@@ -200,6 +203,29 @@ def _resolve_unified(
     if reason:
         raise ResolveError(f"{where}: {unified.file}: {reason}; merge it again from its shards")
     return Resolution("file", {r: path for r in range(world_size or 1)}, unified.key)
+
+
+def _resolve_sharded(
+    root: Path,
+    parts: list[Path],
+    resume_training: bool | str,
+    world_size: int | None,
+    formats: Collection[str],
+    exclude: Collection[Path],
+) -> Resolution:
+    """MindSpore's merged safetensors (`param_name_map.json` and its parts): the directory is the
+    one full checkpoint, for every rank; its parts must all be there and intact."""
+    where = f"load_checkpoint {root} (MindSpore's merged safetensors)"
+    if "safetensors" not in formats:
+        raise ResolveError(f"{where}: set load_ckpt_format: safetensors")
+    if isinstance(resume_training, str):
+        raise ResolveError(f"{where}: holds one checkpoint; resume_training must be True or False")
+    if root in exclude:
+        raise ResolveError(f"{where}: failed to load")
+    problems = [f"{p.name}: {reason}" for p in parts if (reason := invalid(p, None, Check.SIZE))]
+    if problems:
+        raise ResolveError(f"{where} is not usable: " + "; ".join(problems))
+    return Resolution("file", {r: root for r in range(world_size or 1)})
 
 
 def _resolve_flat(

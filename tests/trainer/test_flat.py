@@ -121,3 +121,43 @@ def test_a_unified_checkpoint_directory_resumes_its_step(
     assert first == {"file": "unified-1_6.ckpt", "step": "1_6", "global_step": 6}
     ref = losses(reference)
     assert losses(tmp_path / "out") == {g: ref[g] for g in range(7, TOTAL_STEPS + 1)}
+
+
+SHARD = """\
+import json, sys
+from pathlib import Path
+import mindspore as ms
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+params = ms.load_checkpoint(str(src))
+names = sorted(k for k in params if not k.startswith("respawn."))
+hyper = sorted(set(params) - set(names))
+parts = {"part0.safetensors": names[::2], "part1.safetensors": names[1::2], "hyper_param.safetensors": hyper}
+dst.mkdir()
+for file, keys in parts.items():
+    ms.save_checkpoint([{"name": k, "data": params[k]} for k in keys], str(dst / file), format="safetensors")
+weight_map = {k: f for f, keys in parts.items() if f != "hyper_param.safetensors" for k in keys}
+index = {"metadata": {"total_size": sum(params[k].nbytes for k in names)}, "weight_map": weight_map}
+(dst / "param_name_map.json").write_text(json.dumps(index, indent=4))
+"""
+
+
+def test_mindspore_s_merged_safetensors_directory_resumes_its_step(
+    reference: Path, tmp_path: Path, trainer_env: dict[str, str]
+) -> None:
+    """The layout `mindspore.parallel.unified_safetensors` writes (MindFormers' unified_checkpoint/):
+    `param_name_map.json`, `partK.safetensors`, `hyper_param.safetensors`. Made here from step 6 with
+    MindSpore's own save_checkpoint (the real function needs a strategy file MindSpore cannot write
+    on CPU), the index as `_save_parameter_map_json` writes it."""
+    unified = tmp_path / "unified_checkpoint"
+    (tmp_path / "shard.py").write_text(SHARD)
+    shard = reference / "checkpoint" / "rank_0" / "tiny_rank_0-1_6.ckpt"
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "shard.py"), str(shard), str(unified)],
+        env=trainer_env,
+        capture_output=True,
+        timeout=PROCESS_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    resumed(tmp_path, trainer_env, unified, first=7, load_ckpt_format="safetensors")
+    ref = losses(reference)
+    assert losses(tmp_path / "out") == {g: ref[g] for g in range(7, TOTAL_STEPS + 1)}

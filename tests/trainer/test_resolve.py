@@ -501,3 +501,27 @@ def test_last_complete_is_the_controllers_cheap_view(tmp_path: Path) -> None:
     job.commit(1, 2, gs=2, ranks=[0])
     res = last_complete(tmp_path)
     assert (res.key, res.global_step) == (StepKey(1, 1), 1)
+
+
+def test_mindspore_s_merged_safetensors_is_the_whole_directory_for_every_rank(tmp_path: Path) -> None:
+    for name in ("part0.safetensors", "part1.safetensors", "hyper_param.safetensors"):
+        (tmp_path / name).write_bytes(safetensors_bytes())
+    index = {
+        "metadata": {"total_size": 32},
+        "weight_map": {"a": "part0.safetensors", "b": "part1.safetensors"},
+    }
+    (tmp_path / "param_name_map.json").write_text(json.dumps(index))
+    res = resolve(tmp_path, True, world_size=2, formats=("safetensors",))
+    assert res.source == "file" and res.files == {0: tmp_path, 1: tmp_path}
+    with pytest.raises(ResolveError, match="set load_ckpt_format: safetensors"):
+        resolve(tmp_path, True, formats=("ckpt",))
+    (tmp_path / "part1.safetensors").write_bytes(safetensors_bytes()[:-3])
+    with pytest.raises(ResolveError, match=r"part1\.safetensors: data ends"):
+        resolve(tmp_path, True, formats=("safetensors",))
+    (tmp_path / "part1.safetensors").unlink()
+    with pytest.raises(ResolveError, match=r"part1\.safetensors: unreadable"):
+        resolve(tmp_path, True, formats=("safetensors",))
+    index["weight_map"] = {"a": "../x.safetensors"}
+    (tmp_path / "param_name_map.json").write_text(json.dumps(index))
+    with pytest.raises(ResolveError, match="other than plain"):
+        resolve(tmp_path, True, formats=("safetensors",))
