@@ -177,8 +177,8 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
 
 
 def _on_node(terminated: dict[str, Any]) -> bool:
-    """Whether the pre-flight check the termination message names is the node's (its disk). Unknown
-    (no message; a pod of several ranks quotes its supervisor's line) keeps the node."""
+    """Whether the pre-flight check the termination message names is the node's (its disk). A
+    message that names none keeps the node."""
     check = preflight_check(terminated.get("message"))
     return check is not None and check.on_node
 
