@@ -56,9 +56,12 @@ def test_the_message_names_the_check_and_the_protocol_reads_it_back() -> None:
 
 
 def test_rank_0_s_probe_lets_the_others_through_and_leaves_no_writability_file(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").write_text("kept")
+    (tmp_path / ".respawn-preflight-rank_1").symlink_to(tmp_path / "elsewhere")  # left by anyone
     check(tmp_path, rank=0)
     check(tmp_path, rank=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [preflight.PROBE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [preflight.PROBE, "elsewhere"]
+    assert (tmp_path / "elsewhere").read_text() == "kept", "a link is replaced, never followed"
     probe = json.loads((tmp_path / preflight.PROBE).read_text())
     assert (probe["attempt"], probe["world_size"]) == (1, 2)
 

@@ -120,11 +120,14 @@ def _check_shared_paths(output_dir: Path, shared_paths: str) -> None:
 
 
 def _check_writable(output_dir: Path, rank: int) -> None:
-    # One name per rank, truncated on reuse: a crash between create and remove leaves at most one.
+    # One name per rank, removed first: a crash between create and remove leaves at most one, and
+    # whatever is there (a link included) is replaced, never followed.
     path = output_dir / f".respawn-preflight-rank_{rank}"
     try:
         make_dirs(output_dir)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
         try:
             os.write(fd, b"respawn pre-flight\n")
             os.fsync(fd)
