@@ -208,7 +208,7 @@ def _saved_parameters(backend: Backend, config: TrainerConfig, gang: Gang) -> se
 
 
 def _check_space(config: TrainerConfig, gang: Gang, backend: Backend, saved: set[str]) -> None:
-    """Pre-flight `free-space`: room for two checkpoints of every rank (they share the directory)."""
+    """Pre-flight `free-space`: room for checkpoints of every rank (they share the directory)."""
     monitor = config.checkpoint_monitor
     if monitor is None:
         return  # nothing will be saved
@@ -349,18 +349,7 @@ def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
     progress.advance(steps_per_epoch=state.stream.steps_per_epoch)
     record = _step_record(state, result, t0)
     state.steplog.write(record)
-    monitor = state.config.loss_monitor
-    if monitor is not None and progress.global_step % monitor.per_print_times == 0:  # MFLossMonitor
-        log.info(
-            "step %d (epoch %d, step %d): loss %.6f, lr %.6g, loss scale %g, %.1f ms",
-            progress.global_step,
-            progress.epoch,
-            progress.step,
-            record["loss"],
-            record["lr"],
-            record["loss_scale"],
-            record["step_time"] * 1000,
-        )
+    _print_loss(state.config, record)
     state.reporter.stepped(progress.global_step, time.perf_counter() - t0)
     if state.compile_cache is not None:  # the first step compiled every graph
         state.compile_cache.finish()
@@ -374,6 +363,23 @@ def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
         # The save call, plus what steps since the last save waited for its snapshot copy.
         state.reporter.saved(time.perf_counter() - saving + waited - state.copy_waited_before)
         state.copy_waited_before = state.backend.copy_waited
+
+
+def _print_loss(config: TrainerConfig, record: dict[str, Any]) -> None:
+    """MFLossMonitor: the step's loss in the log every `per_print_times` global steps."""
+    monitor = config.loss_monitor
+    if monitor is None or record["global_step"] % monitor.per_print_times:
+        return
+    log.info(
+        "step %d (epoch %d, step %d): loss %.6f, lr %.6g, loss scale %g, %.1f ms",
+        record["global_step"],
+        record["epoch"],
+        record["step"],
+        record["loss"],
+        record["lr"],
+        record["loss_scale"],
+        record["step_time"] * 1000,
+    )
 
 
 def _step_record(state: _Run, result: StepResult, t0: float) -> dict[str, Any]:
