@@ -40,6 +40,7 @@ from respawn_protocol.candidates import (
     has_loose_checkpoints,
     one_history,
     rank_folders,
+    rank_folders_hold_none,
     runs_newest_first,
     scan_rank,
 )
@@ -117,7 +118,7 @@ def resolve(
         parts = sharded_parts(root)
         if parts is not None:
             return _resolve_sharded(root, parts, resume_training, world_size, formats, exclude)
-        if not rank_folders(root, None, [])[0] and has_loose_checkpoints(root, formats):
+        if rank_folders_hold_none(root) and has_loose_checkpoints(root, formats):
             return _resolve_flat(root, resume_training, world_size, formats, check, exclude, at_most)
         ranks, legacy = rank_folders(root, world_size, warnings)
         directory = _Directory(root, ranks, legacy, formats, check, warnings)
