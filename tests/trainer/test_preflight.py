@@ -109,6 +109,9 @@ def test_free_space_needs_two_checkpoints_of_every_rank(tmp_path: Path) -> None:
     assert e.value.check is PreflightCheck.FREE_SPACE
     off = {"RESPAWN_PREFLIGHT_CHECKPOINTS": "0"}
     preflight.check_space(tmp_path, per_rank=100, ranks=2, environ=off, free=lambda _: 0)
+    for bad in ({"RESPAWN_PREFLIGHT_CHECKPOINTS": "-1"}, {"RESPAWN_PREFLIGHT_TIMEOUT": "soon"}):
+        with pytest.raises(ConfigError, match="RESPAWN_PREFLIGHT"):
+            preflight.check_space(tmp_path, per_rank=1, ranks=1, environ=bad, free=lambda _: 10)
 
 
 def test_the_estimate_is_at_least_the_last_committed_checkpoint(tmp_path: Path) -> None:
