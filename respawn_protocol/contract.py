@@ -23,6 +23,7 @@ the supervisor gives each process its own).
 from __future__ import annotations
 
 import enum
+import re
 
 # Set by the controller on every worker container.
 OUTPUT_DIR = "RESPAWN_OUTPUT_DIR"
@@ -42,9 +43,18 @@ SAVE_CHECKPOINT_STEPS = "RESPAWN_SAVE_CHECKPOINT_STEPS"
 LOAD_CHECKPOINT = "RESPAWN_LOAD_CHECKPOINT"
 RESUME_TRAINING = "RESPAWN_RESUME_TRAINING"  # "true" / "false" / a checkpoint file name
 TRAIN_DATASET_DIR = "RESPAWN_TRAIN_DATASET_DIR"
+# The trainer's pre-flight (PreflightCheck): seconds a rank waits for rank 0's probe (default 300),
+# and how many checkpoints of the gang the output directory must have room for (default 2; 0: off).
+PREFLIGHT_TIMEOUT = "RESPAWN_PREFLIGHT_TIMEOUT"
+PREFLIGHT_CHECKPOINTS = "RESPAWN_PREFLIGHT_CHECKPOINTS"
 
-# MindFormers: the top-level directory shared by all nodes (checkpoints must live under it).
+# MindFormers: the top-level directory shared by all nodes (checkpoints must live under it); a
+# comma-separated list, as MindFormers reads it. The trainer's pre-flight checks output_dir against it.
 SHARED_PATHS = "SHARED_PATHS"
+# Where the trainer writes why it failed a pre-flight check: the container's terminationMessagePath
+# (Kubernetes' default below). Written only if the file exists, never created.
+TERMINATION_LOG = "RESPAWN_TERMINATION_LOG"
+TERMINATION_LOG_DEFAULT = "/dev/termination-log"
 
 # MindSpore dynamic-cluster variables, passed through untouched to mindspore.communication.
 MS_SCHED_HOST = "MS_SCHED_HOST"
@@ -85,6 +95,11 @@ class ExitCode(enum.IntEnum):
     CONFIG_ERROR = 78
     """Permanent: invalid config, bad path, missing or unreadable data or checkpoint the user named.
     Retrying with the same inputs fails the same way. Like EX_CONFIG."""
+    PREFLIGHT_FAILED = 74
+    """The environment failed a pre-flight check before training (`PreflightCheck`, named in the
+    termination message): the output directory not writable, too little free space for two
+    checkpoints, or not the directory rank 0 sees. Nothing was written but the probes. The
+    infrastructure's fault, not the job's: restart without using the budget. Like EX_IOERR."""
 
 
 class ExitClass(enum.Enum):
@@ -92,6 +107,40 @@ class ExitClass(enum.Enum):
     STOPPED = "Stopped"
     PERMANENT = "Permanent"
     RETRYABLE = "Retryable"
+    INFRASTRUCTURE = "Infrastructure"  # retry without counting it against the job
+
+
+class PreflightCheck(enum.StrEnum):
+    """The trainer's checks before training (`ExitCode.PREFLIGHT_FAILED`)."""
+
+    WRITABLE = "writable"  # this rank can create, fsync and remove a file in output_dir
+    FREE_SPACE = "free-space"  # output_dir's filesystem holds two more checkpoints of the gang
+    SHARED = "shared-directory"  # every rank sees rank 0's probe in output_dir
+
+    @property
+    def on_node(self) -> bool:
+        """Whether a failure points at the rank's node (its disk), so the next attempt avoids it.
+        A directory that is not shared is the volume's doing: any node would fail the same way."""
+        return self is not PreflightCheck.SHARED
+
+
+_PREFLIGHT_MESSAGE = re.compile(r"^pre-flight check (?P<check>[a-z-]+) failed")
+
+
+def preflight_message(check: PreflightCheck, detail: str) -> str:
+    """The termination message of a failed check; `preflight_check` reads the check back."""
+    return f"pre-flight check {check.value} failed: {detail}"
+
+
+def preflight_check(message: str | None) -> PreflightCheck | None:
+    """The check a termination message names (its first line), or None."""
+    m = _PREFLIGHT_MESSAGE.match((message or "").strip())
+    if m is None:
+        return None
+    try:
+        return PreflightCheck(m["check"])
+    except ValueError:
+        return None
 
 
 def classify_exit(code: int) -> ExitClass:
@@ -102,6 +151,8 @@ def classify_exit(code: int) -> ExitClass:
         return ExitClass.STOPPED
     if code == ExitCode.CONFIG_ERROR:
         return ExitClass.PERMANENT
+    if code == ExitCode.PREFLIGHT_FAILED:
+        return ExitClass.INFRASTRUCTURE
     return ExitClass.RETRYABLE
 
 

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return supervisor.supervise(argv, os.environ, ranks)
 
     from trainer_image.trainer import Trainer, build_config, env_overrides, with_save_interval
+    from trainer_image.training.preflight import PreflightError, say
 
     try:
         config = build_config(args.config, env_overrides(os.environ), cli_overrides(args))
@@ -77,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         log.error("permanent error: %s", e)
         return ExitCode.CONFIG_ERROR
+    except PreflightError as e:
+        log.error("%s", e)
+        say(str(e), os.environ)
+        return ExitCode.PREFLIGHT_FAILED
     except Exception:
         log.exception("training failed")
         return ExitCode.FAILED

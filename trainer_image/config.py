@@ -35,8 +35,8 @@ class ContextConfig:
 class RunnerConfig:
     epochs: int = 1
     batch_size: int = 8
-    sink_mode: bool = False  # accepted for MindFormers compatibility; steps run one batch at a time
-    sink_size: int = 1
+    sink_mode: bool = False  # True is refused (validate): steps run one host batch at a time
+    sink_size: int = 1  # MindSpore's meaning: steps per sink; without sink_mode it has no effect
 
 
 @dataclass
@@ -134,6 +134,8 @@ class TrainerConfig:
     auto_trans_ckpt: bool = False
     remove_redundancy: bool = False
     src_strategy_path_or_dir: str = ""
+    transform_process_num: int | None = None  # the merge runs in one process: None or 1
+    load_ckpt_async: bool = False  # True is refused: the load comes before the first step compiles
     context: ContextConfig = field(default_factory=ContextConfig)
     runner_config: RunnerConfig = field(default_factory=RunnerConfig)
     runner_wrapper: RunnerWrapper = field(default_factory=RunnerWrapper)
@@ -146,6 +148,11 @@ class TrainerConfig:
     @property
     def checkpoint_monitor(self) -> CheckpointMonitor | None:
         found = [c for c in self.callbacks if isinstance(c, CheckpointMonitor)]
+        return found[0] if found else None
+
+    @property
+    def loss_monitor(self) -> LossMonitor | None:
+        found = [c for c in self.callbacks if isinstance(c, LossMonitor)]
         return found[0] if found else None
 
 
@@ -204,6 +211,9 @@ def _validate_monitors(c: TrainerConfig) -> None:
     monitors = [cb for cb in c.callbacks if isinstance(cb, CheckpointMonitor)]
     if len(monitors) > 1:
         raise ConfigError("callbacks: at most one CheckpointMonitor")
+    for i, cb in enumerate(c.callbacks):
+        if isinstance(cb, LossMonitor):
+            _positive(f"callbacks[{i}].per_print_times", cb.per_print_times)
     for i, m in enumerate(monitors):
         where = f"callbacks[{i}]"
         _positive(f"{where}.save_checkpoint_steps", m.save_checkpoint_steps)
@@ -216,6 +226,28 @@ def _validate_monitors(c: TrainerConfig) -> None:
             raise ConfigError(
                 f"{where}.prefix: only letters, digits, '_' and '.' are allowed, got {m.prefix!r}"
             )
+
+
+def _refuse_unsupported(c: TrainerConfig) -> None:
+    """MindFormers keys the trainer accepts only with the values it honours, so none is ignored."""
+    if c.runner_config.sink_mode:
+        raise ConfigError(
+            "runner_config.sink_mode: True is not supported: the trainer feeds one batch per step from "
+            "the host, so that a stop, a checkpoint and the dropout mask fall on an exact step, and "
+            "MindSpore 2.10 has no data sink on CPU (Model.train falls back to one batch per step); "
+            "set it to False: resume is exact without it"
+        )
+    if c.transform_process_num is not None and c.transform_process_num != 1:
+        raise ConfigError(
+            f"transform_process_num: {c.transform_process_num} is not supported: the auto_trans_ckpt "
+            "merge runs in one process on rank 0 (data parallel: each parameter is read once, not "
+            "transformed); set 1 or remove the key"
+        )
+    if c.load_ckpt_async:
+        raise ConfigError(
+            "load_ckpt_async: True is not supported: the trainer loads the checkpoint before its first "
+            "step, which is when the graphs compile (a compile-cache hit makes that short); set False"
+        )
 
 
 def validate(c: TrainerConfig) -> None:
@@ -248,6 +280,7 @@ def validate(c: TrainerConfig) -> None:
     if c.train_dataset.data_loader.type == "SyntheticDataset" and c.train_dataset.data_loader.num_samples < 1:
         raise ConfigError("train_dataset.data_loader.num_samples: SyntheticDataset needs a positive count")
     _validate_monitors(c)
+    _refuse_unsupported(c)
     if isinstance(c.resume_training, str) and (
         "/" in c.resume_training or "\\" in c.resume_training or c.resume_training in ("", ".", "..")
     ):
@@ -264,6 +297,8 @@ def _type_name(value: Any) -> str:
 
 
 def _describe(tp: Any) -> str:
+    if tp is types.NoneType:
+        return "null"
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (types.UnionType, typing.Union):
@@ -289,6 +324,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+    elif tp is types.NoneType:
+        if value is None:
+            return None
     elif origin is Literal:
         if value in typing.get_args(tp) and isinstance(value, str | int):
             return value

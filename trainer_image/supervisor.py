@@ -216,7 +216,10 @@ class Supervisor:
         )
         if failed is not None:
             assert failed.code is not None
-            self._say(failed.describe(self.n))
+            message = failed.describe(self.n)
+            if failed.code == ExitCode.PREFLIGHT_FAILED:
+                message = _after_preflight(self.termination_log, message)
+            self._say(message)
             return failed.code
         if any(c.code == ExitCode.STOPPED for c in self.exited):
             return ExitCode.STOPPED
@@ -229,6 +232,16 @@ class Supervisor:
             self.termination_log.write_text(message + "\n")
         except OSError as e:
             log.warning("cannot write %s: %s", self.termination_log, e)
+
+
+def _after_preflight(path: Path, message: str) -> str:
+    """A rank that failed its pre-flight check wrote the check to the same file (training/preflight.py):
+    keep that line first, where the controller reads which check failed (the ranks share a node)."""
+    with contextlib.suppress(OSError):
+        said = path.read_text(errors="replace").strip().split("\n", 1)[0]
+        if contract.preflight_check(said) is not None:
+            return f"{said} ({message})"
+    return message
 
 
 def _send(child: Child, sig: int) -> None:

@@ -44,6 +44,7 @@ class Reason(enum.StrEnum):
     PROGRESS_TIMEOUT = "ProgressTimeout"
     STARTUP_TIMEOUT = "StartupTimeout"  # the gang not all running within startupTimeoutSeconds
     INVALID_SPEC = "InvalidSpec"
+    PREFLIGHT_FAILED = "PreflightFailed"  # the trainer's pre-flight check of its environment
     BUDGET_EXCEEDED = "RestartBudgetExceeded"
 
 

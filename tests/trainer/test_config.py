@@ -66,11 +66,28 @@ def test_shipped_configs_parse() -> None:
             {"callbacks": [{"type": "CheckpointMonitor", "keep_checkpoint_max": 10_001}]},
             "callbacks[0].keep_checkpoint_max: at most 10000",
         ),
+        # MindFormers keys accepted only with the values the trainer honours (none is ignored).
+        ({"runner_config": {"sink_mode": True}}, "runner_config.sink_mode: True is not supported"),
+        ({"transform_process_num": 8}, "transform_process_num: 8 is not supported"),
+        ({"transform_process_num": "8"}, "transform_process_num: expected int or null, got str"),
+        ({"load_ckpt_async": True}, "load_ckpt_async: True is not supported"),
+        ({"callbacks": [{"type": "MFLossMonitor", "per_print_times": 0}]}, "per_print_times: must be >= 1"),
     ],
 )
 def test_rejects_with_the_key_named(raw: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(raw)
+
+
+def test_the_honoured_values_of_mindformers_keys_parse_and_round_trip() -> None:
+    raw = {
+        "runner_config": {"sink_mode": False, "sink_size": 2},
+        "transform_process_num": None,
+        "load_ckpt_async": False,
+    }
+    c = parse_config(raw)
+    assert c.transform_process_num is None and build_config(c) == c
+    assert parse_config({"transform_process_num": 1}).transform_process_num == 1
 
 
 def test_ints_are_accepted_for_floats_and_both_callback_types() -> None:
@@ -124,10 +141,11 @@ def test_environment_resume_training_values() -> None:
 
 
 def test_exit_code_contract() -> None:
-    assert [int(c) for c in ExitCode] == [0, 1, 75, 143, 78]
+    assert [int(c) for c in ExitCode] == [0, 1, 75, 143, 78, 74]
     assert classify_exit(0) is ExitClass.SUCCEEDED
     assert classify_exit(75) is ExitClass.STOPPED
     assert classify_exit(78) is ExitClass.PERMANENT
+    assert classify_exit(74) is ExitClass.INFRASTRUCTURE
     for code in (1, 2, 137, 143, 255):
         assert classify_exit(code) is ExitClass.RETRYABLE
 

@@ -392,10 +392,68 @@ def test_recorded_file_wins_over_an_unrecorded_one_of_the_same_step(tmp_path: Pa
     assert resolve(tmp_path, True).files[0] == job.path(0, 1, 2)
 
 
-def test_loose_files_without_rank_folders_are_an_error(tmp_path: Path) -> None:
+def test_a_flat_folder_resumes_one_rank_from_its_newest_step_with_a_warning(tmp_path: Path) -> None:
+    """ModelArts' train_url: one rank's files in one folder, newest by (epoch, step), not by name."""
+    for name in ("net-1_9.ckpt", "net-1_10.ckpt", "net-network-1_11.ckpt", "net-graph.meta"):
+        (tmp_path / name).write_bytes(b"x" * 10)
+    for world in (None, 1):
+        res = resolve(tmp_path, True, world_size=world)
+        assert (res.files, res.key, res.world_size) == ({0: tmp_path / "net-1_10.ckpt"}, StepKey(1, 10), 1)
+        assert any("flat folder" in w and "net-1_10.ckpt" in w for w in res.warnings)
+    assert resolve(tmp_path, "net-1_9").files == {0: tmp_path / "net-1_9.ckpt"}
+    assert resolve(tmp_path, True, at_most=StepKey(1, 9)).key == StepKey(1, 9)
+    (tmp_path / "net-2_1.ckpt").write_bytes(b"")  # empty: damaged
+    res = resolve(tmp_path, True, exclude={tmp_path / "net-1_10.ckpt"})
+    assert res.key == StepKey(1, 9) and any("net-2_1.ckpt is damaged" in w for w in res.warnings)
+    with pytest.raises(ResolveError, match="no such checkpoint"):
+        resolve(tmp_path, "net-1_8")
+    with pytest.raises(ResolveError, match="cannot resume 2 ranks"):
+        resolve(tmp_path, True, world_size=2)
+
+
+def test_loose_files_next_to_empty_rank_folders_are_an_error(tmp_path: Path) -> None:
+    (tmp_path / "rank_0").mkdir()
+    (tmp_path / "rank_0" / "meta.json").write_text("{}")
     (tmp_path / "job_rank_0-1_1.ckpt").write_bytes(b"x")
-    with pytest.raises(ResolveError, match="no rank_N/ folders"):
+    with pytest.raises(ResolveError, match="that hold none"):
         resolve(tmp_path, True)
+
+
+def unified_dir(root: Path, data: bytes = b"merged" * 10, **changes: object) -> Path:
+    """A merged checkpoint directory as trainer_image/checkpoint/merge.py commits it."""
+    root.mkdir()
+    (root / "unified-1_6.ckpt").write_bytes(data)
+    body = {
+        "format_version": 1,
+        "file": "unified-1_6.ckpt",
+        "epoch": 1,
+        "step": 6,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "source_world_size": 2,
+        "sources": [{"rank": 0, "file": "a_rank_0-1_6.ckpt", "size": 9}],
+        **changes,
+    }
+    (root / "meta.json").write_text(json.dumps(body))
+    return root
+
+
+def test_a_merged_checkpoint_directory_is_one_full_file_for_every_rank(tmp_path: Path) -> None:
+    root = unified_dir(tmp_path / "unified_checkpoint")
+    res = resolve(root, True, world_size=3)
+    assert res.source == "file" and res.key == StepKey(1, 6)
+    assert res.files == {r: root / "unified-1_6.ckpt" for r in range(3)}
+    assert resolve(root, "unified-1_6", world_size=1).files == {0: root / "unified-1_6.ckpt"}
+    with pytest.raises(ResolveError, match="is not its file"):
+        resolve(root, "unified-1_5.ckpt")
+    with pytest.raises(ResolveError, match="set load_ckpt_format: ckpt"):
+        resolve(root, True, formats=("safetensors",))
+    (root / "unified-1_6.ckpt").write_bytes(b"mergeX" * 10)  # same size, other bytes
+    assert resolve(root, True, check=Check.SIZE).key == StepKey(1, 6)
+    with pytest.raises(ResolveError, match=r"sha256 differs.*merge it again"):
+        resolve(root, True, check=Check.DIGEST)
+    with pytest.raises(ResolveError, match="not a merged checkpoint's record"):
+        resolve(unified_dir(tmp_path / "bad", epoch="x"), True)
 
 
 def test_a_smaller_world_than_the_checkpoint_is_an_error(tmp_path: Path) -> None:
@@ -443,3 +501,27 @@ def test_last_complete_is_the_controllers_cheap_view(tmp_path: Path) -> None:
     job.commit(1, 2, gs=2, ranks=[0])
     res = last_complete(tmp_path)
     assert (res.key, res.global_step) == (StepKey(1, 1), 1)
+
+
+def test_mindspore_s_merged_safetensors_is_the_whole_directory_for_every_rank(tmp_path: Path) -> None:
+    for name in ("part0.safetensors", "part1.safetensors", "hyper_param.safetensors"):
+        (tmp_path / name).write_bytes(safetensors_bytes())
+    index = {
+        "metadata": {"total_size": 32},
+        "weight_map": {"a": "part0.safetensors", "b": "part1.safetensors"},
+    }
+    (tmp_path / "param_name_map.json").write_text(json.dumps(index))
+    res = resolve(tmp_path, True, world_size=2, formats=("safetensors",))
+    assert res.source == "file" and res.files == {0: tmp_path, 1: tmp_path}
+    with pytest.raises(ResolveError, match="set load_ckpt_format: safetensors"):
+        resolve(tmp_path, True, formats=("ckpt",))
+    (tmp_path / "part1.safetensors").write_bytes(safetensors_bytes()[:-3])
+    with pytest.raises(ResolveError, match=r"part1\.safetensors: data ends"):
+        resolve(tmp_path, True, formats=("safetensors",))
+    (tmp_path / "part1.safetensors").unlink()
+    with pytest.raises(ResolveError, match=r"part1\.safetensors: unreadable"):
+        resolve(tmp_path, True, formats=("safetensors",))
+    index["weight_map"] = {"a": "../x.safetensors"}
+    (tmp_path / "param_name_map.json").write_text(json.dumps(index))
+    with pytest.raises(ResolveError, match="other than plain"):
+        resolve(tmp_path, True, formats=("safetensors",))

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from respawn_protocol.contract import ExitCode
+from respawn_protocol.contract import ExitCode, PreflightCheck, preflight_check, preflight_message
 from tests.support import REPO
 from tests.support.poll import poll, wait_for
 from trainer_image.config import ConfigError
@@ -40,6 +40,9 @@ with open(out + ".tmp", "w") as f:
     json.dump({k: os.environ.get(k) for k in keys} | {"pid": os.getpid()}, f)
 os.rename(out + ".tmp", out)
 time.sleep(plan.get("after", 0))
+if "say" in plan:  # as a rank's pre-flight failure writes the termination log
+    with open(os.environ["SAY"], "w") as f:
+        f.write(plan["say"])
 if "exit" in plan:
     sys.exit(plan["exit"])
 if "signal" in plan:
@@ -75,6 +78,7 @@ class Pod:
             "OUT": str(self.out),
             "PLAN": json.dumps({str(first + local): p for local, p in plan.items()}),
             "KEEP": "kept",
+            "SAY": str(self.termination_log),
             "RESPAWN_RANK": str(first),
             "RESPAWN_RANKS_PER_POD": str(n),
             "RESPAWN_WORLD_SIZE": str(first + n),
@@ -265,3 +269,15 @@ def test_the_entry_point_refuses_a_bad_ranks_per_pod_before_starting_anything(tm
         timeout=60,
     )
     assert run.returncode == ExitCode.CONFIG_ERROR and "does not fit" in run.stderr, run.stderr
+
+
+def test_a_rank_s_preflight_failure_keeps_its_check_first_in_the_message(pods: Any) -> None:
+    """The controller avoids the node for a check of the node's: it must still read the check."""
+    said = preflight_message(PreflightCheck.FREE_SPACE, "/out has 1.0 MiB free")
+    pod = pods(2, {1: {"say": said, "exit": ExitCode.PREFLIGHT_FAILED}})
+    assert pod.wait() == ExitCode.PREFLIGHT_FAILED
+    first = pod.said().splitlines()[0]
+    assert preflight_check(first) is PreflightCheck.FREE_SPACE
+    assert first.startswith(said) and "rank 3 (local rank 1 of 2" in first
+    other = pods(2, {1: {"say": said, "exit": 1}})  # only a 74 carries the rank's line
+    assert other.wait() == 1 and other.said().startswith("rank 3 ")

@@ -16,6 +16,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from respawn_protocol.flat import sharded_parts
 from trainer_image.checkpoint.progress import EXTRA_PREFIX, CheckpointMismatch, Progress
 from trainer_image.checkpoint.rescale import rescale_steps
 from trainer_image.checkpoint.snapshot import Snapshot
@@ -280,10 +281,15 @@ class Backend:
 
 
 def read_checkpoint(path: Path) -> dict:
-    """Every entry of a checkpoint file (parameters and `respawn.*` extras); CheckpointDamaged if it
-    does not parse."""
-    fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
+    """Every entry of a checkpoint file (parameters and `respawn.*` extras), or of the parts of
+    MindSpore's merged safetensors in a directory; CheckpointDamaged if one does not parse."""
     try:
+        if path.is_dir():
+            parts = sharded_parts(path) or []
+            return {
+                k: v for part in parts for k, v in ms.load_checkpoint(str(part), format="safetensors").items()
+            }
+        fmt = "safetensors" if path.suffix == ".safetensors" else "ckpt"
         return ms.load_checkpoint(str(path), format=fmt)
     except (RuntimeError, ValueError, OSError, TypeError) as e:
         raise CheckpointDamaged(path, f"{path}: {e}") from e

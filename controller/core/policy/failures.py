@@ -23,14 +23,22 @@ from controller.core.devicefaults import Fault, FaultClass, chips_of_pod
 from controller.core.pods import Pod, attempt_of, container_status, name_of, node_of, owned_by, rank_of
 from controller.core.policy import devices
 from controller.core.timefmt import parse_time
-from respawn_protocol.contract import ExitClass, classify_exit
+from respawn_protocol.contract import ExitClass, classify_exit, preflight_check
 
 # Reasons that say nothing about the job itself: they restart it without using the budget.
 INFRASTRUCTURE = frozenset(
-    {Reason.EVICTED, Reason.PREEMPTED, Reason.NODE_LOST, Reason.DEVICE_FAULT, Reason.STOPPED}
+    {
+        Reason.EVICTED,
+        Reason.PREEMPTED,
+        Reason.NODE_LOST,
+        Reason.DEVICE_FAULT,
+        Reason.STOPPED,
+        Reason.PREFLIGHT_FAILED,
+    }
 )
-# Reasons that point at a machine; with avoidance on, the next attempt stays off it.
-NODE_FAULTS = frozenset({Reason.NODE_LOST, Reason.DEVICE_FAULT})
+# Reasons that point at a machine; with avoidance on, the next attempt stays off it (unless the
+# failure `keeps_node`: a chip reset clears it, or a pre-flight check that is not the node's).
+NODE_FAULTS = frozenset({Reason.NODE_LOST, Reason.DEVICE_FAULT, Reason.PREFLIGHT_FAILED})
 
 # The first line of a container's termination message, quoted in the failure's message, at most.
 _MAX_QUOTED = 200
@@ -52,7 +60,7 @@ class Failure:
     exit_code: int | None = None
     conditions: frozenset[tuple[str, str]] = frozenset()
     chips: frozenset[str] | None = None  # the worker's NPUs (device plugin annotation); None: unknown
-    keeps_node: bool = False  # a device fault that a chip reset clears: the node is not avoided
+    keeps_node: bool = False  # a device fault a chip reset clears, a check not the node's: not avoided
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,11 @@ def _exit_failure(exit_code: Any, trainer: str, said: Any = None) -> tuple[Reaso
         reason, message = Reason.PERMANENT_ERROR, f"trainer exited {exit_code}: configuration or data error"
     elif meaning is ExitClass.STOPPED:
         reason, message = Reason.STOPPED, "trainer checkpointed and stopped on request"
+    elif meaning is ExitClass.INFRASTRUCTURE:
+        reason, message = (
+            Reason.PREFLIGHT_FAILED,
+            f"trainer exited {exit_code}: its environment failed a check",
+        )
     else:
         reason, message = Reason.ERROR, f"container {trainer} exited with code {exit_code}"
     if isinstance(said, str) and (line := said.strip().split("\n", 1)[0].strip()):
@@ -142,6 +155,8 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
         if terminated.get("reason") == "OOMKilled":
             return replace(base, reason=Reason.OOM_KILLED, message=f"container {trainer} was OOM-killed")
         reason, message = _exit_failure(exit_code, trainer, terminated.get("message"))
+        if reason is Reason.PREFLIGHT_FAILED:
+            return replace(base, reason=reason, message=message, keeps_node=not _on_node(terminated))
         if reason is Reason.ERROR and (fault := devices.exit_fault(pod, ctx, base.at)) is not None:
             return _device_failure(base, fault, devices.explain(base.node, fault, base.at, message))
         if (
@@ -159,6 +174,13 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
         at = parse_time(meta["deletionTimestamp"]) or ctx.now
         return replace(base, reason=Reason.POD_DELETED, message="worker pod was deleted", at=at)
     return _node_failure(pod, base, ctx)
+
+
+def _on_node(terminated: dict[str, Any]) -> bool:
+    """Whether the pre-flight check the termination message names is the node's (its disk). A
+    message that names none keeps the node."""
+    check = preflight_check(terminated.get("message"))
+    return check is not None and check.on_node
 
 
 def _when(condition: dict[str, Any], ctx: Context) -> datetime:

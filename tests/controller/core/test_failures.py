@@ -13,7 +13,13 @@ from controller.core.observations import NodeState, Observations
 from controller.core.policy import failures
 from controller.core.policy.failures import Failure, Verdict
 from controller.core.timefmt import format_time
-from respawn_protocol.contract import ExitClass, ExitCode, classify_exit
+from respawn_protocol.contract import (
+    ExitClass,
+    ExitCode,
+    PreflightCheck,
+    classify_exit,
+    preflight_message,
+)
 from tests.support.core_inputs import NOW, RUNNING, context, device_report, fault_entry, job, pod
 
 
@@ -40,6 +46,7 @@ FAULTY = Observations(
         (pod(1, phase="Failed", exit_code=ExitCode.CONFIG_ERROR), None, Reason.PERMANENT_ERROR, 0),
         (pod(1, phase="Failed", exit_code=ExitCode.STOPPED), None, Reason.STOPPED, 0),
         (pod(1, phase="Failed", exit_code=ExitCode.TERMINATED), None, Reason.ERROR, 0),
+        (pod(1, phase="Failed", exit_code=ExitCode.PREFLIGHT_FAILED), None, Reason.PREFLIGHT_FAILED, 0),
         (pod(1, phase="Failed", exit_code=0), None, Reason.ERROR, 0),
         (disrupted("EvictionByEvictionAPI"), None, Reason.EVICTED, -3),
         (disrupted("PreemptionByScheduler"), None, Reason.PREEMPTED, -3),
@@ -78,7 +85,11 @@ def test_exit_codes_mean_what_the_protocol_says(code: int) -> None:
     ctx, _ = context(job(RUNNING), [worker])
     found = failures.detect(worker, ctx)
     assert found is not None
-    expected = {ExitClass.PERMANENT: Reason.PERMANENT_ERROR, ExitClass.STOPPED: Reason.STOPPED}
+    expected = {
+        ExitClass.PERMANENT: Reason.PERMANENT_ERROR,
+        ExitClass.STOPPED: Reason.STOPPED,
+        ExitClass.INFRASTRUCTURE: Reason.PREFLIGHT_FAILED,
+    }
     assert found.reason is expected.get(classify_exit(int(code)), Reason.ERROR)
 
 
@@ -159,6 +170,7 @@ EXIT_42 = Failure(Reason.ERROR, "", NOW, exit_code=42, conditions=frozenset({("C
         (rules(), Failure(Reason.NODE_LOST, "", NOW), Action.RESTART_JOB_IGNORE_BUDGET),
         (rules(), Failure(Reason.DEVICE_FAULT, "", NOW), Action.RESTART_JOB_IGNORE_BUDGET),
         (rules(), Failure(Reason.STOPPED, "", NOW), Action.RESTART_JOB_IGNORE_BUDGET),
+        (rules(), Failure(Reason.PREFLIGHT_FAILED, "", NOW), Action.RESTART_JOB_IGNORE_BUDGET),
         (rules(), Failure(Reason.OOM_KILLED, "", NOW), Action.RESTART_JOB),
         (rules(), Failure(Reason.PROGRESS_TIMEOUT, "", NOW), Action.RESTART_JOB),
         (
@@ -224,3 +236,30 @@ def test_an_exit_while_a_peer_node_is_not_ready_is_the_node_s_fault() -> None:
     permanent = pod(1, phase="Failed", exit_code=ExitCode.CONFIG_ERROR, node="node-1")
     flaky, _ = context(job(RUNNING), [pod(0), permanent], FLAKY)
     assert failures.detect(permanent, flaky).reason is Reason.PERMANENT_ERROR  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("said", "avoided"),
+    [
+        (preflight_message(PreflightCheck.FREE_SPACE, "12 MiB free, 2 checkpoints need 40 MiB"), True),
+        (preflight_message(PreflightCheck.WRITABLE, "cannot create a file: Read-only file system"), True),
+        (preflight_message(PreflightCheck.SHARED, "no probe of attempt 0 from rank 0 within 60 s"), False),
+        ("rank 3 (local rank 1 of 2, pid 812) exited with code 74", False),
+        (None, False),
+    ],
+)
+def test_a_failed_preflight_is_uncounted_and_avoids_the_node_only_for_its_disk(
+    said: str | None, avoided: bool
+) -> None:
+    """Exit 74: the environment's fault. A full or read-only disk is the node's (avoided next time);
+    a directory the ranks do not share is the volume's, as is a check the message does not name."""
+    worker = pod(1, phase="Failed", exit_code=ExitCode.PREFLIGHT_FAILED, node="node-2")
+    worker["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = said
+    ctx, _ = context(job(RUNNING), [pod(0), worker])
+    failure = failures.detect(worker, ctx)
+    assert failure is not None and failure.reason is Reason.PREFLIGHT_FAILED
+    if said:
+        assert said.split(":")[0] in failure.message
+    verdict = failures.classify(failure, ctx.policy)
+    assert not verdict.counted
+    assert verdict.faulty_node == ("node-2" if avoided else None)
