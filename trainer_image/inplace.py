@@ -149,6 +149,7 @@ class InPlace:
         # trainer_image/warm.py: the next attempt's processes, importing while this one stops.
         self.warm_command = list(warm_command) if warm_command else None
         self.spares: dict[int, subprocess.Popen[bytes]] = {}
+        self.current: Supervisor | None = None  # of the attempt running or last run
 
     def run(self) -> int:
         environ = self.environ
@@ -173,7 +174,7 @@ class InPlace:
 
     def _one_attempt(self, environ: Mapping[str, str]) -> tuple[int, Supervisor]:
         attempt = self.attempt
-        supervisor = Supervisor(
+        supervisor = self.current = Supervisor(
             self.command,
             environ,
             self.n,
@@ -228,9 +229,9 @@ class InPlace:
         )
 
     def _state(self, state: str, cause: Child | None) -> State:
-        if cause is None:
+        if cause is None or self.current is None:
             return State(self.attempt, state, now_text())
-        return State(self.attempt, state, now_text(), cause.code, cause.describe(self.n))
+        return State(self.attempt, state, now_text(), cause.code, self.current.failure_message(cause))
 
     def _wait_for_start(self) -> Command | None:
         """The controller's start of a later attempt; None when the pod is being deleted (SIGTERM)."""

@@ -216,14 +216,19 @@ class Supervisor:
         )
         if failed is not None:
             assert failed.code is not None
-            message = failed.describe(self.n)
-            if failed.code == ExitCode.PREFLIGHT_FAILED:
-                message = _after_preflight(self.termination_log, message)
-            self._say(message)
+            self._say(self.failure_message(failed))
             return failed.code
         if any(c.code == ExitCode.STOPPED for c in self.exited):
             return ExitCode.STOPPED
         return ExitCode.SUCCESS
+
+    def failure_message(self, failed: Child) -> str:
+        """What the pod says of its failing rank: which rank and how it ended; a pre-flight
+        failure's check first, as the rank wrote it."""
+        message = failed.describe(self.n)
+        if failed.code == ExitCode.PREFLIGHT_FAILED:
+            message = _after_preflight(self.termination_log, message)
+        return message
 
     def _say(self, message: str) -> None:
         if not self.termination_log.exists():
