@@ -20,8 +20,8 @@ from respawn_protocol.resolve import last_complete
 # Event messages written by controller/core/policy/restart.py (Restarting, JobFailed) and
 # controller/core/policy/startup.py (AttemptCreated).
 _RESTARTING = re.compile(
-    r"^(?P<reason>\S+) on (?P<pod>\S+): (?P<message>.*); restart (?P<kind>counted|not counted), "
-    r"attempt (?P<next>\d+) in "
+    r"^(?P<reason>\S+) on (?P<pod>\S+): (?P<message>.*); restart (?P<kind>counted|not counted)"
+    r"(?P<in_place>, in place)?, attempt (?P<next>\d+) in "
 )
 _ATTEMPT_CREATED = re.compile(r"^attempt (?P<attempt>\d+):")
 _EXIT_CODE = re.compile(r"exited (?:with code )?(?P<code>-?\d+)")
@@ -124,7 +124,7 @@ def build(job: dict[str, Any], events: list[Any]) -> Report:
         _apply_event(attempts, event, current)
     last = _failure(status.get("lastFailure"))
     if last is not None:
-        _apply_last_failure(attempts, last, current, phase)
+        _apply_last_failure(attempts, last, current, phase, status.get("podAttempt"))
     _set_results(attempts, current, phase)
     checkpoint = status.get("lastCompleteCheckpoint")
     return Report(
@@ -161,7 +161,9 @@ def _apply_event(attempts: dict[int, Attempt], event: Any, current: int) -> None
     if event.reason == "AttemptCreated" and (m := _ATTEMPT_CREATED.match(message)):
         _attempt(attempts, int(m["attempt"])).started = when or None
     elif event.reason == "Restarting" and (m := _RESTARTING.match(message)):
-        n = _attempt_of_pod(m["pod"])
+        # A pod kept by restarts in place is named after the attempt that created it, not the one
+        # that failed in it.
+        n = None if m["in_place"] else _attempt_of_pod(m["pod"])
         n = int(m["next"]) - 1 if n is None else n
         _attempt(attempts, n).failure = Failure(
             reason=m["reason"],
@@ -179,9 +181,14 @@ def _apply_event(attempts: dict[int, Attempt], event: Any, current: int) -> None
         a.failure.action = "FailJob"
 
 
-def _apply_last_failure(attempts: dict[int, Attempt], last: Failure, current: int, phase: str) -> None:
-    """The status's lastFailure replaces its attempt's failure from the events, which may be lost."""
+def _apply_last_failure(
+    attempts: dict[int, Attempt], last: Failure, current: int, phase: str, kept: Any = None
+) -> None:
+    """The status's lastFailure replaces its attempt's failure from the events, which may be lost.
+    `kept`: status.podAttempt, whose pods later attempts ran in (their names say nothing then)."""
     n = _attempt_of_pod(last.pod) if last.pod else None
+    if n is not None and n == kept:
+        n = None
     if n is None:
         n = current if phase == "Failed" else current - 1
     if n >= 0:
