@@ -55,12 +55,6 @@ def rank_folders(root: Path, world_size: int | None, warnings: list[str]) -> tup
     return range(n), n
 
 
-def rank_folders_hold_none(root: Path) -> bool:
-    """Whether `root/rank_0/` holds no checkpoint content (one lookup): then `root` is either empty
-    or a folder of loose files (flat.py), never a rank_N/ layout."""
-    return not _has_checkpoint_content(rank_dir(root, 0), [])
-
-
 def _has_checkpoint_content(directory: Path, warnings: list[str]) -> bool:
     try:
         mode = os.lstat(directory).st_mode

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from respawn_protocol.candidates import (
     Candidate,
@@ -40,11 +39,9 @@ from respawn_protocol.candidates import (
     has_loose_checkpoints,
     one_history,
     rank_folders,
-    rank_folders_hold_none,
     runs_newest_first,
     scan_rank,
 )
-from respawn_protocol.flat import Unified, loose_files, read_unified, sharded_parts
 from respawn_protocol.layout import (
     EXTENSIONS,
     StepKey,
@@ -55,29 +52,11 @@ from respawn_protocol.layout import (
     safe_child,
     substitute_rank,
 )
+from respawn_protocol.resolution import Resolution, ResolveError
+from respawn_protocol.resolve_flat import with_extension, without_rank_folders
 from respawn_protocol.validity import Check, invalid
 
 __all__ = ["Check", "Resolution", "ResolveError", "last_complete", "resolve"]
-
-
-class ResolveError(ValueError):
-    """The request cannot be satisfied as given (bad name, missing step). Permanent."""
-
-
-@dataclass(frozen=True)
-class Resolution:
-    source: Literal["none", "file", "directory"]
-    files: dict[int, Path] = field(default_factory=dict)  # rank -> file; empty means random init
-    key: StepKey | None = None
-    global_step: int | None = None
-    warnings: tuple[str, ...] = ()
-    world_size: int | None = None  # ranks of the gang that wrote the step (None: a single full file)
-    attempt: int | None = None  # the controller's attempt that wrote the step, where meta.json says
-    lineage: str | None = None  # the history the step belongs to, where meta.json says (lineage.py)
-
-    @property
-    def random_init(self) -> bool:
-        return not self.files
 
 
 def resolve(
@@ -112,14 +91,9 @@ def resolve(
         raise ResolveError(f"load_checkpoint {root} does not exist")
     warnings: list[str] = []
     try:
-        unified = read_unified(root)
-        if unified is not None:
-            return _resolve_unified(root, unified, resume_training, world_size, formats, check, exclude)
-        parts = sharded_parts(root)
-        if parts is not None:
-            return _resolve_sharded(root, parts, resume_training, world_size, formats, exclude)
-        if rank_folders_hold_none(root) and has_loose_checkpoints(root, formats):
-            return _resolve_flat(root, resume_training, world_size, formats, check, exclude, at_most)
+        whole = without_rank_folders(root, resume_training, world_size, formats, check, exclude, at_most)
+        if whole is not None:
+            return whole
         ranks, legacy = rank_folders(root, world_size, warnings)
         directory = _Directory(root, ranks, legacy, formats, check, warnings)
         if isinstance(resume_training, str):
@@ -173,108 +147,10 @@ def _resolve_file(path: Path, world_size: int | None, formats: Collection[str]) 
     return Resolution("file", {r: path for r in ranks}, parsed.key if parsed else None)
 
 
-def _with_extension(name: str, formats: Collection[str]) -> str:
-    """MindFormers appends `.{load_ckpt_format}` to a `resume_training` name without one."""
-    if is_plain_name(name) and not name.endswith(tuple(f".{ext}" for ext in EXTENSIONS)):
-        return f"{name}.{next(iter(formats))}"
-    return name
-
-
-def _resolve_unified(
-    root: Path,
-    unified: Unified,
-    resume_training: bool | str,
-    world_size: int | None,
-    formats: Collection[str],
-    check: Check,
-    exclude: Collection[Path],
-) -> Resolution:
-    """A merged checkpoint (`unified_checkpoint/`): its one full file, for every rank. No fallback:
-    it is a copy of one step, and the shards it was merged from are the record."""
-    where = f"load_checkpoint {root} (a merged checkpoint of step {unified.key})"
-    if isinstance(resume_training, str) and _with_extension(resume_training, formats) != unified.file:
-        raise ResolveError(f"{where}: resume_training {resume_training!r} is not its file {unified.file}")
-    parsed = parse_name(unified.file) if is_plain_name(unified.file) else None
-    if parsed is None or parsed.key != unified.key:
-        raise ResolveError(f"{where}: meta.json names {unified.file!r}, not a checkpoint of that step")
-    if parsed.ext not in formats:
-        raise ResolveError(f"{where}: its file is {parsed.ext}; set load_ckpt_format: {parsed.ext}")
-    path = safe_child(root, unified.file, within=root)
-    reason = "failed to load" if path in exclude else invalid(path, unified.record(), check)
-    if reason:
-        raise ResolveError(f"{where}: {unified.file}: {reason}; merge it again from its shards")
-    return Resolution("file", {r: path for r in range(world_size or 1)}, unified.key)
-
-
-def _resolve_sharded(
-    root: Path,
-    parts: list[Path],
-    resume_training: bool | str,
-    world_size: int | None,
-    formats: Collection[str],
-    exclude: Collection[Path],
-) -> Resolution:
-    """MindSpore's merged safetensors (`param_name_map.json` and its parts): the directory is the
-    one full checkpoint, for every rank; its parts must all be there and intact."""
-    where = f"load_checkpoint {root} (MindSpore's merged safetensors)"
-    if "safetensors" not in formats:
-        raise ResolveError(f"{where}: set load_ckpt_format: safetensors")
-    if isinstance(resume_training, str):
-        raise ResolveError(f"{where}: holds one checkpoint; resume_training must be True or False")
-    if root in exclude:
-        raise ResolveError(f"{where}: failed to load")
-    problems = [f"{p.name}: {reason}" for p in parts if (reason := invalid(p, None, Check.SIZE))]
-    if problems:
-        raise ResolveError(f"{where} is not usable: " + "; ".join(problems))
-    return Resolution("file", {r: root for r in range(world_size or 1)})
-
-
-def _resolve_flat(
-    root: Path,
-    resume_training: bool | str,
-    world_size: int | None,
-    formats: Collection[str],
-    check: Check,
-    exclude: Collection[Path],
-    at_most: StepKey | None,
-) -> Resolution:
-    """A flat folder of one rank's checkpoints (ModelArts' `train_url`): its newest intact file by
-    (epoch, step), or the one `resume_training` names; one rank only, with a warning."""
-    if world_size not in (None, 1):
-        raise ResolveError(
-            f"load_checkpoint {root} holds checkpoint files but no rank_N/ folders: a flat folder is "
-            f"one rank's checkpoints and cannot resume {world_size} ranks; use the rank_N/ layout, "
-            "or name one file (full weights for every rank)"
-        )
-    warnings: list[str] = []
-    files = loose_files(root, formats, warnings)
-    if isinstance(resume_training, str):
-        name = _with_extension(resume_training, formats)
-        files = [(key, path) for key, path in files if path.name == name]
-        if not files:
-            raise ResolveError(f"resume_training {resume_training!r}: no such checkpoint in {root}")
-    for key, path in files:
-        if at_most is not None and key > at_most:
-            continue
-        reason = "failed to load" if path in exclude else invalid(path, None, check)
-        if reason:
-            if isinstance(resume_training, str):
-                raise ResolveError(f"resume_training {resume_training!r} is not usable: {reason}")
-            warnings.append(f"{path.name} is damaged ({reason}); falling back to an older checkpoint")
-            continue
-        warnings.append(
-            f"load_checkpoint {root} has no rank_N/ folders: a flat folder (as ModelArts' train_url), "
-            f"resumed as one rank from its newest checkpoint by (epoch, step), {path.name}"
-        )
-        return Resolution("directory", {0: path}, key, None, tuple(warnings), 1)
-    warnings.append(f"{root}: no intact checkpoint in the flat folder; random init")
-    return Resolution("none", warnings=tuple(warnings))
-
-
 def _resolve_named(d: _Directory, name: str) -> Resolution:
     """`resume_training: <file name>`: that step on every rank of its gang, or an error. A name
     without extension gets the configured format's, as MindFormers appends `.{load_ckpt_format}`."""
-    name = _with_extension(name, d.formats)
+    name = with_extension(name, d.formats)
     parsed = parse_name(name) if is_plain_name(name) else None
     if parsed is None:
         raise ResolveError(f"resume_training {name!r}: expected a file name like PREFIX-EPOCH_STEP.ckpt")

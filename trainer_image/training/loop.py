@@ -23,7 +23,7 @@ from respawn_protocol.steplog import StepLog
 from trainer_image.checkpoint.confine import check_output_dir, open_step_log
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import ConfigError, TrainerConfig
-from trainer_image.training import preflight
+from trainer_image.training import loss_monitor, preflight
 from trainer_image.training.gang import Gang, Outcome
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import (
@@ -179,7 +179,7 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
         environ=os.environ,
     )
     saved = _saved_parameters(backend, config, gang)
-    _check_space(config, gang, backend, saved)
+    preflight.check_model_space(config, gang, backend, saved)
     built = time.perf_counter()
 
     # From here on `config` says what was loaded: the job's checkpoint directory or the user's source.
@@ -205,20 +205,6 @@ def _saved_parameters(backend: Backend, config: TrainerConfig, gang: Gang) -> se
         owners = backend.remove_redundancy(gang.rank, gang.world_size)
         return {name for name, owner in owners.items() if owner == gang.rank}
     return {p.name for p in backend.cell.get_parameters()}
-
-
-def _check_space(config: TrainerConfig, gang: Gang, backend: Backend, saved: set[str]) -> None:
-    """Pre-flight `free-space`: room for checkpoints of every rank (they share the directory)."""
-    monitor = config.checkpoint_monitor
-    if monitor is None:
-        return  # nothing will be saved
-    sizes = {p.name: int(p.nbytes) for p in backend.cell.get_parameters()}
-    estimate = sum(sizes[n] for n in saved)
-    if monitor.save_network_params:
-        estimate += sum(sizes[n] for n in saved & backend.network_names)
-    output_dir = Path(config.output_dir)
-    per_rank = preflight.checkpoint_bytes(estimate, output_dir, gang.rank)
-    preflight.check_space(output_dir, per_rank=per_rank, ranks=gang.world_size, environ=os.environ)
 
 
 def _resume(
@@ -349,7 +335,7 @@ def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
     progress.advance(steps_per_epoch=state.stream.steps_per_epoch)
     record = _step_record(state, result, t0)
     state.steplog.write(record)
-    _print_loss(state.config, record)
+    loss_monitor.print_loss(state.config, record)
     state.reporter.stepped(progress.global_step, time.perf_counter() - t0)
     if state.compile_cache is not None:  # the first step compiled every graph
         state.compile_cache.finish()
@@ -363,23 +349,6 @@ def _step(state: _Run, batch: np.ndarray, stop: StopRequest) -> None:
         # The save call, plus what steps since the last save waited for its snapshot copy.
         state.reporter.saved(time.perf_counter() - saving + waited - state.copy_waited_before)
         state.copy_waited_before = state.backend.copy_waited
-
-
-def _print_loss(config: TrainerConfig, record: dict[str, Any]) -> None:
-    """MFLossMonitor: the step's loss in the log every `per_print_times` global steps."""
-    monitor = config.loss_monitor
-    if monitor is None or record["global_step"] % monitor.per_print_times:
-        return
-    log.info(
-        "step %d (epoch %d, step %d): loss %.6f, lr %.6g, loss scale %g, %.1f ms",
-        record["global_step"],
-        record["epoch"],
-        record["step"],
-        record["loss"],
-        record["lr"],
-        record["loss_scale"],
-        record["step_time"] * 1000,
-    )
 
 
 def _step_record(state: _Run, result: StepResult, t0: float) -> dict[str, Any]:

@@ -30,13 +30,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from respawn_protocol import contract, safefs
 from respawn_protocol.contract import PreflightCheck
 from respawn_protocol.layout import checkpoint_root, network_root, rank_dir
 from respawn_protocol.meta import MetaError, read_meta
 from trainer_image.checkpoint.commit import FILE_MODE, atomic_write_bytes, make_dirs
-from trainer_image.config import ConfigError
+from trainer_image.config import ConfigError, TrainerConfig
+
+if TYPE_CHECKING:
+    from trainer_image.training.backend import Backend  # MindSpore: imported by the caller already
+    from trainer_image.training.gang import Gang
 
 log = logging.getLogger("trainer_image.preflight")
 
@@ -228,6 +233,20 @@ def check_space(
     log.info(
         "pre-flight: %s free in %s, %d checkpoints need %s", _mib(available), output_dir, count, _mib(need)
     )
+
+
+def check_model_space(config: TrainerConfig, gang: Gang, backend: Backend, saved: set[str]) -> None:
+    """Pre-flight `free-space`: room for checkpoints of every rank (they share the directory)."""
+    monitor = config.checkpoint_monitor
+    if monitor is None:
+        return  # nothing will be saved
+    sizes = {p.name: int(p.nbytes) for p in backend.cell.get_parameters()}
+    estimate = sum(sizes[n] for n in saved)
+    if monitor.save_network_params:
+        estimate += sum(sizes[n] for n in saved & backend.network_names)
+    output_dir = Path(config.output_dir)
+    per_rank = checkpoint_bytes(estimate, output_dir, gang.rank)
+    check_space(output_dir, per_rank=per_rank, ranks=gang.world_size, environ=os.environ)
 
 
 def _free_bytes(path: Path) -> int:

@@ -148,32 +148,34 @@ def detect(pod: Pod, ctx: Context) -> Failure | None:
         return replace(base, reason=reason, message=message, at=_when(disruption, ctx))
     phase = status.get("phase")
     if phase == "Failed":
-        if status.get("reason") == "Evicted":
-            return replace(
-                base, reason=Reason.EVICTED, message=status.get("message", "evicted by the kubelet")
-            )
-        if terminated.get("reason") == "OOMKilled":
-            return replace(base, reason=Reason.OOM_KILLED, message=f"container {trainer} was OOM-killed")
-        reason, message = _exit_failure(exit_code, trainer, terminated.get("message"))
-        if reason is Reason.PREFLIGHT_FAILED:
-            return replace(base, reason=reason, message=message, keeps_node=not _on_node(terminated))
-        if reason is Reason.ERROR and (fault := devices.exit_fault(pod, ctx, base.at)) is not None:
-            return _device_failure(base, fault, devices.explain(base.node, fault, base.at, message))
-        if (
-            reason is Reason.ERROR
-            and _lost_peer_exit(exit_code)
-            and (down := _gang_node_down(ctx)) is not None
-        ):
-            node, since = down
-            message += f" while node {node} of the gang was not ready (since {since.isoformat()})"
-            return replace(base, reason=Reason.NODE_LOST, message=message, node=node)
-        return replace(base, reason=reason, message=message)
+        return _failed(pod, base, ctx)
     if phase == "Succeeded":
         return None
     if meta.get("deletionTimestamp"):
         at = parse_time(meta["deletionTimestamp"]) or ctx.now
         return replace(base, reason=Reason.POD_DELETED, message="worker pod was deleted", at=at)
     return _node_failure(pod, base, ctx)
+
+
+def _failed(pod: Pod, base: Failure, ctx: Context) -> Failure:
+    """A worker whose pod failed: evicted by the kubelet, OOM-killed, or its trainer's exit (a
+    device fault's or a lost node's when one explains it)."""
+    status, trainer = pod.get("status") or {}, ctx.job.spec.trainer_container
+    terminated = (container_status(pod, trainer).get("state") or {}).get("terminated") or {}
+    if status.get("reason") == "Evicted":
+        return replace(base, reason=Reason.EVICTED, message=status.get("message", "evicted by the kubelet"))
+    if terminated.get("reason") == "OOMKilled":
+        return replace(base, reason=Reason.OOM_KILLED, message=f"container {trainer} was OOM-killed")
+    reason, message = _exit_failure(base.exit_code, trainer, terminated.get("message"))
+    if reason is Reason.PREFLIGHT_FAILED:
+        return replace(base, reason=reason, message=message, keeps_node=not _on_node(terminated))
+    if reason is Reason.ERROR and (fault := devices.exit_fault(pod, ctx, base.at)) is not None:
+        return _device_failure(base, fault, devices.explain(base.node, fault, base.at, message))
+    if reason is Reason.ERROR and _lost_peer_exit(base.exit_code) and (down := _gang_node_down(ctx)):
+        node, since = down
+        message += f" while node {node} of the gang was not ready (since {since.isoformat()})"
+        return replace(base, reason=Reason.NODE_LOST, message=message, node=node)
+    return replace(base, reason=reason, message=message)
 
 
 def _on_node(terminated: dict[str, Any]) -> bool:
