@@ -19,6 +19,8 @@ from respawn_protocol import contract
 from respawn_protocol.contract import ExitCode, parse_resume_training
 from trainer_image.checkpoint.commit import UMASK
 
+HCCL_TIMEOUTS = ("HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT")
+
 
 def _flag(value: str) -> bool:
     parsed = parse_resume_training(value)
@@ -104,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         log.error("permanent error: %s", e)
         return ExitCode.CONFIG_ERROR
+    # The seed's distributed trouble: collective timeouts, set in the TrainingJob's template env
+    # (docs/trainer.md, GRPO); logged so that every rank shows what it got.
+    for name in HCCL_TIMEOUTS:
+        if name in environ:
+            log.info("%s=%s", name, environ[name])
     stop = StopRequest()
     stop.install()
     reporter = Reporter.from_env(environ, rank=rank, attempt=attempt)

@@ -1,0 +1,134 @@
+"""GRPO without MindSpore: the task's reward and prompt order, sampling and advantages, the config
+and the command line, and the HCCL timeouts of a TrainingJob's template reaching every rank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from controller.api.types import parse_job
+from controller.core.podspec import worker_pod
+from tests.support import REPO
+from trainer_image.config import ConfigError
+from trainer_image.grpo.__main__ import cli_overrides, job_checkpoint_dir, parse_args
+from trainer_image.grpo.algo import group_advantages, sample, sampling_rng
+from trainer_image.grpo.config import build_grpo_config, grpo_env_overrides, parse_grpo_config
+from trainer_image.grpo.task import SumTask, prompt_indices
+
+TASK = SumTask(operand_max=19, completion_length=3)
+
+
+def test_the_reward_gives_full_credit_for_the_answer_and_partial_credit_for_its_form() -> None:
+    pairs = np.array([[7, 12], [7, 12], [7, 12], [0, 3]])
+    assert bytes(TASK.prompt_bytes(pairs[:1])[0]) == b"07+12="
+    targets = TASK.targets(pairs)
+    assert bytes(targets[0]) == b"19;" and bytes(targets[3]) == b"03;"
+    completions = np.frombuffer(b"19;" + b"28;" + b"ab!" + b"03;", dtype=np.uint8).reshape(4, 3)
+    rewards = TASK.rewards(completions, targets)
+    assert rewards.dtype == np.float32
+    assert rewards.tolist() == [1.0, pytest.approx(0.5), 0.0, 1.0]
+
+
+def test_prompt_order_is_a_function_of_the_seed_and_iteration_and_ranks_take_disjoint_prompts() -> None:
+    def take(iteration: int, rank: int, seed: int = 3) -> list[int]:
+        return prompt_indices(
+            TASK, seed=seed, iteration=iteration, batch=8, offset=4 * rank, count=4
+        ).tolist()
+
+    assert take(5, 0) == take(5, 0)
+    assert take(5, 0) != take(5, 0, seed=4)
+    assert not set(take(5, 0)) & set(take(5, 1))
+    per_epoch = TASK.size // 8
+    epoch = [i for t in range(per_epoch) for r in (0, 1) for i in take(t, r)]
+    assert len(set(epoch)) == len(epoch) == per_epoch * 8, "an epoch visits each prompt at most once"
+    assert take(per_epoch, 0) != take(0, 0), "the next epoch is another permutation"
+
+
+def test_sampling_is_keyed_on_seed_step_and_rank_and_follows_the_softmax() -> None:
+    assert (sampling_rng(1, 7, 0).random(4) == sampling_rng(1, 7, 0).random(4)).all()
+    assert (sampling_rng(1, 7, 0).random(4) != sampling_rng(1, 7, 1).random(4)).all()
+    logits = np.log(np.array([[0.5, 0.25, 0.25]] * 4, dtype=np.float32))
+    picks = sample(logits, np.array([0.1, 0.6, 0.8, 0.999999]), 1.0)
+    assert picks.tolist() == [0, 1, 2, 2]
+    hot = sample(logits[:1], np.array([0.6]), 1e-3)  # near zero temperature: the argmax
+    assert hot.tolist() == [0]
+
+
+def test_advantages_are_normalised_within_each_group() -> None:
+    rewards = np.array([1, 0, 0, 0, 0.5, 0.5, 0.5, 0.5], dtype=np.float32)
+    adv = group_advantages(rewards, 4)
+    assert adv.dtype == np.float32
+    assert abs(float(adv[:4].sum())) < 1e-5 and adv[0] > 0 > adv[1]
+    assert adv[4:].tolist() == [0.0] * 4, "a group with one reward carries no signal"
+
+
+def test_the_shipped_config_parses_and_unknown_or_wrong_keys_are_named(tmp_path: Path) -> None:
+    config = build_grpo_config(REPO / "trainer_image" / "configs" / "grpo_tiny.yaml")
+    assert config.grpo.num_generations == 8 and config.checkpoint_monitor is not None
+    assert (
+        config.save_dir == Path("./output/grpo_tiny") and config.strategy_dir == config.save_dir / "strategy"
+    )
+    with pytest.raises(ConfigError, match=r"grpo\.num_generation: unknown key"):
+        parse_grpo_config({"grpo": {"num_generation": 4}})
+    with pytest.raises(ConfigError, match=r"grpo\.beta: expected float, got str"):
+        parse_grpo_config({"grpo": {"beta": "high"}})
+    with pytest.raises(ConfigError, match=r"model\.seq_length"):
+        parse_grpo_config({"model": {"seq_length": 8}})
+    with pytest.raises(ConfigError, match="async_save"):
+        parse_grpo_config({"callbacks": [{"type": "CheckpointMonitor", "async_save": True}]})
+
+
+def test_flags_beat_the_environment_which_beats_the_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"output_dir": "/yaml", "seed": 1}))
+    args = parse_args(
+        [
+            "--config",
+            str(path),
+            "--resume_training",
+            "--actor_checkpoint_path",
+            "/a",
+            "--save_checkpoint_dir",
+            "/s",
+        ]
+    )
+    env = {
+        "RESPAWN_OUTPUT_DIR": "/job",
+        "RESPAWN_LOAD_CHECKPOINT": "/weights",
+        "RESPAWN_RESUME_TRAINING": "false",
+    }
+    config = build_grpo_config(path, grpo_env_overrides(env), cli_overrides(args))
+    assert (config.output_dir, config.actor_checkpoint_path, config.resume_training) == ("/job", "/a", True)
+    assert config.save_dir == Path("/s") and config.strategy_dir == Path("/s/strategy")
+    assert parse_args(["--config", "c", "--resume_training", "false"]).resume_training is False
+    assert parse_args(["--config", "c"]).resume_training is None
+    with pytest.raises(ConfigError, match="true or false"):
+        grpo_env_overrides({"RESPAWN_RESUME_TRAINING": "grpo_rank_0-1_5.ckpt"})
+
+
+def test_auto_resume_looks_in_the_save_directory_only_under_the_controller_or_when_asked() -> None:
+    save = Path("/mnt/shared/ns/job")
+    env = {"RESPAWN_JOB_CHECKPOINT_DIR": "/mnt/shared/ns/job/checkpoint"}
+    assert job_checkpoint_dir(env, save, resume=False) == save / "checkpoint"
+    assert job_checkpoint_dir({}, save, resume=True) == save / "checkpoint"
+    assert job_checkpoint_dir({}, save, resume=False) is None
+    with pytest.raises(ConfigError, match="not where this run writes its checkpoints"):
+        job_checkpoint_dir(env, Path("/elsewhere"), resume=False)
+
+
+def test_hccl_timeouts_in_the_samples_template_reach_every_rank() -> None:
+    """The seed's fix for distributed timeouts: set in the TrainingJob's template, every worker pod
+    of every attempt carries them next to what the controller injects."""
+    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "samples" / "grpo.yaml").read_text()) if d]
+    (body,) = [d for d in docs if d["kind"] == "TrainingJob"]
+    job = parse_job({**body, "metadata": {**body["metadata"], "namespace": "team", "uid": "u"}})
+    replicas = body["spec"]["replicas"]
+    for attempt in (0, 1):
+        for rank in range(replicas):
+            pod = worker_pod(job, attempt=attempt, rank=rank, replicas=replicas)
+            env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+            assert (env["HCCL_CONNECT_TIMEOUT"], env["HCCL_EXEC_TIMEOUT"]) == ("2400", "7200")
+            assert env["RESPAWN_RANK"] == str(rank)
