@@ -13,7 +13,7 @@ from controller.api.types import parse_job
 from controller.core.podspec import worker_pod
 from tests.support import REPO
 from trainer_image.config import ConfigError
-from trainer_image.grpo.__main__ import cli_overrides, job_checkpoint_dir, parse_args
+from trainer_image.grpo.__main__ import cli_overrides, job_checkpoint_dir, main, parse_args
 from trainer_image.grpo.algo import group_advantages, sample, sampling_rng
 from trainer_image.grpo.config import build_grpo_config, grpo_env_overrides, parse_grpo_config
 from trainer_image.grpo.task import SumTask, prompt_indices
@@ -132,3 +132,15 @@ def test_hccl_timeouts_in_the_samples_template_reach_every_rank() -> None:
             env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
             assert (env["HCCL_CONNECT_TIMEOUT"], env["HCCL_EXEC_TIMEOUT"]) == ("2400", "7200")
             assert env["RESPAWN_RANK"] == str(rank)
+
+
+def test_several_ranks_per_pod_go_through_the_supervisor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With RESPAWN_RANKS_PER_POD > 1 the GRPO entry point is the pod's supervisor, as the pretraining
+    one is: ranks beyond the world size are refused before any starts."""
+    ranks = {"RESPAWN_RANKS_PER_POD": "2", "RESPAWN_RANK": "0", "RESPAWN_WORLD_SIZE": "1", "GLOG_v": "3"}
+    for name, value in ranks.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("os.umask", lambda mask: 0)
+    monkeypatch.setattr("signal.signal", lambda *a: None)
+    config = str(REPO / "trainer_image" / "configs" / "grpo_tiny.yaml")
+    assert main(["--config", config]) == 78

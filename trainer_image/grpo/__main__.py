@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(UMASK)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("trainer_image.grpo")
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
 
+    from trainer_image import supervisor
     from trainer_image.config import ConfigError
     from trainer_image.grpo.config import build_grpo_config, grpo_env_overrides, with_save_interval
     from trainer_image.grpo.loop import run
@@ -96,6 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     from trainer_image.training.stop import StopRequest
 
     environ = os.environ
+    try:
+        ranks = supervisor.ranks_per_pod(environ)
+        if ranks > 1:  # the pod's entry point: one process per rank, as for pretraining
+            supervisor.check_ranks(environ, ranks)
+    except ConfigError as e:
+        log.error("permanent error: %s", e)
+        return ExitCode.CONFIG_ERROR
+    if ranks > 1:
+        command = [sys.executable, "-m", "trainer_image.grpo", *argv]
+        return supervisor.Supervisor(command, environ, ranks).run()
     try:
         config = build_grpo_config(args.config, grpo_env_overrides(environ), cli_overrides(args))
         interval = environ.get(contract.SAVE_CHECKPOINT_STEPS)
