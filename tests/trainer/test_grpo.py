@@ -177,3 +177,23 @@ def test_parameter_names_that_do_not_match_are_listed(
     out = p.output()
     assert "does not fit the policy" in out and "tok_embeddings.embedding_table" in out
     assert "parameter name(s) [adam_m.layers.0.attention.wk.weight," in out
+
+
+def test_sigterm_commits_the_current_step_and_the_restart_loses_nothing(
+    reference: Path, launch: Launch, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    config = write_grpo_config(
+        tmp_path / "run.yaml",
+        grpo_config(out, resume_training=True, callbacks__0__save_checkpoint_steps=1000),
+    )
+    p = launch(config)
+    wait_for("3 steps", lambda: len(steps(out)) >= 3 or p.proc.poll() is not None, 240, interval=FAST)
+    p.proc.send_signal(signal.SIGTERM)
+    assert p.wait() == ExitCode.STOPPED, p.output()[-2000:]
+    meta = read_meta(out / "checkpoint" / "rank_0")
+    stopped = steps(out)[-1]["global_step"]
+    assert meta is not None and meta.last_global_step == stopped < TOTAL
+    finish(launch, config)
+    assert [r["global_step"] for r in steps(out)] == list(range(1, TOTAL + 1)), "no step run twice"
+    assert exact(out) == exact(reference)
