@@ -20,6 +20,7 @@ from respawn_protocol.contract import ExitCode, parse_resume_training
 from trainer_image.checkpoint.commit import UMASK
 
 HCCL_TIMEOUTS = ("HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT")
+log = logging.getLogger("trainer_image.grpo")
 
 
 def _flag(value: str) -> bool:
@@ -85,11 +86,27 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GLOG_v", "3")
     os.umask(UMASK)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("trainer_image.grpo")
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
 
     from trainer_image import supervisor
+    from trainer_image.config import ConfigError
+
+    environ = os.environ
+    try:
+        ranks = supervisor.ranks_per_pod(environ)
+        if ranks > 1:  # the pod's entry point: one process per rank, as for pretraining
+            supervisor.check_ranks(environ, ranks)
+            command = [sys.executable, "-m", "trainer_image.grpo", *argv]
+            return supervisor.Supervisor(command, environ, ranks).run()
+        return _train(args, environ)
+    except ConfigError as e:
+        log.error("permanent error: %s", e)
+        return ExitCode.CONFIG_ERROR
+
+
+def _train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """One rank; ConfigError for a permanent error."""
     from trainer_image.config import ConfigError
     from trainer_image.grpo.config import build_grpo_config, grpo_env_overrides, with_save_interval
     from trainer_image.grpo.loop import run
@@ -97,27 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     from trainer_image.training.report import Reporter
     from trainer_image.training.stop import StopRequest
 
-    environ = os.environ
-    try:
-        ranks = supervisor.ranks_per_pod(environ)
-        if ranks > 1:  # the pod's entry point: one process per rank, as for pretraining
-            supervisor.check_ranks(environ, ranks)
-    except ConfigError as e:
-        log.error("permanent error: %s", e)
-        return ExitCode.CONFIG_ERROR
-    if ranks > 1:
-        command = [sys.executable, "-m", "trainer_image.grpo", *argv]
-        return supervisor.Supervisor(command, environ, ranks).run()
-    try:
-        config = build_grpo_config(args.config, grpo_env_overrides(environ), cli_overrides(args))
-        interval = environ.get(contract.SAVE_CHECKPOINT_STEPS)
-        config = with_save_interval(config, _positive(interval) if interval else None)
-        rank, world_size = rank_and_world(environ)
-        attempt = attempt_of(environ)
-        job_dir = job_checkpoint_dir(environ, config.save_dir, config.resume_training)
-    except ConfigError as e:
-        log.error("permanent error: %s", e)
-        return ExitCode.CONFIG_ERROR
+    config = build_grpo_config(args.config, grpo_env_overrides(environ), cli_overrides(args))
+    interval = environ.get(contract.SAVE_CHECKPOINT_STEPS)
+    config = with_save_interval(config, _positive(interval) if interval else None)
+    rank, world_size = rank_and_world(environ)
+    attempt = attempt_of(environ)
+    job_dir = job_checkpoint_dir(environ, config.save_dir, config.resume_training)
     # The seed's distributed trouble: collective timeouts, set in the TrainingJob's template env
     # (docs/trainer.md, GRPO); logged so that every rank shows what it got.
     for name in HCCL_TIMEOUTS:
@@ -128,17 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     reporter = Reporter.from_env(environ, rank=rank, attempt=attempt)
     try:
         outcome = run(
-            config,
-            rank=rank,
-            world_size=world_size,
-            stop=stop,
-            attempt=attempt,
-            job_checkpoint_dir=job_dir,
-            reporter=reporter,
-        )
-    except ConfigError as e:
-        log.error("permanent error: %s", e)
-        return ExitCode.CONFIG_ERROR
+            config, rank=rank, world_size=world_size, stop=stop, attempt=attempt,
+            job_checkpoint_dir=job_dir, reporter=reporter,
+        )  # fmt: skip
+    except ConfigError:
+        raise
     except Exception:
         log.exception("GRPO training failed")
         return ExitCode.FAILED

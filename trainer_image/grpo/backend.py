@@ -20,17 +20,11 @@ from trainer_image.checkpoint.progress import EXTRA_PREFIX, CheckpointMismatch, 
 from trainer_image.checkpoint.snapshot import Snapshot
 from trainer_image.config import CheckpointFormat
 from trainer_image.grpo.config import GrpoConfig
+from trainer_image.grpo.saving import optimizer_path
 from trainer_image.training.backend import CheckpointDamaged, WarmupDecayLR, read_checkpoint
 from trainer_image.training.model import build_model
 
-OPTIMIZER_TAG = ".optimizer"  # policy `P-1_5.ckpt` -> optimizer `P-1_5.optimizer.ckpt`, same folder
 _NAMES_SHOWN = 12
-
-
-def optimizer_path(policy: Path) -> Path:
-    """The optimizer file of a policy file. Its name is no checkpoint name to the resolver
-    (`layout.parse_name`), so only the policy file is a candidate and the one meta.json records."""
-    return policy.with_name(f"{policy.stem}{OPTIMIZER_TAG}{policy.suffix}")
 
 
 class TokenLogProbs(nn.Cell):
@@ -111,7 +105,7 @@ class GrpoBackend:
         self.optimizer_names = [
             p.name for p in self.update_cell.get_parameters() if p.name not in set(self.policy_names)
         ]
-        # Where the optimizer file of the policy file being written goes (set by the loop).
+        # Where the optimizer file of the step being written goes (saving.open_checkpointer).
         self.optimizer_target: Callable[[Progress], Path] | None = None
 
     # ---------------------------------------------------------------------------------------- compute
@@ -143,7 +137,7 @@ class GrpoBackend:
             raise ValueError("GRPO writes no weights-only copies (save_network_params: False)")
         if self.optimizer_target is None:
             raise RuntimeError("optimizer_target is not set")
-        final = optimizer_path(self.optimizer_target(progress))
+        final = self.optimizer_target(progress)
         tmp = temp_path(final)
         ms.save_checkpoint(self._items(self.update_cell, self.optimizer_names), str(tmp), format=fmt)
         publish(tmp, final)

@@ -10,29 +10,29 @@ iterations exactly as the uninterrupted run did.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from respawn_protocol.layout import CheckpointName, StepKey, rank_dir
+from respawn_protocol.layout import rank_dir
 from respawn_protocol.meta import meta_path
 from respawn_protocol.resolve import Check, Resolution
 from trainer_image.checkpoint.confine import check_output_dir, open_step_log
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import ConfigError
-from trainer_image.grpo.algo import group_advantages, sample, sampling_rng
-from trainer_image.grpo.config import GrpoConfig, compile_cache_view
-from trainer_image.grpo.strategy import write_grpo_strategy
-from trainer_image.grpo.task import PROMPT_LENGTH, prompt_indices, steps_per_epoch
+from trainer_image.grpo.config import GrpoConfig
+from trainer_image.grpo.rollout import rollout
+from trainer_image.grpo.saving import remove_orphan_optimizer_files
+from trainer_image.grpo.start import begin
+from trainer_image.grpo.task import steps_per_epoch
+from trainer_image.training.gang import Gang
 from trainer_image.training.report import Reporter
-from trainer_image.training.resume import lineage_parent, load_first, resolve_start, resumed_from
+from trainer_image.training.resume import resolve_start, resumed_from
 from trainer_image.training.stop import StopRequest
 
 if TYPE_CHECKING:
@@ -65,16 +65,6 @@ class GrpoOutcome:
     timings: Timings = field(default_factory=Timings)
 
 
-@dataclass(frozen=True)
-class Rollout:
-    tokens: np.ndarray  # (n, seq) int32: prompts and sampled completions
-    mask: np.ndarray  # (n, seq - 1) float32: 1 where a log-probability is of a completion byte
-    old: np.ndarray  # (n, seq - 1) the sampling policy's per-token log-probabilities
-    ref: np.ndarray  # (n, seq - 1) the reference's
-    rewards: np.ndarray  # (n,) float32
-    advantages: np.ndarray  # (n,) float32
-
-
 def run(
     config: GrpoConfig,
     *,
@@ -102,9 +92,8 @@ def run(
         )
         stop.share(cluster.any_of)
     try:
-        return _Run.start(
-            config, rank, world_size, attempt, cluster, job_checkpoint_dir, reporter, started
-        ).train(stop)
+        gang = Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
+        return _Run.start(config, gang, reporter, started).train(stop)
     finally:
         if cluster is not None:
             cluster.close()
@@ -130,18 +119,10 @@ def check_before_import(
         )
 
 
-def fingerprint(config: GrpoConfig, prompts_per_step: int) -> int:
-    """What a resumed state must have been trained on: the task, the seed and the global batch."""
-    g = config.grpo
-    text = f"sum:{g.operand_max}:{g.max_completion_length}:{config.seed}:{prompts_per_step}"
-    return zlib.crc32(text.encode())
-
-
 @dataclass
 class _Run:
     config: GrpoConfig
-    rank: int
-    data_rank: int  # this rank's slot in the global batch
+    rank: int  # also its slot in the global batch of prompts
     data_ranks: int  # ranks sharing a global batch
     backend: GrpoBackend
     progress: Progress
@@ -155,92 +136,32 @@ class _Run:
     compile_cache: CompileCache | None = None  # until the first iteration has compiled every graph
 
     @classmethod
-    def start(
-        cls,
-        config: GrpoConfig,
-        rank: int,
-        world_size: int,
-        attempt: int | None,
-        cluster: Cluster | None,
-        job_checkpoint_dir: Path | None,
-        reporter: Reporter,
-        started: float,
-    ) -> _Run:
-        from trainer_image.grpo.backend import GrpoBackend  # MindSpore: the slow import
-        from trainer_image.grpo.reference import prepare_reference
-
+    def start(cls, config: GrpoConfig, gang: Gang, reporter: Reporter, started: float) -> _Run:
         imported = time.perf_counter()
         reporter.phase("import", imported - started)
-        g = config.grpo
-        data_ranks = world_size  # ranks that train alone still take disjoint prompts
-        global_prompts = g.prompts_per_step * data_ranks
-        from trainer_image.training.compile_cache import CompileCache
-
-        total_updates = g.total_steps * g.updates_per_rollout
-        backend = GrpoBackend(config, total_updates=total_updates)
-        cache = CompileCache.open(
-            compile_cache_view(config),
-            total_steps=total_updates,
-            rank=rank,
-            world_size=world_size,
-            data_parallel=cluster is not None,
-            environ=os.environ,
-        )
-        built = time.perf_counter()
-        source, progress, resolution = load_first(
-            backend,
-            config.trainer_view(),
-            job_checkpoint_dir=job_checkpoint_dir,
-            rank=rank,
-            world_size=world_size,
-            agree=None if cluster is None else cluster.agree,
-            barrier=None if cluster is None else cluster.barrier,
-            global_batch_size=global_prompts,
-        )
-        fresh = resolution.random_init or source.resume_training is False
-        prepare_reference(
-            backend,
-            save_dir=config.save_dir,
-            rank=rank,
-            fmt=config.load_ckpt_format,
-            ref_checkpoint_path=config.ref_checkpoint_path,
-            fresh=fresh,
-        )
-        expected = fingerprint(config, global_prompts)
-        if fresh:
-            progress = Progress(dataset_fingerprint=expected, global_batch_size=global_prompts)
-        elif progress.dataset_fingerprint != expected:
-            raise ConfigError(
-                f"{resolution.files.get(rank)} was trained on another task, seed or global batch "
-                "than this config's; GRPO resumes only the same run (set resume_training: False to "
-                "start from its weights)"
-            )
-        write_grpo_strategy(config, rank=rank, world_size=world_size, backend=backend)
-        reporter.phase("load", time.perf_counter() - built)
-        checkpointer = _checkpointer(config, backend, rank, world_size, attempt, resolution, fresh, reporter)
+        s = begin(config, gang, reporter)
         log.info(
             "start: global step %d of %d; import %.2fs, build and load %.2fs",
-            progress.global_step,
-            g.total_steps,
+            s.progress.global_step,
+            config.grpo.total_steps,
             imported - started,
             time.perf_counter() - imported,
         )
-        reporter.resumed(_job_step(resolution, job_checkpoint_dir, fresh))
+        reporter.resumed(_job_step(s.resolution, gang.job_checkpoint_dir, s.fresh))
         return cls(
             config=config,
-            rank=rank,
-            data_rank=rank,
-            data_ranks=data_ranks,
-            backend=backend,
-            progress=progress,
+            rank=gang.rank,
+            data_ranks=gang.world_size,
+            backend=s.backend,
+            progress=s.progress,
             resumed_from=None
-            if fresh
-            else resumed_from(resolution, progress, rank=rank, world_size=world_size),
-            checkpointer=checkpointer,
+            if s.fresh
+            else resumed_from(s.resolution, s.progress, rank=gang.rank, world_size=gang.world_size),
+            checkpointer=s.checkpointer,
             reporter=reporter,
             started=started,
-            saved_at=progress.global_step,
-            compile_cache=cache,
+            saved_at=s.progress.global_step,
+            compile_cache=s.compile_cache,
         )
 
     # ---------------------------------------------------------------------------------------- the loop
@@ -286,7 +207,13 @@ class _Run:
     def iterate(self, stop: StopRequest) -> dict[str, Any]:
         g = self.config.grpo
         t0 = time.perf_counter()
-        batch = self.rollout(self.progress.global_step)
+        batch = rollout(
+            self.backend,
+            self.config,
+            global_step=self.progress.global_step,
+            rank=self.rank,
+            data_ranks=self.data_ranks,
+        )
         t1 = time.perf_counter()
         losses, kls, lrs = [], [], []
         for _ in range(g.updates_per_rollout):
@@ -306,58 +233,19 @@ class _Run:
         self.timings.iterations += 1
         self.timings.completions += len(batch.rewards)
         self.timings.updates += g.updates_per_rollout
-        loss32 = np.mean(np.array(losses, dtype=np.float32), dtype=np.float32)
-        kl32 = np.mean(np.array(kls, dtype=np.float32), dtype=np.float32)
-        reward32 = np.mean(batch.rewards, dtype=np.float32)
-        record: dict[str, Any] = {
-            "global_step": self.progress.global_step,
-            "epoch": self.progress.epoch,
-            "step": self.progress.step,
-            "loss": float(loss32),
-            "loss_bits": _bits(loss32),
-            "reward_mean": float(reward32),
-            "reward_bits": _bits(reward32),
-            "kl": float(kl32),
-            "kl_bits": _bits(kl32),
-            "lr": lrs[0],
-            "rollout_time": round(t1 - t0, 6),
-            "update_time": round(t2 - t1, 6),
-            "step_time": round(t2 - t0, 6),
-            "time": round(time.time(), 3),
-        }
+        record = step_record(self.progress, losses, kls, batch.rewards)
+        record.update(
+            lr=lrs[0],
+            rollout_time=round(t1 - t0, 6),
+            update_time=round(t2 - t1, 6),
+            step_time=round(t2 - t0, 6),
+            time=round(time.time(), 3),
+        )
         if self.first_step:
             record["resumed_from"] = self.resumed_from
             record["startup_seconds"] = round(t0 - self.started, 3)
             self.first_step = False
         return record
-
-    def rollout(self, global_step: int) -> Rollout:
-        """Sample G completions per prompt of this iteration, byte by byte, and score them."""
-        config, g, task = self.config, self.config.grpo, self.config.task
-        prompts, groups, length = g.prompts_per_step, g.num_generations, g.max_completion_length
-        indices = prompt_indices(
-            task,
-            seed=config.seed,
-            iteration=global_step,
-            batch=prompts * self.data_ranks,
-            offset=self.data_rank * prompts,
-            count=prompts,
-        )
-        pairs = task.pairs(indices)
-        n = prompts * groups
-        tokens = np.zeros((n, config.model.seq_length), dtype=np.int32)
-        tokens[:, :PROMPT_LENGTH] = np.repeat(task.prompt_bytes(pairs), groups, axis=0)
-        uniforms = sampling_rng(config.seed, global_step, self.rank).random((n, length))
-        for j in range(length):
-            at = PROMPT_LENGTH + j
-            logits = self.backend.logits(tokens)[:, at - 1, :]
-            tokens[:, at] = sample(logits, uniforms[:, j], g.temperature)
-        completions = tokens[:, PROMPT_LENGTH : PROMPT_LENGTH + length]
-        rewards = task.rewards(completions, np.repeat(task.targets(pairs), groups, axis=0))
-        mask = np.zeros((n, config.model.seq_length - 1), dtype=np.float32)
-        mask[:, PROMPT_LENGTH - 1 : PROMPT_LENGTH - 1 + length] = 1.0
-        old, ref = self.backend.logprobs(tokens)
-        return Rollout(tokens, mask, old, ref, rewards, group_advantages(rewards, groups))
 
     def due(self, stop: StopRequest) -> bool:
         if self.checkpointer is None:
@@ -376,64 +264,25 @@ class _Run:
         self.reporter.saved(elapsed)
 
 
-def _checkpointer(
-    config: GrpoConfig,
-    backend: GrpoBackend,
-    rank: int,
-    world_size: int,
-    attempt: int | None,
-    resolution: Resolution,
-    fresh: bool,
-    reporter: Reporter,
-) -> Checkpointer | None:
-    from trainer_image.checkpoint.checkpointer import Checkpointer
-
-    monitor = config.checkpoint_monitor
-    if monitor is None:
-        return None
-    checkpointer = Checkpointer(
-        backend=backend,
-        monitor=dataclasses.replace(monitor, save_network_params=False),
-        output_dir=config.save_dir,
-        rank=rank,
-        world_size=world_size,
-        resumed_key=None if fresh else resolution.key,
-        attempt=attempt,
-        parent=None if fresh else lineage_parent(resolution),
-        on_commit=lambda r: reporter.committed(
-            step=r.global_step, epoch=r.epoch, file=r.file, attempt=r.attempt
-        ),
-    )
-    fmt = monitor.checkpoint_format
-
-    def target(progress: Progress) -> Path:
-        name = CheckpointName(checkpointer.prefix, StepKey(progress.epoch, progress.step), fmt).name
-        return checkpointer.dir / name
-
-    backend.optimizer_target = target
-    remove_orphan_optimizer_files(checkpointer.dir)
-    return checkpointer
-
-
-def remove_orphan_optimizer_files(directory: Path) -> list[Path]:
-    """Optimizer files whose policy file is gone (pruned) or was never published (a crash in
-    between): nothing can load them. Run after a commit's prune, and at start."""
-    from trainer_image.checkpoint.commit import fsync_dir
-    from trainer_image.grpo.backend import OPTIMIZER_TAG
-
-    removed = []
-    for entry in os.scandir(directory):
-        stem, dot, ext = entry.name.rpartition(".")
-        if not dot or ext not in ("ckpt", "safetensors") or not stem.endswith(OPTIMIZER_TAG):
-            continue
-        policy = directory / f"{stem[: -len(OPTIMIZER_TAG)]}.{ext}"
-        if entry.is_file(follow_symlinks=False) and not policy.exists():
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-            log.info("pruned %s", entry.path)
-    if removed:
-        fsync_dir(directory)
-    return removed
+def step_record(
+    progress: Progress, losses: list[np.float32], kls: list[np.float32], rewards: np.ndarray
+) -> dict[str, Any]:
+    """The iteration's step-log line: loss and kl averaged over its updates, the rollout's mean
+    reward, each also as its float32 bit pattern for bitwise comparison."""
+    loss = np.mean(np.array(losses, dtype=np.float32), dtype=np.float32)
+    kl = np.mean(np.array(kls, dtype=np.float32), dtype=np.float32)
+    reward = np.mean(rewards, dtype=np.float32)
+    return {
+        "global_step": progress.global_step,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "loss": float(loss),
+        "loss_bits": _bits(loss),
+        "reward_mean": float(reward),
+        "reward_bits": _bits(reward),
+        "kl": float(kl),
+        "kl_bits": _bits(kl),
+    }
 
 
 def _job_step(resolution: Resolution, job_dir: Path | None, fresh: bool) -> int | None:
