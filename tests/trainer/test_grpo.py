@@ -197,3 +197,23 @@ def test_sigterm_commits_the_current_step_and_the_restart_loses_nothing(
     finish(launch, config)
     assert [r["global_step"] for r in steps(out)] == list(range(1, TOTAL + 1)), "no step run twice"
     assert exact(out) == exact(reference)
+
+
+def test_a_start_from_actor_weights_makes_them_the_reference(
+    reference: Path, launch: Launch, tmp_path: Path
+) -> None:
+    """Without --resume_training the actor checkpoint gives weights only (a fresh optimizer, global
+    step 0), and those weights, the initial policy, are what the first start saves as the reference."""
+    import mindspore as ms
+
+    (actor,) = sorted((reference / "checkpoint" / "rank_0").glob("*-1_6.ckpt"))
+    out = tmp_path / "out"
+    config = write_grpo_config(tmp_path / "run.yaml", grpo_config(out))
+    finish(launch, config, "--actor_checkpoint_path", str(actor))
+    assert starts(out) == [{"file": actor.name, "step": "1_6", "global_step": 0}]
+    assert [r["global_step"] for r in steps(out)] == list(range(1, TOTAL + 1))
+    (saved,) = (out / "ref" / "rank_0").glob("*.ckpt")
+    ref, weights = ms.load_checkpoint(str(saved)), ms.load_checkpoint(str(actor))
+    assert ref.keys() == {k for k in weights if not k.startswith("respawn.")}
+    assert all((ref[k].asnumpy() == weights[k].asnumpy()).all() for k in ref)
+    assert steps(out)[0]["kl"] < 1e-3, "the policy starts at the reference"

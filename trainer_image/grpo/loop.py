@@ -154,9 +154,8 @@ class _Run:
             data_ranks=gang.world_size,
             backend=s.backend,
             progress=s.progress,
-            resumed_from=None
-            if s.fresh
-            else resumed_from(s.resolution, s.progress, rank=gang.rank, world_size=gang.world_size),
+            # None for random init; the actor's weights name their file, at global step 0
+            resumed_from=resumed_from(s.resolution, s.progress, rank=gang.rank, world_size=gang.world_size),
             checkpointer=s.checkpointer,
             reporter=reporter,
             started=started,
