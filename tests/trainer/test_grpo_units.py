@@ -144,3 +144,70 @@ def test_several_ranks_per_pod_go_through_the_supervisor(monkeypatch: pytest.Mon
     monkeypatch.setattr("signal.signal", lambda *a: None)
     config = str(REPO / "trainer_image" / "configs" / "grpo_tiny.yaml")
     assert main(["--config", config]) == 78
+
+
+class FakeBackend:
+    """Writes and loads 'weights' as bytes, counting what the reference code asks of it."""
+
+    def __init__(self, weights: bytes = b"initial policy") -> None:
+        self.weights = weights
+        self.saved = 0
+        self.loaded: list[Path] = []
+
+    def save_policy_weights(self, path: Path, fmt: str) -> None:
+        self.saved += 1
+        path.write_bytes(self.weights)
+
+    def load_reference(self, path: Path) -> None:
+        self.loaded.append(path)
+
+
+def test_the_reference_is_saved_once_then_only_loaded_and_never_replaced(tmp_path: Path) -> None:
+    from trainer_image.grpo.reference import prepare_reference
+
+    def prepare(backend: FakeBackend, *, fresh: bool) -> Path:
+        return prepare_reference(
+            backend, save_dir=tmp_path, rank=1, fmt="ckpt", ref_checkpoint_path="", fresh=fresh
+        )
+
+    first = FakeBackend()
+    path = prepare(first, fresh=True)
+    assert path == tmp_path / "ref" / "rank_1" / "ref_rank_1-0_0.ckpt" and first.saved == 1
+    assert first.loaded == [path] and (path.parent / "meta.json").is_file()
+    later = FakeBackend(b"trained policy")
+    assert prepare(later, fresh=True) == path and later.saved == 0 and path.read_bytes() == b"initial policy"
+    path.write_bytes(b"initial polic!")  # same size, other bytes: the recorded sha256 tells
+    with pytest.raises(ConfigError, match="never written again"):
+        prepare(FakeBackend(), fresh=True)
+    assert path.read_bytes() == b"initial polic!", "a damaged reference is not replaced"
+
+
+def test_a_resumed_start_without_a_reference_is_refused_and_a_named_one_must_exist(tmp_path: Path) -> None:
+    from trainer_image.grpo.reference import prepare_reference
+
+    with pytest.raises(ConfigError, match=r"ref/rank_0/meta\.json does not exist"):
+        prepare_reference(
+            FakeBackend(), save_dir=tmp_path, rank=0, fmt="ckpt", ref_checkpoint_path="", fresh=False
+        )
+    empty = tmp_path / "refs"
+    (empty / "rank_0").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"looked for .*refs/rank_0/meta\.json"):
+        prepare_reference(
+            FakeBackend(), save_dir=tmp_path, rank=0, fmt="ckpt", ref_checkpoint_path=str(empty), fresh=True
+        )
+
+
+def test_optimizer_files_without_their_policy_file_are_removed(tmp_path: Path) -> None:
+    from trainer_image.grpo.saving import optimizer_path, remove_orphan_optimizer_files
+
+    kept = tmp_path / "grpo_rank_0-1_4.safetensors"
+    orphan = optimizer_path(tmp_path / "grpo_rank_0-1_5.safetensors")
+    assert orphan.name == "grpo_rank_0-1_5.optimizer.safetensors"
+    for path in (kept, optimizer_path(kept), orphan, tmp_path / "meta.json"):
+        path.write_bytes(b"x")
+    assert remove_orphan_optimizer_files(tmp_path) == [orphan]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "grpo_rank_0-1_4.optimizer.safetensors",
+        "grpo_rank_0-1_4.safetensors",
+        "meta.json",
+    ]
