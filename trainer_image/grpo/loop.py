@@ -52,8 +52,6 @@ class Timings:
     update: float = 0.0
     save: float = 0.0
     iterations: int = 0
-    completions: int = 0  # sampled (prompts x G per iteration)
-    updates: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,8 +228,6 @@ class _Run:
         self.timings.rollout += t1 - t0
         self.timings.update += t2 - t1
         self.timings.iterations += 1
-        self.timings.completions += len(batch.rewards)
-        self.timings.updates += g.updates_per_rollout
         record = step_record(self.progress, losses, kls, batch.rewards)
         record.update(
             lr=lrs[0],
