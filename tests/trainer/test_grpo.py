@@ -6,6 +6,7 @@ launch flags and troubleshooting messages."""
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -132,9 +133,8 @@ def test_the_seed_launch_continues_another_directory_with_its_reference(
     """`--resume_training --actor_checkpoint_path ... --ref_checkpoint_path ... --save_checkpoint_dir
     ... --save_strategy_dir ...` continues a run saved elsewhere, with that run's reference, into a
     new directory, exactly; nothing is written to the old one and no reference is saved anew."""
-    first = tmp_path / "first"
-    config = write_grpo_config(tmp_path / "run.yaml", grpo_config(first, grpo__total_steps=6))
-    finish(launch, config)
+    first = saved_at_step_6(reference, tmp_path / "first")
+    config = write_grpo_config(tmp_path / "run.yaml", grpo_config(tmp_path / "unused"))
     second = tmp_path / "second"
     strategy = tmp_path / "strategy"
     before = sorted(p.name for p in (first / "checkpoint" / "rank_0").iterdir())
@@ -154,6 +154,24 @@ def test_the_seed_launch_continues_another_directory_with_its_reference(
     assert not (second / "ref").exists()
     assert (strategy / "ckpt_strategy_rank_0.json").is_file()
     assert sorted(p.name for p in (first / "checkpoint" / "rank_0").iterdir()) == before
+
+
+def saved_at_step_6(reference: Path, where: Path) -> Path:
+    """The reference run's directory as it was after committing step 6 (its step-6 files, a
+    meta.json naming them, its reference): a run saved elsewhere, without a second run to make it."""
+    from respawn_protocol.meta import Meta
+
+    rank = reference / "checkpoint" / "rank_0"
+    meta = read_meta(rank)
+    assert meta is not None
+    (record,) = [r for r in meta.checkpoints if r.global_step == 6]
+    target = where / "checkpoint" / "rank_0"
+    target.mkdir(parents=True)
+    for name in (record.file, record.file.replace(".ckpt", ".optimizer.ckpt")):
+        shutil.copy2(rank / name, target / name)
+    (target / "meta.json").write_bytes(Meta(record.epoch, record.step, record.file, 6, [record]).to_json())
+    shutil.copytree(reference / "ref", where / "ref")
+    return where
 
 
 def test_a_missing_meta_json_says_where_it_looked(launch: Launch, tmp_path: Path) -> None:

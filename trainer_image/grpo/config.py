@@ -109,11 +109,14 @@ class GrpoConfig:
 def compile_cache_view(config: GrpoConfig) -> TrainerConfig:
     """`trainer_view` for the compile cache's key (training/compile_cache.py), which hashes a
     TrainerConfig: the GRPO section, which shapes the graphs and is no TrainerConfig field, goes in
-    as the digest in a field the GRPO graphs never read. The entry script (grpo/__main__.py) already
-    keys GRPO's entries apart from pretraining's."""
+    as the digest in a field the GRPO graphs never read; the checkpoint format, which no graph
+    reads, is left out. The entry script (grpo/__main__.py) keys GRPO's entries apart from
+    pretraining's."""
     digest = zlib.crc32(json.dumps(dataclasses.asdict(config.grpo), sort_keys=True).encode())
     loader = DataLoader(type="SyntheticDataset", num_samples=1, content_seed=digest)
-    return dataclasses.replace(config.trainer_view(), train_dataset=TrainDataset(data_loader=loader))
+    return dataclasses.replace(
+        config.trainer_view(), load_ckpt_format="ckpt", train_dataset=TrainDataset(data_loader=loader)
+    )
 
 
 def parse_grpo_config(raw: Mapping[str, Any]) -> GrpoConfig:

@@ -135,16 +135,7 @@ class _Run:
 
     @classmethod
     def start(cls, config: GrpoConfig, gang: Gang, reporter: Reporter, started: float) -> _Run:
-        imported = time.perf_counter()
-        reporter.phase("import", imported - started)
-        s = begin(config, gang, reporter)
-        log.info(
-            "start: global step %d of %d; import %.2fs, build and load %.2fs",
-            s.progress.global_step,
-            config.grpo.total_steps,
-            imported - started,
-            time.perf_counter() - imported,
-        )
+        s = begin(config, gang, reporter, started=started)
         reporter.resumed(_job_step(s.resolution, gang.job_checkpoint_dir, s.fresh))
         return cls(
             config=config,

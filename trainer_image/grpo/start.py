@@ -47,11 +47,14 @@ def fingerprint(config: GrpoConfig, global_prompts: int) -> int:
     return zlib.crc32(text.encode())
 
 
-def begin(config: GrpoConfig, gang: Gang, reporter: Reporter) -> Start:
+def begin(config: GrpoConfig, gang: Gang, reporter: Reporter, *, started: float) -> Start:
+    """`started`: when the process started (perf_counter), for the import phase."""
     from trainer_image.grpo.backend import GrpoBackend  # MindSpore: the slow import
     from trainer_image.grpo.reference import prepare_reference
     from trainer_image.training.compile_cache import CompileCache
 
+    imported = time.perf_counter()
+    reporter.phase("import", imported - started)
     g = config.grpo
     total_updates = g.total_steps * g.updates_per_rollout
     backend = GrpoBackend(config, total_updates=total_updates)
@@ -76,6 +79,13 @@ def begin(config: GrpoConfig, gang: Gang, reporter: Reporter) -> Start:
     write_grpo_strategy(config, rank=gang.rank, world_size=gang.world_size, backend=backend)
     reporter.phase("load", time.perf_counter() - built)
     checkpointer = open_checkpointer(config, backend, gang, resolution, fresh=fresh, reporter=reporter)
+    log.info(
+        "start: global step %d of %d; import %.2fs, build and load %.2fs",
+        progress.global_step,
+        g.total_steps,
+        imported - started,
+        time.perf_counter() - imported,
+    )
     return Start(backend, progress, resolution, fresh, checkpointer, cache)
 
 
