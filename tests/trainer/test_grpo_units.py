@@ -211,3 +211,13 @@ def test_optimizer_files_without_their_policy_file_are_removed(tmp_path: Path) -
         "grpo_rank_0-1_4.safetensors",
         "meta.json",
     ]
+
+
+def test_the_controllers_checkpoint_interval_replaces_the_monitors() -> None:
+    from trainer_image.grpo.config import with_save_interval
+
+    config = build_grpo_config(REPO / "trainer_image" / "configs" / "grpo_tiny.yaml")
+    assert config.checkpoint_monitor is not None and config.checkpoint_monitor.save_checkpoint_steps == 5
+    changed = with_save_interval(config, 7).checkpoint_monitor
+    assert changed is not None and changed.save_checkpoint_steps == 7
+    assert with_save_interval(config, None) is config
