@@ -59,40 +59,43 @@ def parallel(out: Path, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, str]) -> Path:
-    out = tmp_path_factory.mktemp("grpo_parallel_reference")
-    config = write_grpo_config(out.parent / f"{out.name}.yaml", parallel(out))
-    for p in run_gang(trainer_env, config, "ref"):
-        for name, value in HCCL.items():
-            assert f"{name}={value}" in p.output()
-    return out
+def runs(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, str]) -> tuple[Path, Path]:
+    """An uninterrupted gang and, started with it, a gang whose rank 1 is SIGKILLed with step 4's
+    files durable but not committed in its meta.json, then restarted (the controller's gang restart
+    kills rank 0 too). The two first gangs overlap: MindSpore's rendezvous is mostly waiting."""
+    outs = [tmp_path_factory.mktemp(name) for name in ("grpo_parallel_reference", "grpo_parallel_killed")]
+    configs = [write_grpo_config(out.parent / f"{out.name}.yaml", parallel(out)) for out in outs]
+    reference = start_gang(trainer_env, configs[0], "ref")
+    killed = start_gang(trainer_env, configs[1], "killed", RESPAWN_FAULT="after_publish:4")
+    try:
+        assert killed[1].wait(WAIT) == -signal.SIGKILL, killed[1].output()[-3000:]
+        killed[0].kill()
+        for p in reference:
+            assert p.wait(WAIT) == ExitCode.SUCCESS, p.output()[-3000:]
+            for name, value in HCCL.items():
+                assert f"{name}={value}" in p.output()
+    finally:
+        for p in reference + killed:
+            p.kill()
+    run_gang(trainer_env, configs[1], "restarted")
+    return outs[0], outs[1]
 
 
-def test_the_ranks_sample_different_prompts_and_end_with_the_same_policy(reference: Path) -> None:
+def test_the_ranks_sample_different_prompts_and_end_with_the_same_policy(runs: tuple[Path, Path]) -> None:
     import mindspore as ms
 
-    runs = [exact(reference, rank) for rank in range(WORLD)]
-    assert sorted(runs[0]) == sorted(runs[1]) == list(range(1, 9))
-    assert runs[0][1] != runs[1][1], "each rank scores its own prompts"
+    reference = runs[0]
+    outcome = [exact(reference, rank) for rank in range(WORLD)]
+    assert sorted(outcome[0]) == sorted(outcome[1]) == list(range(1, 9))
+    assert outcome[0][1] != outcome[1][1], "each rank scores its own prompts"
     files = [sorted((reference / "checkpoint" / f"rank_{r}").glob("*-1_8.ckpt")) for r in range(WORLD)]
     weights = [ms.load_checkpoint(str(f[0])) for f in files]
     names = {k for k in weights[0] if not k.startswith("respawn.")}
     assert names and all((weights[0][k].asnumpy() == weights[1][k].asnumpy()).all() for k in names)
 
 
-def test_a_rank_killed_inside_a_save_makes_the_gang_resume_exactly(
-    reference: Path, tmp_path: Path, trainer_env: dict[str, str]
-) -> None:
-    out = tmp_path / "out"
-    config = write_grpo_config(tmp_path / "run.yaml", parallel(out))
-    gang = start_gang(trainer_env, config, "killed", RESPAWN_FAULT="after_publish:4")
-    try:
-        # Rank 1 dies with step 4's files durable but not committed in its meta.json.
-        assert gang[1].wait(WAIT) == -signal.SIGKILL, gang[1].output()[-3000:]
-    finally:
-        for p in gang:
-            p.kill()  # the controller's gang restart
-    run_gang(trainer_env, config, "restarted")
+def test_a_rank_killed_inside_a_save_makes_the_gang_resume_exactly(runs: tuple[Path, Path]) -> None:
+    reference, out = runs
     for rank in range(WORLD):
         resumed = starts(out, rank)
         assert resumed[0] is None and resumed[1]["global_step"] == 3, (rank, resumed)
