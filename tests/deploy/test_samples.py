@@ -30,6 +30,7 @@ def by_kind(path: Path) -> dict[str, dict[str, Any]]:
 def test_the_samples_are_there() -> None:
     assert [p.name for p in SAMPLES] == [
         "ascend-8npu.yaml",
+        "grpo.yaml",
         "mindformers.yaml",
         "single-worker.yaml",
         "two-workers.yaml",
@@ -78,7 +79,7 @@ def test_sample_is_wired_together(sample: Path) -> None:
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
-TRAINER_SAMPLES = [p for p in SAMPLES if p.stem != "mindformers"]
+TRAINER_SAMPLES = [p for p in SAMPLES if p.stem not in ("mindformers", "grpo")]
 
 
 @pytest.mark.parametrize("sample", TRAINER_SAMPLES, ids=lambda p: p.stem)
@@ -108,7 +109,7 @@ def test_ascend_sample_takes_a_whole_npu_node() -> None:
 
 def test_replica_counts() -> None:
     replicas = {p.stem: by_kind(p)["TrainingJob"]["spec"]["replicas"] for p in SAMPLES}
-    assert replicas == {"single-worker": 1, "two-workers": 2, "ascend-8npu": 2, "mindformers": 1}
+    assert replicas == {"single-worker": 1, "two-workers": 2, "ascend-8npu": 2, "mindformers": 1, "grpo": 2}
 
 
 def test_mindformers_sample_runs_mindformers_own_trainer_wrapped() -> None:
@@ -133,3 +134,22 @@ def test_mindformers_sample_runs_mindformers_own_trainer_wrapped() -> None:
     run = yaml.safe_load(objects["ConfigMap"]["data"]["run.yaml"])
     (monitor,) = [c for c in run["callbacks"] if c["type"] == "CheckpointMonitor"]
     assert monitor["checkpoint_format"] == run["load_ckpt_format"] == "ckpt"
+
+
+def test_grpo_sample_runs_the_grpo_entry_point_data_parallel_with_no_flags() -> None:
+    """`python -m trainer_image.grpo` with a config only: the controller's variables give the rest
+    (docs/trainer.md, GRPO); the HCCL timeouts are in the template's env (tests/trainer/
+    test_grpo_units.py checks they reach every rank)."""
+    from trainer_image.grpo.config import parse_grpo_config
+
+    objects = by_kind(REPO / "deploy" / "samples" / "grpo.yaml")
+    container = objects["TrainingJob"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "trainer_image.grpo"]
+    assert container["args"] == ["--config", "/etc/respawn/run.yaml"]
+    assert {e["name"] for e in container["env"]} == {"HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT"}
+    raw = yaml.safe_load(objects["ConfigMap"]["data"]["run.yaml"])
+    assert not {"output_dir", "save_checkpoint_dir", "actor_checkpoint_path", "ref_checkpoint_path"} & set(
+        raw
+    )
+    config = parse_grpo_config(raw)
+    assert config.use_parallel and config.checkpoint_monitor is not None

@@ -11,6 +11,7 @@
 | `nodeagent` | the node agent as a subprocess, and its pytest fixtures (a plugin) |
 | `chaos` | the chaos soak harness (tests/e2e/test_chaos.py, scripts/chaos_soak.py) |
 | `trainer` | tiny trainer configs, trainer processes alone or as a data-parallel gang |
+| `grpo` | the tiny GRPO config, `python -m trainer_image.grpo` processes, their step records |
 | `outputs` | hand-made job output dirs: steps.jsonl and committed checkpoints |
 | `deploy` | the chart's paths, rendered objects, the controller run as a ServiceAccount, RBAC reviews |
 | `informer` | an informer event recorder |
