@@ -12,8 +12,8 @@ finished (`totalSeconds`), and the phases detect, teardown, podStart, processSta
 rendezvous, load, compile, firstStep (docs/controller.md, Time to recover). Printed: each
 restart, then n / median / max of the total and of each phase.
 
-    python scripts/bench_recovery.py [--kills 6] [--in-place] [--trainer DIR] [--no-compile-cache]
-                                     [--format ckpt|safetensors] [--workdir DIR]
+    python scripts/bench_recovery.py [--kills 6] [--in-place] [--steps-before-kill 4] [--trainer DIR]
+                                     [--no-compile-cache] [--format ckpt|safetensors] [--workdir DIR]
 
 `--trainer DIR` runs the trainer of another checkout (the pods' PYTHONPATH; the controller is
 always this tree's): the before figure of a trainer change. `--no-compile-cache` sets
@@ -47,6 +47,7 @@ from scripts.demo import RUN_YAML as DEMO_RUN  # noqa: E402
 from tests.support.kube import create_job, job_status, running_controller  # noqa: E402
 from tests.support.manifests import run_config_map, trainer_command, training_job  # noqa: E402
 from tests.support.poll import wait_for  # noqa: E402
+from trainer_image.warm import SPARE_NAME  # noqa: E402
 
 NS = "bench"
 JOB = "recover"
@@ -61,7 +62,7 @@ PHASES = (
     "compile",
     "firstStep",
 )
-STEPS_BEFORE_KILL = 4  # steps each attempt trains before the next kill
+STEPS_BEFORE_KILL = 4  # steps each attempt trains before the next kill (--steps-before-kill)
 
 
 def run_yaml(fmt: str) -> dict[str, Any]:
@@ -102,7 +103,14 @@ def steps_of(shared: Path, rank: int) -> list[dict[str, Any]]:
 
 
 def kill_once(
-    api: client.ApiClient, state: StateDir, shared: Path, attempt: int, victim: int, *, in_place: bool
+    api: client.ApiClient,
+    state: StateDir,
+    shared: Path,
+    attempt: int,
+    victim: int,
+    *,
+    in_place: bool,
+    steps: int = STEPS_BEFORE_KILL,
 ) -> dict[str, Any]:
     """Wait until `attempt` has trained a few steps, SIGKILL rank `victim`'s trainer, and wait for the
     next attempt's recovery record (every rank's first step finished)."""
@@ -111,14 +119,15 @@ def kill_once(
         f"attempt {attempt} training",
         lambda: (
             job_status(api, NS, JOB).get("attempt") == attempt
-            and len(steps_of(shared, victim)) >= done + STEPS_BEFORE_KILL
+            and len(steps_of(shared, victim)) >= done + steps
         ),
         600,
         interval=0.05,
     )
-    if in_place:  # the trainer, the only child of the pod's supervisor; the pods are attempt 0's
+    if in_place:  # the trainer, the supervisor's child that is not a warm spare; pods of attempt 0
         top = faults.find_process(state, NS, f"{JOB}-a0-{victim}").pid
-        (trainer,) = (int(c) for c in Path(f"/proc/{top}/task/{top}/children").read_text().split())
+        children = [int(c) for c in Path(f"/proc/{top}/task/{top}/children").read_text().split()]
+        (trainer,) = (c for c in children if Path(f"/proc/{c}/comm").read_text().strip() != SPARE_NAME)
         os.kill(trainer, signal.SIGKILL)
     else:
         faults.kill(state, NS, f"{JOB}-a{attempt}-{victim}")
@@ -156,6 +165,9 @@ def main() -> int:
     )
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--in-place", action="store_true", help="failurePolicy.restartInPlace")
+    parser.add_argument(
+        "--steps-before-kill", type=int, default=STEPS_BEFORE_KILL, help="steps each attempt trains first"
+    )
     parser.add_argument("--trainer", type=Path, default=REPO, help="checkout whose trainer the pods run")
     parser.add_argument("--no-compile-cache", action="store_true", help="RESPAWN_COMPILE_CACHE=off")
     parser.add_argument("--format", choices=("ckpt", "safetensors"), default="ckpt", help="checkpoints")
@@ -180,12 +192,21 @@ def main() -> int:
                 api, NS, job(shared, trainer=trainer, cache=cache, kills=args.kills, in_place=args.in_place)
             )
             rows = [
-                kill_once(api, state, shared, k, victim=1 - k % 2, in_place=args.in_place)
+                kill_once(
+                    api,
+                    state,
+                    shared,
+                    k,
+                    victim=1 - k % 2,
+                    in_place=args.in_place,
+                    steps=args.steps_before_kill,
+                )
                 for k in range(args.kills)
             ]
     print(
         f"\n{'in place' if args.in_place else 'pods recreated'}, trainer {args.trainer}, "
         f"compile cache {'off' if cache is None else cache}, {args.format}, "
+        f"{args.steps_before_kill} steps before each kill, "
         f"{len(rows)} kills in {time.monotonic() - started:.0f} s"
     )
     print(summary(rows))

@@ -32,6 +32,7 @@ from respawn_protocol.inplace import Command, State
 from trainer_image.supervisor import Child, Supervisor, child_env
 from trainer_image.training.parallel import _die_with_parent
 from trainer_image.training.report import now_text, pod_patcher
+from trainer_image.training.stop import PEER_GONE
 
 log = logging.getLogger("trainer_image.inplace")
 WATCH_SECONDS = 300  # one watch request's length; the channel reconnects after it
@@ -44,6 +45,10 @@ class Channel(Protocol):
     """The pod's two annotations: the controller's command in, the supervisor's state out."""
 
     def command(self) -> Command | None: ...
+
+    def trained(self, attempt: int) -> bool:
+        """Every rank of the pod has reported its first steps of `attempt` (its start-up is over)."""
+        ...
 
     def say(self, state: State) -> None: ...
 
@@ -58,11 +63,12 @@ class PodChannel:
     """Watches this pod (by name: RBAC lets the worker see only its own pods) for the command, and
     writes the state from a thread of its own, the newest only, retried until it gets through."""
 
-    def __init__(self, namespace: str, pod: str) -> None:
-        self._namespace, self._pod = namespace, pod
+    def __init__(self, namespace: str, pod: str, ranks: range) -> None:
+        self._namespace, self._pod, self._ranks = namespace, pod, ranks
         self._patch = pod_patcher(namespace, pod)
         self._lock = threading.Condition()
         self._command: Command | None = None
+        self._started: dict[int, int | None] = {}  # rank -> attempt of its last start-up report
         self._pending: State | None = None
         self._closing = False
         threading.Thread(target=self._watch, name="inplace-watch", daemon=True).start()
@@ -72,6 +78,10 @@ class PodChannel:
     def command(self) -> Command | None:
         with self._lock:
             return self._command
+
+    def trained(self, attempt: int) -> bool:
+        with self._lock:
+            return all(self._started.get(rank) == attempt for rank in self._ranks)
 
     def say(self, state: State) -> None:
         with self._lock:
@@ -121,10 +131,11 @@ class PodChannel:
                 for event in stream:
                     annotations = event["object"].metadata.annotations or {}
                     command = protocol.decode_command(annotations.get(protocol.COMMAND))
-                    if command is not None:
-                        with self._lock:
-                            self._command = command
-                            self._lock.notify_all()
+                    started = {r.rank: r.attempt for r in report.reports_of(annotations) if r.startup}
+                    with self._lock:
+                        self._command = command or self._command
+                        self._started = started
+                        self._lock.notify_all()
             except Exception as e:  # reconnect: a new watch lists the pod again first
                 log.warning("watching pod %s/%s: %s; reconnecting", self._namespace, self._pod, e)
                 time.sleep(RETRY)
@@ -178,9 +189,12 @@ class InPlace:
             self.command,
             environ,
             self.n,
-            should_stop=lambda: self._told_to_stop(attempt),
+            should_stop=lambda: self._poll(attempt),
             on_failure=self._failed,
             spawn=self._spawn,
+            # The controller stops a gang in place only when one of its ranks failed: the others
+            # are blocked in a collective with it, or soon will be (training/stop.py, PEER_GONE).
+            stop_signal=PEER_GONE,
         )
         self.channel.say(State(attempt, protocol.RUNNING, now_text()))
         return supervisor.run(), supervisor
@@ -189,12 +203,15 @@ class InPlace:
         self.channel.say(self._state(protocol.FAILING, child))
         self._warm()
 
-    def _told_to_stop(self, attempt: int) -> bool:
+    def _poll(self, attempt: int) -> bool:
+        """While the ranks run: whether the controller said to stop them. The next attempt's warm
+        processes start once the ranks are past their start-up (so they do not slow it down), or
+        with the stop at the latest."""
         command = self.channel.command()
-        if command is None or command.attempt <= attempt:
-            return False
-        self._warm()
-        return True
+        stop = command is not None and command.attempt > attempt
+        if stop or self.channel.trained(attempt):
+            self._warm()
+        return stop
 
     def _warm(self) -> None:
         """Start the next attempt's processes now, one per local rank, unless they run already."""
@@ -271,4 +288,6 @@ def serve(args: Sequence[str], environ: Mapping[str, str], n: int) -> int:
         if environ.get(WARM_ENV, "").lower() in ("0", "false", "off")
         else [*command[:2], "trainer_image.warm", *args]
     )
-    return InPlace(command, child_environ, n, PodChannel(namespace, pod), warm_command=warm).run()
+    first = int(environ.get(contract.RANK, "0"))
+    channel = PodChannel(namespace, pod, range(first, first + n))
+    return InPlace(command, child_environ, n, channel, warm_command=warm).run()

@@ -116,6 +116,7 @@ class Supervisor:
         stop_grace: float = STOP_GRACE,
         on_failure: Callable[[Child], None] | None = None,
         spawn: Callable[[int, dict[str, str]], subprocess.Popen[bytes]] | None = None,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.command = list(command)
         self.environ = dict(environ)
@@ -134,6 +135,7 @@ class Supervisor:
         self.stop_grace = stop_grace
         self.on_failure = on_failure
         self.spawn = spawn or self._popen  # (local rank, its environment) -> its process
+        self.stop_signal = stop_signal  # what `should_stop` sends the ranks
 
     def run(self) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
@@ -185,7 +187,7 @@ class Supervisor:
                 # dead peer leaves within its own deadline (training/stop.py); SIGKILL after the grace.
                 self.stopping = True
                 if self.kill_at is None:
-                    self._terminate(time.monotonic(), self.stop_grace)
+                    self._terminate(time.monotonic(), self.stop_grace, self.stop_signal)
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
                 for child in self._live():
                     _send(child, signal.SIGKILL)
@@ -204,9 +206,9 @@ class Supervisor:
                 self.on_failure(child)
             self._terminate(time.monotonic(), self.kill_after)
 
-    def _terminate(self, now: float, grace: float) -> None:
+    def _terminate(self, now: float, grace: float, sig: int = signal.SIGTERM) -> None:
         for child in self._live():
-            _send(child, signal.SIGTERM)
+            _send(child, sig)
         self.kill_at = now + grace
 
     def _finish(self) -> int:

@@ -13,6 +13,7 @@ between attempts (`RESPAWN_ATTEMPT`, the Auto checkpoint interval) is read only 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -23,8 +24,23 @@ from pathlib import Path
 from respawn_protocol import contract
 from trainer_image.checkpoint.commit import UMASK
 
+SPARE_NAME = "respawn-spare"  # the process's name (/proc/<pid>/comm) until it is given its attempt
+
+
+def _name(name: str) -> str:
+    """Set this process's name (PR_SET_NAME, 15 bytes at most); returns the one it had."""
+    try:
+        with open("/proc/self/comm") as f:
+            before = f.read().strip()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        return name
+    return before
+
 
 def main(argv: list[str]) -> int:
+    own_name = _name(SPARE_NAME)  # `ps -o comm` tells a spare, importing or waiting, from a rank's trainer
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ.setdefault("GLOG_v", "3")
     os.umask(UMASK)
@@ -34,8 +50,8 @@ def main(argv: list[str]) -> int:
     # script it finds in argv[0] when it is imported (and so does training/compile_cache.py), so a
     # warm start hits the graphs the attempts before it compiled.
     sys.argv[0] = str(Path(__file__).resolve().with_name("__main__.py"))
-    for name, value in parallel.RENDEZVOUS_DEFAULTS.items():  # as `prepare` sets them, before import
-        os.environ.setdefault(name, value)
+    for key, value in parallel.RENDEZVOUS_DEFAULTS.items():  # as `prepare` sets them, before import
+        os.environ.setdefault(key, value)
     world = os.environ.get(contract.WORLD_SIZE, "1")
     if os.environ.get(contract.RANK) == "0" and world.isdigit() and int(world) > 1:
         parallel.warm_scheduler(os.environ)
@@ -45,6 +61,7 @@ def main(argv: list[str]) -> int:
     line = sys.stdin.readline()
     if not line:
         return 0
+    _name(own_name)
     environ = json.loads(line)
     os.environ.clear()
     os.environ.update(environ)

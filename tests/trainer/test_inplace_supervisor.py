@@ -68,6 +68,8 @@ class FileChannel:
     def command(self):
         path = self.folder / "command"
         return inplace.decode_command(path.read_text()) if path.exists() else None
+    def trained(self, attempt):
+        return (self.folder / f"trained@{attempt}").exists()
     def say(self, state):
         with open(self.folder / "states", "a") as f:
             f.write(state.encode() + "\\n")
@@ -211,4 +213,18 @@ def test_the_next_attempt_runs_in_processes_started_while_the_gang_stopped(pods:
     pod.command(1, run=True)
     assert {pod.env(0, 1)["pid"], pod.env(1, 1)["pid"]} == warm
     assert pod.env(1, 1)["RESPAWN_ATTEMPT"] == "1"
+    assert pod.proc.wait(timeout=60) == ExitCode.SUCCESS
+
+
+def test_warm_processes_start_once_the_ranks_are_past_their_start_up(pods: Any) -> None:
+    pod = pods(1, {"0@1": {"exit": 0}}, warm=True)
+    pod.env(0, 0)
+    assert not list(pod.dir.glob("spare_*")), "none while the ranks start: they would slow them down"
+    (pod.dir / "trained@0").touch()  # the ranks reported their first steps
+    spare = wait_for("a warm process ahead of any failure", lambda: list(pod.dir.glob("spare_*")), 60)
+    assert pod.proc.poll() is None and [s.state for s in pod.states()] == ["running"]
+    pod.command(1, run=False)
+    pod.said(0, inplace.STOPPED)
+    pod.command(1, run=True)
+    assert pod.env(0, 1)["pid"] == int(spare[0].name.split("_")[1])
     assert pod.proc.wait(timeout=60) == ExitCode.SUCCESS

@@ -19,7 +19,7 @@ import pytest
 from respawn_protocol.contract import ExitCode
 from tests.support import REPO
 from trainer_image.training import loop
-from trainer_image.training.stop import STOP_FACTOR, STOP_FLOOR, StopRequest, step_deadline
+from trainer_image.training.stop import PEER_GONE, STOP_FACTOR, STOP_FLOOR, StopRequest, step_deadline
 
 # The child trains one quick step (the end of the first step arms the handler), reports "ready"
 # once inside its second step, then the test sends SIGTERM.
@@ -50,8 +50,8 @@ threading.Thread(target=commit, daemon=True).start()
 """
 
 
-def run_child(step: str, before: str = "") -> tuple[int, str, float]:
-    """(exit code, output, seconds from SIGTERM to exit)."""
+def run_child(step: str, before: str = "", sig: int = signal.SIGTERM) -> tuple[int, str, float]:
+    """(exit code, output, seconds from the signal, SIGTERM by default, to exit)."""
     child = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(CHILD.format(step=step, before=before))],
         cwd=REPO,
@@ -62,7 +62,7 @@ def run_child(step: str, before: str = "") -> tuple[int, str, float]:
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
     sent = time.monotonic()
-    child.send_signal(signal.SIGTERM)
+    child.send_signal(sig)
     output, _ = child.communicate(timeout=60)
     return child.returncode, output, time.monotonic() - sent
 
@@ -74,6 +74,20 @@ def test_a_step_that_cannot_finish_is_cut_off_with_terminated_within_the_floor()
     assert "did not finish within" in output
     assert "next step allowed" not in output
     assert STOP_FLOOR <= took < STOP_FLOOR + 1.5, took
+
+
+def test_with_a_rank_of_the_gang_gone_a_step_in_progress_is_given_up_at_once() -> None:
+    code, output, took = run_child("time.sleep(600)", sig=PEER_GONE)
+    assert code == ExitCode.TERMINATED, output
+    assert "a rank of the gang is gone" in output and "next step allowed" not in output
+    assert took < STOP_FLOOR, took  # no deadline to wait out
+
+
+def test_with_a_rank_gone_a_write_in_flight_still_finishes() -> None:
+    before = COMMIT_IN_FLIGHT.replace("STOP_FLOOR_PLUS", "1.0")
+    code, output, took = run_child("time.sleep(600)", before=before, sig=PEER_GONE)
+    assert code == ExitCode.TERMINATED and "commit record written" in output, output
+    assert took >= 0.5
 
 
 def test_a_step_that_finishes_is_waited_for_and_no_step_starts_after_sigterm() -> None:
@@ -99,12 +113,13 @@ def test_sigterm_during_start_up_ends_the_process_at_once() -> None:
         "print('ready', flush=True)\n"
         "import time; time.sleep(600)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    sent = time.monotonic()
-    child.send_signal(signal.SIGTERM)
-    assert child.wait(10) == -signal.SIGTERM  # the container's exit code: 143, ExitCode.TERMINATED
-    assert time.monotonic() - sent < 1.0
+    for sig in (signal.SIGTERM, PEER_GONE):
+        child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        sent = time.monotonic()
+        child.send_signal(sig)
+        assert child.wait(10) == -sig  # SIGTERM: the container's exit code is 143, ExitCode.TERMINATED
+        assert time.monotonic() - sent < 1.0
 
 
 def test_the_deadline_gives_a_survivor_the_floor_and_a_slow_live_gang_several_steps() -> None:

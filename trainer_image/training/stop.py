@@ -29,6 +29,10 @@ controller restarts a gang because one member failed. What a rank does depends o
   before a cut would lose its final save. Saving is never cut: the deadline applies only while a
   step runs, and a cut waits for an atomic write in flight (`commit.COMMITTING`), so an async save
   is abandoned before its commit record, never inside it.
+- **SIGUSR1** is SIGTERM from a supervisor that knows a rank of the gang is gone (a restart in
+  place, trainer_image/inplace.py): a step in progress cannot end, so it is given up at once
+  instead of after its deadline (a write in flight still finishes); between steps, and during the
+  start-up, it is SIGTERM.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ TYPICAL_WINDOW = 16  # the typical step: the median of this many recent steps
 GUARD_POLL = 0.05  # seconds between the watcher's looks at the step in progress, once signalled
 CUT_WAIT = 10.0  # seconds a cut waits for an atomic write in flight
 _QUIT = b"\xff"  # not a signal number: tells the watcher to end
+PEER_GONE = signal.SIGUSR1  # SIGTERM, with a rank of the gang known to be gone
+_STOPS = (signal.SIGTERM, PEER_GONE)
 
 Exchange = Callable[[bool], bool]  # this rank's stop flag -> whether any rank of the gang is stopping
 
@@ -74,8 +80,9 @@ class StopRequest:
     the watcher. `requested` tells the loop to commit and stop after the current step."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.signalled = False  # this process received SIGTERM
+        self.signalled = False  # this process received SIGTERM (or PEER_GONE)
         self.signalled_at = 0.0
+        self.peer_gone = False  # ... PEER_GONE: a step in progress is given up at once
         self._stopping = False  # data parallel: the gang agreed to stop after the current step
         self._exchange: Exchange | None = None
         self._clock = clock
@@ -144,6 +151,8 @@ class StopRequest:
         with self._lock:
             if not self.signalled or not self._in_step:
                 return None
+            if self.peer_gone:
+                return max(self.signalled_at, self._started_at)
             return step_deadline(
                 started=self._started_at,
                 signalled=self.signalled_at,
@@ -158,6 +167,7 @@ class StopRequest:
 
     def _signal(self, signum: int) -> None:
         with self._lock:
+            self.peer_gone = self.peer_gone or signum == PEER_GONE
             if self.signalled:
                 return
             self.signalled_at = self._clock()
@@ -170,6 +180,7 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread() or self._previous is not None:
             return
         self._previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(PEER_GONE, signal.SIG_DFL)  # ends the start-up at once too
 
     def _arm(self) -> None:
         """Training: the handler sets the flag, the watcher cuts off a step that cannot end."""
@@ -183,12 +194,14 @@ class StopRequest:
         self._watcher = threading.Thread(target=self._watch, name="stop-watcher", daemon=True)
         self._watcher.start()
         self._wakeup = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, self)
+        for sig in _STOPS:
+            signal.signal(sig, self)
 
     def uninstall(self) -> None:
         if self._previous is None:
             return
         signal.signal(signal.SIGTERM, self._previous)
+        signal.signal(PEER_GONE, signal.SIG_DFL)
         self._previous = None
         if self._wakeup is None or self._sockets is None:
             return
@@ -214,9 +227,10 @@ class StopRequest:
                 return
             if not data or _QUIT in data:
                 return
-            if signal.SIGTERM in data:
+            if got := [sig for sig in _STOPS if sig in data]:
                 break
-        self._signal(signal.SIGTERM)
+        for sig in got:
+            self._signal(sig)
         self._guard()
 
     def _guard(self) -> None:
@@ -227,11 +241,18 @@ class StopRequest:
                 self._cut(deadline - max(self.signalled_at, self._started_at))
 
     def _cut(self, allowed: float) -> None:
-        log.error(
-            "the current step did not finish within %.1fs of SIGTERM (a peer of the collective is "
-            "likely gone): exiting without a new checkpoint; the last committed one is the resume point",
-            allowed,
-        )
+        if self.peer_gone:
+            log.error(
+                "a rank of the gang is gone: giving up the current step; exiting without a new "
+                "checkpoint; the last committed one is the resume point"
+            )
+        else:
+            log.error(
+                "the current step did not finish within %.1fs of SIGTERM (a peer of the collective "
+                "is likely gone): exiting without a new checkpoint; the last committed one is the "
+                "resume point",
+                allowed,
+            )
         COMMITTING.acquire(timeout=CUT_WAIT)  # never inside a commit record; none starts after this
         logging.shutdown()
         sys.stdout.flush()
