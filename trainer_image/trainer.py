@@ -67,18 +67,26 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def with_save_interval(config: TrainerConfig, environ: Mapping[str, str]) -> TrainerConfig:
-    """The controller's suggested checkpoint interval (spec.checkpointInterval: Auto) in place of the
-    CheckpointMonitor's; without a monitor there is nothing to save, so nothing changes."""
+def save_interval(environ: Mapping[str, str]) -> int | None:
+    """RESPAWN_SAVE_CHECKPOINT_STEPS, the controller's suggested interval in steps; None when unset."""
     raw = environ.get(contract.SAVE_CHECKPOINT_STEPS)
     if not raw:
-        return config
+        return None
     try:
         steps = int(raw)
     except ValueError as e:
         raise ConfigError(f"{contract.SAVE_CHECKPOINT_STEPS}={raw!r}: not an integer") from e
     if steps < 1:
         raise ConfigError(f"{contract.SAVE_CHECKPOINT_STEPS}={steps}: must be at least 1")
+    return steps
+
+
+def with_save_interval(config: TrainerConfig, environ: Mapping[str, str]) -> TrainerConfig:
+    """The controller's suggested checkpoint interval (spec.checkpointInterval: Auto) in place of the
+    CheckpointMonitor's; without a monitor there is nothing to save, so nothing changes."""
+    steps = save_interval(environ)
+    if steps is None:
+        return config
     callbacks = [
         dataclasses.replace(c, save_checkpoint_steps=steps) if isinstance(c, CheckpointMonitor) else c
         for c in config.callbacks

@@ -110,13 +110,12 @@ def _train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from trainer_image.config import ConfigError
     from trainer_image.grpo.config import build_grpo_config, grpo_env_overrides, with_save_interval
     from trainer_image.grpo.loop import run
-    from trainer_image.trainer import attempt_of, rank_and_world
+    from trainer_image.trainer import attempt_of, rank_and_world, save_interval
     from trainer_image.training.report import Reporter
     from trainer_image.training.stop import StopRequest
 
     config = build_grpo_config(args.config, grpo_env_overrides(environ), cli_overrides(args))
-    interval = environ.get(contract.SAVE_CHECKPOINT_STEPS)
-    config = with_save_interval(config, _positive(interval) if interval else None)
+    config = with_save_interval(config, save_interval(environ))
     rank, world_size = rank_and_world(environ)
     attempt = attempt_of(environ)
     job_dir = job_checkpoint_dir(environ, config.save_dir, config.resume_training)
@@ -144,18 +143,6 @@ def _train(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if outcome.status == "completed":
         return ExitCode.SUCCESS
     return ExitCode.STOPPED if outcome.checkpointed else ExitCode.TERMINATED
-
-
-def _positive(raw: str) -> int:
-    from trainer_image.config import ConfigError
-
-    try:
-        steps = int(raw)
-    except ValueError as e:
-        raise ConfigError(f"{contract.SAVE_CHECKPOINT_STEPS}={raw!r}: not an integer") from e
-    if steps < 1:
-        raise ConfigError(f"{contract.SAVE_CHECKPOINT_STEPS}={steps}: must be at least 1")
-    return steps
 
 
 if __name__ == "__main__":

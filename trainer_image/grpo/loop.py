@@ -11,7 +11,6 @@ iterations exactly as the uninterrupted run did.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from trainer_image.grpo.rollout import rollout
 from trainer_image.grpo.saving import remove_orphan_optimizer_files
 from trainer_image.grpo.start import begin
 from trainer_image.grpo.task import steps_per_epoch
-from trainer_image.training.gang import Gang
+from trainer_image.training.gang import Gang, joined
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import resolve_start, resumed_from
 from trainer_image.training.stop import StopRequest
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from trainer_image.checkpoint.checkpointer import Checkpointer
     from trainer_image.grpo.backend import GrpoBackend
     from trainer_image.training.compile_cache import CompileCache
-    from trainer_image.training.parallel import Cluster
 
 log = logging.getLogger("trainer_image.grpo")
 
@@ -76,25 +74,17 @@ def run(
     started = time.perf_counter()
     reporter = reporter or Reporter(rank=rank, attempt=attempt, send=None)
     check_before_import(config, rank=rank, world_size=world_size, job_checkpoint_dir=job_checkpoint_dir)
-    cluster: Cluster | None = None
-    if config.use_parallel and world_size > 1:
-        from trainer_image.training.parallel import Cluster
-
-        cluster = Cluster.join(
-            config.trainer_view(),
-            rank=rank,
-            world_size=world_size,
-            environ=os.environ,
-            phase=reporter.phase,
-            started=started,
-        )
-        stop.share(cluster.any_of)
-    try:
-        gang = Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
+    with joined(
+        config.trainer_view(),
+        rank=rank,
+        world_size=world_size,
+        attempt=attempt,
+        job_checkpoint_dir=job_checkpoint_dir,
+        stop=stop,
+        phase=reporter.phase,
+        started=started,
+    ) as gang:
         return _Run.start(config, gang, reporter, started).train(stop)
-    finally:
-        if cluster is not None:
-            cluster.close()
 
 
 def check_before_import(

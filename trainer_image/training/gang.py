@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -9,7 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from trainer_image.training.resume import Agree, Barrier
 
 if TYPE_CHECKING:
+    from trainer_image.config import TrainerConfig
     from trainer_image.training.parallel import Cluster
+    from trainer_image.training.stop import StopRequest
 
 
 @dataclass(frozen=True)
@@ -44,3 +49,32 @@ class Gang:
     @property
     def barrier(self) -> Barrier | None:
         return None if self.cluster is None else self.cluster.barrier
+
+
+@contextlib.contextmanager
+def joined(
+    config: TrainerConfig,
+    *,
+    rank: int,
+    world_size: int,
+    attempt: int | None,
+    job_checkpoint_dir: Path | None,
+    stop: StopRequest,
+    phase: Callable[[str, float], None],
+    started: float,
+) -> Iterator[Gang]:
+    """This rank's gang for one run: data parallel (`use_parallel` with several ranks) joins
+    MindSpore's cluster, whose ranks then stop after the same step, and leaves it at the end."""
+    cluster = None
+    if config.use_parallel and world_size > 1:
+        from trainer_image.training.parallel import Cluster
+
+        cluster = Cluster.join(
+            config, rank=rank, world_size=world_size, environ=os.environ, phase=phase, started=started
+        )
+        stop.share(cluster.any_of)  # the gang stops after the same step
+    try:
+        yield Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
+    finally:
+        if cluster is not None:
+            cluster.close()

@@ -24,7 +24,7 @@ from trainer_image.checkpoint.confine import check_output_dir, open_step_log
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import ConfigError, TrainerConfig
 from trainer_image.training import loss_monitor, preflight
-from trainer_image.training.gang import Gang, Outcome
+from trainer_image.training.gang import Gang, Outcome, joined
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import (
     continue_progress,
@@ -88,25 +88,17 @@ def run(
     preflight.check_directory(
         Path(config.output_dir), rank=rank, world_size=world_size, attempt=attempt, environ=os.environ
     )
-    cluster = None
-    if config.use_parallel and world_size > 1:
-        from trainer_image.training.parallel import Cluster
-
-        cluster = Cluster.join(
-            config,
-            rank=rank,
-            world_size=world_size,
-            environ=os.environ,
-            phase=reporter.phase,
-            started=started,
-        )
-        stop.share(cluster.any_of)  # the gang stops after the same step
-    try:
-        gang = Gang(rank, world_size, attempt, cluster, job_checkpoint_dir)
+    with joined(
+        config,
+        rank=rank,
+        world_size=world_size,
+        attempt=attempt,
+        job_checkpoint_dir=job_checkpoint_dir,
+        stop=stop,
+        phase=reporter.phase,
+        started=started,
+    ) as gang:
         return _train(config, gang, stop, started=started, reporter=reporter)
-    finally:
-        if cluster is not None:
-            cluster.close()
 
 
 def _check_before_import(
