@@ -48,6 +48,19 @@ TRAIN_DATASET_DIR = "RESPAWN_TRAIN_DATASET_DIR"
 PREFLIGHT_TIMEOUT = "RESPAWN_PREFLIGHT_TIMEOUT"
 PREFLIGHT_CHECKPOINTS = "RESPAWN_PREFLIGHT_CHECKPOINTS"
 
+# spec.checkpointStore (an S3-compatible object store), set by the controller only when the job has
+# one: after each local commit the trainer uploads the step (data objects first, the rank's
+# meta.json last) under s3://BUCKET/PREFIX/, mirroring output_dir/checkpoint/, and before resolving
+# it downloads what it needs of the newest step complete on every rank in the store.
+STORE_ENDPOINT = "RESPAWN_STORE_ENDPOINT"  # http(s)://host:port
+STORE_BUCKET = "RESPAWN_STORE_BUCKET"
+STORE_PREFIX = "RESPAWN_STORE_PREFIX"  # no leading or trailing "/"; default <namespace>/<job name>
+STORE_REGION = "RESPAWN_STORE_REGION"  # optional
+# The credentials come from the job's Secret through secretKeyRef (the controller never reads it),
+# under the names boto3 reads itself; the Secret holds them under the same keys.
+STORE_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+STORE_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+
 # MindFormers: the top-level directory shared by all nodes (checkpoints must live under it); a
 # comma-separated list, as MindFormers reads it. The trainer's pre-flight checks output_dir against it.
 SHARED_PATHS = "SHARED_PATHS"

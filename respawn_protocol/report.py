@@ -9,7 +9,8 @@ never overwrite each other and no read-modify-write is needed. The value is smal
      "commit": {"step": 1000, "epoch": 2, "file": "llama_rank_0-2_500.ckpt", "attempt": 3,
                 "at": "..."},
      "startup": {"import": 4.1, "rendezvous": 1.2, "load": 0.3, "compile": 2.5, "firstStep": 2.9,
-                 "startedAt": "...", "readyAt": "...", "resumedFrom": 1000}}
+                 "startedAt": "...", "readyAt": "...", "resumedFrom": 1000},
+     "upload": {"step": 1000, "pending": 1, "lagSeconds": 3.2, "failures": 0, "error": null}}
 
 `step` and `at` are the last optimizer step this rank finished and when (its wall clock), `saveCost`
 the seconds training stood still per checkpoint save, lately (the δ of Young/Daly); only rank
@@ -18,6 +19,9 @@ load flat), every rank sends each commit as it happens and its start-up timings 
 (the process started) and `readyAt` (its first step finished) place the start-up on the wall clock,
 so the controller can time a restart from the failure to the next trained step; `resumedFrom` is
 the global step of the job's own checkpoint the start resumed, as saved (before any rescale).
+`upload` is present only with a checkpoint store: the newest step of this rank whose meta.json is in
+the store, the local commits not uploaded yet, how long the oldest of them has waited, the failed
+upload tries since the last success and the last one's message; every rank sends it as it changes.
 """
 
 from __future__ import annotations
@@ -54,6 +58,15 @@ class Commit:
 
 
 @dataclass(frozen=True)
+class Upload:
+    step: int | None = None  # newest step of the rank committed in the store
+    pending: int = 0  # local commits not in the store yet
+    lag_seconds: float = 0.0  # how long the oldest of them has waited
+    failures: int = 0  # failed tries since the last upload that succeeded
+    error: str | None = None  # the last failure's message, while failures > 0
+
+
+@dataclass(frozen=True)
 class Report:
     rank: int
     attempt: int | None = None
@@ -66,6 +79,7 @@ class Report:
     started_at: str | None = None  # wall clock: the process started
     ready_at: str | None = None  # wall clock: its first step finished
     resumed_from: int | None = None  # global step of the job's checkpoint this start resumed (as saved)
+    upload: Upload | None = None  # with a checkpoint store only
 
     def encode(self) -> str:
         body: dict[str, Any] = {"attempt": self.attempt}
@@ -88,6 +102,15 @@ class Report:
             if self.resumed_from is not None:
                 startup["resumedFrom"] = self.resumed_from
             body["startup"] = startup
+        if self.upload is not None:
+            u = self.upload
+            body["upload"] = {
+                "step": u.step,
+                "pending": u.pending,
+                "lagSeconds": round(u.lag_seconds, 3),
+                "failures": u.failures,
+                "error": u.error[:200] if u.error else None,
+            }
         return json.dumps(body, separators=(",", ":"))
 
 
@@ -110,6 +133,18 @@ def _commit(raw: Any) -> Commit | None:
         return None
     return Commit(
         step, _int(raw.get("epoch")), _str(raw.get("file")), _int(raw.get("attempt")), _str(raw.get("at"))
+    )
+
+
+def _upload(raw: Any) -> Upload | None:
+    if not isinstance(raw, dict):
+        return None
+    return Upload(
+        step=_int(raw.get("step")),
+        pending=_int(raw.get("pending")) or 0,
+        lag_seconds=_float(raw.get("lagSeconds")) or 0.0,
+        failures=_int(raw.get("failures")) or 0,
+        error=_str(raw.get("error")),
     )
 
 
@@ -140,6 +175,7 @@ def decode(rank: int, value: str) -> Report | None:
         started_at=_str(startup.get("startedAt")) if phases else None,
         ready_at=_str(startup.get("readyAt")) if phases else None,
         resumed_from=_int(startup.get("resumedFrom")) if phases else None,
+        upload=_upload(raw.get("upload")),
     )
 
 

@@ -14,7 +14,7 @@ from controller.core import reports
 from controller.core.observations import Observations
 from controller.core.policy import progress
 from controller.core.timefmt import format_time, parse_time
-from respawn_protocol.report import annotation_key
+from respawn_protocol.report import Report, Upload, annotation_key, decode
 from tests.support.core_inputs import job, pod, run
 
 AT = "2026-11-23T11:59:00.000Z"
@@ -186,3 +186,16 @@ def test_the_step_the_trainers_resumed_replaces_the_prediction_made_at_the_resta
     split = [reported(0, 1, startup={**timings, "resumedFrom": 11}), reported(1, 1, startup=timings)]
     unsure = run(body, split).status
     assert unsure is not None and unsure.resumed_from_step == 10, "only what every rank says"
+
+
+def test_an_upload_report_round_trips_and_a_malformed_one_is_read_as_far_as_it_is_well_formed() -> None:
+    sent = Report(
+        rank=1, attempt=2, upload=Upload(step=40, pending=1, lag_seconds=2.5, failures=3, error="x" * 300)
+    )
+    got = decode(1, sent.encode())
+    assert got is not None and got.upload == Upload(40, 1, 2.5, 3, "x" * 200)
+    odd = decode(
+        0, json.dumps({"attempt": 0, "upload": {"step": -1, "pending": "2", "lagSeconds": float("nan")}})
+    )
+    assert odd is not None and odd.upload == Upload(None, 0, 0.0, 0, None)
+    assert decode(0, json.dumps({"attempt": 0})).upload is None  # type: ignore[union-attr]
