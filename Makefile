@@ -37,8 +37,10 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-# The whole suite: lint, types, then every test against a real API server.
-test: lint typecheck assets mindformers
+# The whole suite: lint, types, then every test against a real API server. What the tests need is
+# made side by side: the Go builds use the cores while the MindFormers venv mostly waits on the disk.
+test: $(VENV)/.installed
+	$(MAKE) --no-print-directory -j4 --output-sync=line lint typecheck assets mindformers
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # A local cluster in the foreground; prints the kubeconfig path. Ctrl-C stops it.

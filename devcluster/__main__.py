@@ -7,7 +7,7 @@ import sys
 USAGE = """usage: python -m devcluster COMMAND [ARGS]
 
 commands:
-  assets   build or find the pinned etcd / kube-apiserver / kube-controller-manager; print their directory
+  assets   build or find the pinned etcd / kube-apiserver / helm; print their directory
   cluster  run a local control plane and node agent in the foreground (Ctrl-C stops everything)
   agent    run the node agent against an existing API server
   fault    inject a fault: kill a pod's process, OOM-kill it, evict it, mark a node NotReady

@@ -7,6 +7,9 @@ control plane's replace block). The result is cached outside the repository, key
 of both modules' go.mod/go.sum, so a second run builds nothing. `RESPAWN_ASSETS` pointing at a
 directory that already holds the binaries skips the build altogether, as envtest's
 KUBEBUILDER_ASSETS does.
+
+kube-controller-manager is built only when asked for (the local cluster, the reaction benchmark):
+the tests run without it, as envtest does, and on a new machine it is minutes of compiling.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Binary:
     package: str
     # Go package whose version variables are stamped at link time (-X).
     version_package: str | None = None
+    # Built the first time someone asks for it, not with the rest.
+    on_demand: bool = False
 
 
 # Go module directory -> the binaries built from it, each module with its own go.mod/go.sum.
@@ -45,11 +50,13 @@ MODULES: dict[Path, tuple[Binary, ...]] = {
             "kube-controller-manager",
             "k8s.io/kubernetes/cmd/kube-controller-manager",
             "k8s.io/component-base/version",
+            on_demand=True,
         ),
     ),
     HELM_MODULE_DIR: (Binary("helm", "helm.sh/helm/v4/cmd/helm", "helm.sh/helm/v4/internal/version"),),
 }
 BINARIES = tuple(binary for binaries in MODULES.values() for binary in binaries)
+CONTROLLER_MANAGER = "kube-controller-manager"
 
 
 class AssetError(RuntimeError):
@@ -88,8 +95,9 @@ def cache_dir() -> Path:
     return cache_root() / "assets" / f"{versions}-{digest.hexdigest()[:12]}"
 
 
-def _complete(directory: Path) -> bool:
-    return all(os.access(directory / b.name, os.X_OK) for b in BINARIES)
+def _missing(directory: Path, extra: tuple[str, ...] = ()) -> list[Binary]:
+    wanted = [b for b in BINARIES if not b.on_demand or b.name in extra]
+    return [b for b in wanted if not os.access(directory / b.name, os.X_OK)]
 
 
 def _kubernetes_stamps() -> dict[str, str]:
@@ -125,30 +133,27 @@ def _ldflags(binary: Binary) -> str:
     return " ".join(["-s", "-w", *(f"-X {pkg}.{k}={v}" for k, v in stamps.items())])
 
 
+def _go_build(binary: Binary, output: Path, log) -> None:
+    print(f"building {binary.name} from {binary.package} ...", file=log, flush=True)
+    module_dir = next(d for d, binaries in MODULES.items() if binary in binaries)
+    subprocess.run(
+        ["go", "build", "-trimpath", "-ldflags", _ldflags(binary), "-o", str(output), binary.package],
+        cwd=module_dir,
+        check=True,
+        env={**os.environ, "GOFLAGS": "-mod=readonly"},
+    )
+
+
 def build(target: Path, log=sys.stderr) -> None:
+    """Build every binary that is not on demand into `target`, which appears only when complete."""
     if shutil.which("go") is None:
         raise AssetError("`go` is not on PATH; install Go or set RESPAWN_ASSETS to prebuilt binaries")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        for module_dir, binaries in MODULES.items():
-            for binary in binaries:
-                print(f"building {binary.name} from {binary.package} ...", file=log, flush=True)
-                subprocess.run(
-                    [
-                        "go",
-                        "build",
-                        "-trimpath",
-                        "-ldflags",
-                        _ldflags(binary),
-                        "-o",
-                        str(staging / binary.name),
-                        binary.package,
-                    ],
-                    cwd=module_dir,
-                    check=True,
-                    env={**os.environ, "GOFLAGS": "-mod=readonly"},
-                )
+        for binary in BINARIES:
+            if not binary.on_demand:
+                _go_build(binary, staging / binary.name, log)
         # A half-built directory is never visible under the final name.
         staging.rename(target)
     except BaseException:
@@ -156,22 +161,38 @@ def build(target: Path, log=sys.stderr) -> None:
         raise
 
 
-def ensure_assets(log=sys.stderr) -> Path:
-    """Return a directory holding every control-plane binary and helm, building them only if needed."""
+def _build_into(directory: Path, binary: Binary, log) -> None:
+    if shutil.which("go") is None:
+        raise AssetError(f"`go` is not on PATH; needed to build {binary.name}")
+    staging = directory / f".{binary.name}.{os.getpid()}"
+    try:
+        _go_build(binary, staging, log)
+        staging.rename(directory / binary.name)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def ensure_assets(log=sys.stderr, *, extra: tuple[str, ...] = ()) -> Path:
+    """Return a directory holding every control-plane binary and helm, building them only if needed;
+    `extra` names binaries built on demand (kube-controller-manager) that are wanted too."""
     override = os.environ.get(ASSETS_ENV)
     if override:
         directory = Path(override)
-        if not _complete(directory):
-            missing = [b.name for b in BINARIES if not os.access(directory / b.name, os.X_OK)]
-            raise AssetError(f"{ASSETS_ENV}={directory} lacks executable {', '.join(missing)}")
+        if missing := _missing(directory, extra):
+            names = ", ".join(b.name for b in missing)
+            raise AssetError(f"{ASSETS_ENV}={directory} lacks executable {names}")
         print(f"using control-plane binaries from {ASSETS_ENV}: {directory}", file=log, flush=True)
         return directory
     directory = cache_dir()
-    if _complete(directory):
+    if directory.is_dir():
         print(f"found cached control-plane binaries in {directory}", file=log, flush=True)
-        return directory
-    build(directory, log=log)
-    print(f"built control-plane binaries into {directory}", file=log, flush=True)
+    else:
+        build(directory, log=log)
+        print(f"built control-plane binaries into {directory}", file=log, flush=True)
+    for binary in _missing(directory, extra):
+        if not binary.on_demand:
+            raise AssetError(f"{directory} lacks {binary.name}; remove the directory to rebuild it")
+        _build_into(directory, binary, log)
     return directory
 
 

@@ -82,7 +82,8 @@ class ControlPlane:
         return self
 
     def _start(self, timeout: float) -> None:
-        binaries = self._assets_dir or assets.ensure_assets()
+        extra = (assets.CONTROLLER_MANAGER,) if self._with_kcm else ()
+        binaries = self._assets_dir or assets.ensure_assets(extra=extra)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_pki()
         self.etcd_url = f"http://127.0.0.1:{free_port()}"
@@ -144,7 +145,7 @@ class ControlPlane:
         self._terminate("kube-apiserver", sig)
 
     def start_controller_manager(self, *, binaries: Path | None = None) -> None:
-        binaries = binaries or self._assets_dir or assets.ensure_assets()
+        binaries = binaries or self._assets_dir or assets.ensure_assets(extra=(assets.CONTROLLER_MANAGER,))
         kubeconfig = self.workdir / "controller-manager.kubeconfig"
         self.write_kubeconfig(kubeconfig, user="system:kube-controller-manager")
         p = self.pki_dir
