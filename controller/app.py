@@ -223,6 +223,7 @@ class Controller:
                     else None,
                     budget_used=status.budget_used,
                     max_restarts=_max_restarts(body),
+                    store=status.checkpoint_store,
                 )
             )
         return samples

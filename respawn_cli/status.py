@@ -90,6 +90,7 @@ class Report:
     startup: dict[str, Any] | None = None  # status.startup: seconds per start-up phase
     recovery: dict[str, Any] | None = None  # status.lastRecovery: the last restart, timed
     interval: dict[str, Any] | None = None  # status.checkpointInterval: the suggested interval
+    store: dict[str, Any] | None = None  # status.checkpointStore: the uploads to the object store
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,6 +148,7 @@ def build(job: dict[str, Any], events: list[Any]) -> Report:
         interval=status.get("checkpointInterval")
         if isinstance(status.get("checkpointInterval"), dict)
         else None,
+        store=status.get("checkpointStore") if isinstance(status.get("checkpointStore"), dict) else None,
     )
 
 
@@ -287,6 +289,8 @@ def render(report: Report) -> str:
         add(f"  Recovery:     {_recovery(report.recovery)}")
     if report.interval:
         add(f"  Interval:     {_interval(report.interval)}")
+    if report.store:
+        add(f"  Store:        {_store(report.store)}")
     if report.last_failure:
         add(f"  Last failure: {_describe(report.last_failure)}")
     for cond in report.conditions:
@@ -381,6 +385,18 @@ def _interval(a: dict[str, Any]) -> str:
         f"checkpoint every {steps} steps (~{seconds:.0f}s) suggested: MTBF {mtbf:.0f}s over "
         f"{failures} failure(s) of {whose}, {save:.2f}s per save"
     )
+
+
+def _store(s: dict[str, Any]) -> str:
+    """status.checkpointStore in a line: what every rank has in the store, the backlog, failures."""
+    step, pending, lag = s.get("step"), s.get("pendingCommits"), s.get("lagSeconds")
+    line = f"step {step} on every rank" if isinstance(step, int) else "no step on every rank yet"
+    if isinstance(pending, int) and pending:
+        line += f", {pending} commit(s) waiting"
+        line += f" (oldest {lag:.0f}s)" if isinstance(lag, int | float) else ""
+    if isinstance(failures := s.get("failures"), int) and failures:
+        line += f"; {failures} failed tries in a row: {s.get('lastError') or '?'}"
+    return line
 
 
 def _describe(f: Failure) -> str:

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.api.constants import Phase, Reason
+from controller.api.store import StoreStatus
 from controller.version import VERSION
 from respawn_protocol.crd import RECOVERY_PHASES as PHASES
 
@@ -51,6 +52,7 @@ class JobSample:
     suggested_interval: float | None = None  # status.checkpointInterval.seconds
     budget_used: int = 0  # status.budgetUsed: counted restarts since the job last made progress
     max_restarts: int | None = None  # spec.failurePolicy.maxRestarts
+    store: StoreStatus | None = None  # status.checkpointStore
 
 
 class _StateCollector(Collector):
@@ -122,6 +124,31 @@ _PER_JOB = (
         "The checkpoint interval the job's failures and save cost suggest: sqrt(2 x save cost x MTBF).",
         (),
     ),
+    # spec.checkpointStore: the current attempt's uploads, worst rank (status.checkpointStore).
+    (
+        "store_step",
+        "respawn_checkpoint_store_step",
+        "Newest step every rank has in the checkpoint store.",
+        (),
+    ),
+    (
+        "upload_pending",
+        "respawn_checkpoint_upload_pending",
+        "Local commits a rank has not uploaded yet (most).",
+        (),
+    ),
+    (
+        "upload_lag",
+        "respawn_checkpoint_upload_lag_seconds",
+        "How long the oldest commit not uploaded yet has waited (longest of the ranks).",
+        (),
+    ),
+    (
+        "upload_failures",
+        "respawn_checkpoint_upload_failures",
+        "Failed upload tries in a row since the last upload that succeeded (most of the ranks).",
+        (),
+    ),
 )
 
 
@@ -152,6 +179,12 @@ def _add_job(families: dict[str, GaugeMetricFamily], job: JobSample, phases: lis
         families["step"].add_metric(key, job.checkpoint_step)
     if job.suggested_interval is not None:
         families["interval"].add_metric(key, job.suggested_interval)
+    if (store := job.store) is not None:
+        if store.step is not None:
+            families["store_step"].add_metric(key, store.step)
+        families["upload_pending"].add_metric(key, store.pending)
+        families["upload_lag"].add_metric(key, store.lag_seconds)
+        families["upload_failures"].add_metric(key, store.failures)
 
 
 class _RequestsCollector(Collector):

@@ -55,6 +55,7 @@ def decide(job: TrainingJob, pod_list: Sequence[pods.Pod], obs: Observations, no
     summary = reports.summarize([*owned, *gone], world_size=ranks, attempt=status.attempt)
     status, obs = progress.observe(status, obs, summary)
     status, recovered = recovery.complete(status)
+    recovered += progress.upload_notices(job.status.checkpoint_store, status.checkpoint_store)
     status = restart.refund(status, obs)
     current, older = pods.split_attempts(owned, status.attempt)
     ctx = Context(job, obs, now, current, older)

@@ -72,7 +72,7 @@ def headless_service(job: TrainingJob) -> dict[str, Any]:
 
 def trainer_env(
     job: TrainingJob, attempt: int, index: int, replicas: int, save_steps: int | None = None
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """The variables the worker pod `index` of `replicas` gets. Auto-resume names the job's
     checkpoint directory and leaves `load_checkpoint` / `resume_training` (pretrained weights) to the
     user: the trainer resumes from the directory once it holds a complete step. With
@@ -107,7 +107,28 @@ def trainer_env(
         values[contract.SAVE_CHECKPOINT_STEPS] = str(save_steps)
     if job.spec.failure_policy.restart_in_place:
         values[inplace.ENV] = "true"
-    return [{"name": k, "value": v} for k, v in values.items()]
+    return [{"name": k, "value": v} for k, v in values.items()] + store_env(job)
+
+
+def store_env(job: TrainingJob) -> list[dict[str, Any]]:
+    """Where the trainers upload and predownload (spec.checkpointStore); the credentials by
+    reference to the job's Secret, which the controller never reads. A Secret that is missing or
+    lacks a key keeps the pod from starting, and the kubelet says which."""
+    store = job.spec.checkpoint_store
+    if store is None:
+        return []
+    values = {
+        contract.STORE_ENDPOINT: store.endpoint,
+        contract.STORE_BUCKET: store.bucket,
+        contract.STORE_PREFIX: store.prefix,
+    }
+    if store.region:
+        values[contract.STORE_REGION] = store.region
+    secret = [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": store.credentials_secret, "key": key}}}
+        for key in (contract.STORE_ACCESS_KEY_ID, contract.STORE_SECRET_ACCESS_KEY)
+    ]
+    return [{"name": k, "value": v} for k, v in values.items()] + secret
 
 
 def report_interval(job: TrainingJob) -> float:

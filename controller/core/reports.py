@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from controller.api.store import MAX_ERROR, StoreStatus
 from controller.api.types import CheckpointRef, ProgressRef, StartupTimes
 from controller.core.pods import Pod, attempt_of
 from controller.core.timefmt import parse_time
@@ -27,6 +28,7 @@ class Summary:
     startup: StartupTimes | None = None  # current attempt, once every rank reported it
     step_time: float | None = None  # rank 0's, current attempt
     save_cost: float | None = None  # rank 0's seconds stood still per save, current attempt
+    store: StoreStatus | None = None  # the current attempt's uploads (spec.checkpointStore)
 
 
 def _commit_order(c: Commit) -> tuple[int, int]:
@@ -63,6 +65,24 @@ def _startup(reports: list[Report], world_size: int, attempt: int) -> StartupTim
         _latest(r.started_at for r in timed.values()),
         _latest(r.ready_at for r in timed.values()),
         _agreed(r.resumed_from for r in timed.values()),
+    )
+
+
+def _uploads(reports: list[Report], world_size: int) -> StoreStatus | None:
+    """The gang's uploads: the newest step every rank has in the store (ranks save at the same
+    steps), and the worst of the ranks' backlogs and failures."""
+    ups = {r.rank: r.upload for r in reports if r.upload is not None}
+    if not ups:
+        return None
+    steps = [ups[r].step if r in ups else None for r in range(world_size)]
+    failing = [u for _, u in sorted(ups.items()) if u.failures]
+    return StoreStatus(
+        step=None if None in steps else min(s for s in steps if s is not None),
+        pending=max(u.pending for u in ups.values()),
+        # As status holds them, so an unchanged report is no status write.
+        lag_seconds=round(max(u.lag_seconds for u in ups.values()), 1),
+        failures=max(u.failures for u in ups.values()),
+        error=failing[0].error[:MAX_ERROR] if failing and failing[0].error else None,
     )
 
 
@@ -107,4 +127,5 @@ def summarize(pods: Sequence[Pod], *, world_size: int, attempt: int) -> Summary:
         _startup(current, world_size, attempt),
         step_time=rank0.step_time if rank0 else None,
         save_cost=rank0.save_cost if rank0 else None,
+        store=_uploads(current, world_size),
     )

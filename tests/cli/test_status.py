@@ -51,6 +51,13 @@ STATUS: dict[str, Any] = {
         "failures": 2,
         "basis": "job",
     },
+    "checkpointStore": {
+        "step": 25,
+        "pendingCommits": 1,
+        "lagSeconds": 12.4,
+        "failures": 2,
+        "lastError": "SlowDown",
+    },
 }
 
 # The controller's messages (controller/core/decide.py), in the order it writes them.
@@ -127,6 +134,10 @@ def test_status_shows_attempts_failures_restarts_and_checkpoint(
         "Interval:     checkpoint every 188 steps (~94s) suggested: MTBF 2205s over 2 failure(s) of "
         "this job, 2.00s per save"
     ) in out
+    assert (
+        "Store:        step 25 on every rank, 1 commit(s) waiting (oldest 12s); "
+        "2 failed tries in a row: SlowDown" in out
+    )
     assert "Last failure: NodeLost on st-a1-0 (node node-0), RestartJobIgnoreBudget" in out
     table = lines[lines.index(next(x for x in lines if x.startswith("ATTEMPT"))) :]
     rows = [row.split() for row in table[1:4]]

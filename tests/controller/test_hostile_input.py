@@ -32,6 +32,7 @@ def mutate(path: str, value: Any) -> dict[str, Any]:
 
 _DELETE = object()
 HUGE = "x" * 100_000
+STORE = {"endpoint": "http://seaweedfs.storage:8333", "bucket": "ckpt", "credentialsSecret": "s3-keys"}
 
 CASES = [
     ("spec.replicas", "2", "spec.replicas in body must be of type integer"),
@@ -135,6 +136,27 @@ CASES = [
         "the gang may have at most 65536 ranks (replicas x ranksPerPod)",
     ),
     ("spec.schedulerPort", 80, "spec.schedulerPort in body should be greater than or equal to 1024"),
+    ("spec.checkpointStore", {"bucket": "b", "endpoint": "http://s3:8333"}, "credentialsSecret: Required"),
+    ("spec.checkpointStore", {**STORE, "endpoint": "ftp://s3"}, "endpoint must be http(s)://host[:port]"),
+    (
+        "spec.checkpointStore",
+        {**STORE, "endpoint": "http://k:s@s3"},
+        "endpoint must be http(s)://host[:port]",
+    ),
+    (
+        "spec.checkpointStore",
+        {**STORE, "endpoint": "http://s3/b/p"},
+        "endpoint must be http(s)://host[:port]",
+    ),
+    ("spec.checkpointStore", {**STORE, "bucket": "Caps"}, "checkpointStore.bucket in body should match"),
+    ("spec.checkpointStore", {**STORE, "prefix": "a/../b"}, "checkpointStore.prefix must be segments"),
+    ("spec.checkpointStore", {**STORE, "prefix": "/a"}, "checkpointStore.prefix must be segments"),
+    ("spec.checkpointStore", {**STORE, "prefix": "a b"}, "checkpointStore.prefix must be segments"),
+    (
+        "spec.checkpointStore",
+        {**STORE, "credentialsSecret": "Keys!"},
+        "credentialsSecret in body should match",
+    ),
     ("metadata.name", "Job-With-Caps", "a lowercase RFC 1123 subdomain"),
     ("metadata.name", "j" * 50, "the name must be a DNS-1035 label of at most 40 characters"),
     ("metadata.name", "7up", "the name must be a DNS-1035 label of at most 40 characters"),
@@ -158,3 +180,17 @@ def test_the_valid_job_is_accepted(api_client: client.ApiClient, namespace: str)
         GROUP, VERSION, namespace, PLURAL, copy.deepcopy(VALID)
     )
     assert created["spec"]["failurePolicy"]["maxRestarts"] == 3
+
+
+def test_a_job_with_a_checkpoint_store_is_accepted(api_client: client.ApiClient, namespace: str) -> None:
+    store = {
+        **STORE,
+        "endpoint": "https://obs.example.com:443/",
+        "prefix": "team-a/llama_7b/v1.2",
+        "region": "cn-1",
+    }
+    body = mutate("spec.checkpointStore", store)
+    created = client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body
+    )
+    assert created["spec"]["checkpointStore"] == store

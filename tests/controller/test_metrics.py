@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.adapters.metrics import RESTART_REASONS, JobSample, Metrics
 from controller.api.constants import Phase
+from controller.api.store import StoreStatus
 from controller.version import VERSION
 from tests.support import REPO
 
@@ -77,6 +78,20 @@ def test_job_phase_is_one_for_the_current_phase_and_zero_for_every_other() -> No
     assert registry.get_sample_value("respawn_job_phase", {**b, "phase": "Failed"}) is None
 
 
+def test_a_job_s_uploads_are_gauges_only_when_it_has_a_checkpoint_store() -> None:
+    store = StoreStatus(step=None, pending=3, lag_seconds=41.5, failures=2, error="AccessDenied")
+    _metrics, registry = metrics_with(
+        [JobSample("team", "a", "Running", 5, 0.0, store=store), JobSample("team", "b", "Running", 5, 0.0)]
+    )
+    a, b = {"namespace": "team", "trainingjob": "a"}, {"namespace": "team", "trainingjob": "b"}
+    assert registry.get_sample_value("respawn_checkpoint_upload_pending", a) == 3.0
+    assert registry.get_sample_value("respawn_checkpoint_upload_lag_seconds", a) == 41.5
+    assert registry.get_sample_value("respawn_checkpoint_upload_failures", a) == 2.0
+    assert registry.get_sample_value("respawn_checkpoint_store_step", a) is None, "no step every rank has"
+    for name in ("respawn_checkpoint_upload_pending", "respawn_checkpoint_upload_failures"):
+        assert registry.get_sample_value(name, b) is None, "no store: no series"
+
+
 def test_process_metrics_and_build_info_are_exported() -> None:
     _metrics, registry = metrics_with([])
     info = {"version": VERSION, "python_version": platform.python_version()}
@@ -107,7 +122,11 @@ def test_the_build_version_is_the_packages_and_the_charts() -> None:
 def test_every_respawn_metric_is_documented() -> None:
     """docs/controller.md's Metrics table names every family the controller exports."""
     metrics, registry = metrics_with(
-        [JobSample("team", "a", "Running", 5, 0.0, max_restarts=3, suggested_interval=60)]
+        [
+            JobSample(
+                "team", "a", "Running", 5, 0.0, max_restarts=3, suggested_interval=60, store=StoreStatus(4)
+            )
+        ]
     )
     metrics.seen_job("team", "a")
     docs = (REPO / "docs" / "controller.md").read_text()

@@ -276,3 +276,45 @@ def test_security_defaults_false_leaves_the_containers_as_the_template_has_them(
     windows = bare()
     windows.spec.template["spec"]["os"] = {"name": "windows"}
     assert contexts(windows) == [None, None], "Windows pods may not carry these fields"
+
+
+STORE = {"endpoint": "http://seaweedfs.storage:8333/", "bucket": "ckpt", "credentialsSecret": "s3-keys"}
+
+
+def test_a_checkpoint_store_reaches_the_trainer_with_its_credentials_by_reference_only() -> None:
+    pod = worker_pod(job(checkpointStore={**STORE, "region": "cn-1"}), attempt=0, rank=1, replicas=2)
+    (trainer, sidecar) = pod["spec"]["containers"]
+    env = {e["name"]: e for e in trainer["env"]}
+    assert {
+        k: env[k]["value"] for k in ("RESPAWN_STORE_ENDPOINT", "RESPAWN_STORE_BUCKET", "RESPAWN_STORE_PREFIX")
+    } == {
+        "RESPAWN_STORE_ENDPOINT": "http://seaweedfs.storage:8333",
+        "RESPAWN_STORE_BUCKET": "ckpt",
+        "RESPAWN_STORE_PREFIX": "ns/llm",  # the job's namespace and name, as outputDir defaults
+    }
+    assert env["RESPAWN_STORE_REGION"]["value"] == "cn-1"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "s3-keys", "key": key}}}
+    assert "env" not in sidecar
+    plain = worker_pod(job(), attempt=0, rank=1, replicas=2)["spec"]["containers"][0]["env"]
+    assert not [e for e in plain if e["name"].startswith(("RESPAWN_STORE_", "AWS_"))]
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ({**STORE, "endpoint": "s3.example.com"}, "must be an http:// or https:// URL"),
+        ({**STORE, "endpoint": "https://key:secret@s3.example.com"}, "must not carry credentials"),
+        ({**STORE, "endpoint": "http://s3:8333/ckpt"}, "the bucket and prefix are fields"),
+        ({**STORE, "endpoint": "http://s3:port"}, "invalid port"),
+        ({**STORE, "bucket": "a..b"}, "must be an S3 bucket name"),
+        ({**STORE, "prefix": "team/../other-team"}, "checkpointStore.prefix must be segments"),
+        ({**STORE, "prefix": ""}, "must be a non-empty string"),
+        ({k: v for k, v in STORE.items() if k != "credentialsSecret"}, "must name a Secret"),
+        ({**STORE, "region": "Moon Base"}, "must be a region name"),
+    ],
+)
+def test_a_malformed_checkpoint_store_is_refused_by_name(store: dict[str, Any], message: str) -> None:
+    """What the schema says again, for a job admitted where it is not enforced."""
+    with pytest.raises(InvalidSpec, match=re.escape(message)):
+        job(checkpointStore=store)

@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any
 
 from controller.api.constants import Action, Reason
-from controller.api.types import FailurePolicy, JobStatus, Rule
+from controller.api.failure_policy import FailurePolicy, Rule
+from controller.api.types import JobStatus
 from controller.core import podspec
 from controller.core.context import Context
 from controller.core.devicefaults import Fault, FaultClass, chips_of_pod

@@ -15,14 +15,17 @@ from __future__ import annotations
 import dataclasses
 
 from controller.api.constants import Phase, Reason
+from controller.api.store import StoreStatus
 from controller.api.types import CheckpointRef, JobStatus, ProgressRef
 from controller.core.context import Context
 from controller.core.observations import Observations
+from controller.core.plan import EmitEvent
 from controller.core.policy.failures import Failure
 from controller.core.reports import Summary
 from controller.core.timefmt import parse_time
 
 PROGRESS_STATUS_EVERY = 300.0
+UPLOAD_FAILING = "CheckpointUploadFailing"
 
 
 def _advances(new: CheckpointRef, old: CheckpointRef | None) -> bool:
@@ -54,6 +57,8 @@ def observe(status: JobStatus, obs: Observations, reports: Summary) -> tuple[Job
         checkpoint = None
     if reports.progress is not None and _worth_writing(reports.progress, status.last_progress):
         status = dataclasses.replace(status, last_progress=reports.progress)
+    if reports.store is not None:
+        status = dataclasses.replace(status, checkpoint_store=reports.store)
     if reports.startup is not None:
         status = dataclasses.replace(status, startup=reports.startup)
         if reports.startup.resumed_from is not None and reports.startup.attempt == status.attempt:
@@ -73,6 +78,15 @@ def observe(status: JobStatus, obs: Observations, reports: Summary) -> tuple[Job
         last_step=progress.step if progress else obs.last_step,
     )
     return status, obs
+
+
+def upload_notices(before: StoreStatus | None, after: StoreStatus | None) -> tuple[EmitEvent, ...]:
+    """One Warning when the uploads to the checkpoint store start failing, not one per failed try
+    (status and metrics count them); training goes on with local checkpoints meanwhile."""
+    if after is None or not after.failures or (before is not None and before.failures):
+        return ()
+    message = f"uploads to the checkpoint store are failing: {after.error or 'no message'}"
+    return (EmitEvent("Warning", UPLOAD_FAILING, message),)
 
 
 def hang_in(ctx: Context, status: JobStatus) -> float | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.store import StoreStatus
 from controller.api.types import CheckpointRef, ProgressRef, StartupTimes, parse_status, status_to_dict
 from controller.core import reports
 from controller.core.observations import Observations
@@ -199,3 +200,35 @@ def test_an_upload_report_round_trips_and_a_malformed_one_is_read_as_far_as_it_i
     )
     assert odd is not None and odd.upload == Upload(None, 0, 0.0, 0, None)
     assert decode(0, json.dumps({"attempt": 0})).upload is None  # type: ignore[union-attr]
+
+
+def upload(
+    step: int | None, pending: int = 0, lag: float = 0.0, failures: int = 0, error: str | None = None
+) -> Any:
+    return {"step": step, "pending": pending, "lagSeconds": lag, "failures": failures, "error": error}
+
+
+def test_the_gang_s_uploads_go_to_status_once_with_one_warning_when_they_start_failing() -> None:
+    store = {"endpoint": "http://s3:8333", "bucket": "ckpt", "credentialsSecret": "keys"}
+    body = job({"phase": "Running", "attempt": 1, "replicas": 2}, checkpointStore=store)
+    behind = [reported(0, 1, upload=upload(40, 1, 2.345)), reported(1, 1, upload=upload(30, 2, 7.04))]
+    plan = run(body, [*behind, reported(0, 0, upload=upload(90, 9, 99.0, 5, "old attempt"))])
+    assert plan.status is not None
+    assert plan.status.checkpoint_store == StoreStatus(30, 2, 7.0, 0, None), (
+        "the gang's newest, worst backlog"
+    )
+    assert plan.events == []
+    again = run(job(status_to_dict(plan.status), checkpointStore=store), behind)
+    assert again.status is None, "an unchanged report round-trips through status: no write per pass"
+
+    long_error = "AccessDenied: " + "x" * 400
+    failing = [reported(0, 1, upload=upload(40)), reported(1, 1, upload=upload(30, 3, 12.0, 2, long_error))]
+    failed = run(job(status_to_dict(plan.status), checkpointStore=store), failing)
+    assert failed.status is not None and failed.status.checkpoint_store is not None
+    assert failed.status.checkpoint_store.error == long_error[:200]
+    assert [(e.type, e.reason) for e in failed.events] == [("Warning", "CheckpointUploadFailing")]
+    assert "AccessDenied" in failed.events[0].message
+    still = run(job(status_to_dict(failed.status), checkpointStore=store), failing)
+    assert still.status is None and still.events == [], "one warning, not one per pass or failed try"
+    one_rank = run(body, [reported(0, 1, upload=upload(40))]).status
+    assert one_rank is not None and one_rank.checkpoint_store == StoreStatus(None, 0, 0.0, 0, None)
