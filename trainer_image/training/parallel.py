@@ -15,6 +15,7 @@ import ctypes
 import ipaddress
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 from respawn_protocol import contract
 from respawn_protocol.layout import StepKey
 from trainer_image.config import ConfigError, TrainerConfig
+from trainer_image.training import rendezvous
 
 log = logging.getLogger("trainer_image.training.parallel")
 
@@ -122,7 +124,8 @@ class Cluster:
             from mindspore.communication import get_group_size, get_rank, init
 
             ms.set_context(mode=config.context.mode, device_target=config.context.device_target)
-            init()
+            with rendezvous.shortened(os.environ):
+                init()
             if (get_rank(), get_group_size()) != (rank, world_size):
                 raise RuntimeError(
                     f"MindSpore assigned rank {get_rank()} of {get_group_size()}, "
