@@ -20,13 +20,16 @@ controller restarts a gang because one member failed. What a rank does depends o
 - **A step that cannot end** (a peer is gone and the survivor is blocked in a collective, with the
   GIL released): a watcher thread learns of the signal through the interpreter's wakeup fd and
   exits with `ExitCode.TERMINATED`, writing nothing, once the step is past its deadline:
-  `max(signal, step start) + max(STOP_FLOOR, STOP_FACTOR x typical step + gap)` (`step_deadline`).
+  `step start + max(STOP_FLOOR, STOP_FACTOR x typical step + gap)`, or at once when the signal
+  comes later than that (`step_deadline`).
   The typical step is the median of the recent steps (the compiling first not counted) and
   includes the collectives' waits; `gap` is the time this rank spent between the previous step and
   this one (its save, the step log), because a live peer may still be that far behind, saving the
-  same step. So a survivor blocked since before SIGTERM leaves within STOP_FLOOR (2 s) of it when
-  steps are short, and a live gang whose step is slow on a loaded machine gets several typical steps
-  before a cut would lose its final save. Saving is never cut: the deadline applies only while a
+  same step. The clock starts with the step, not the signal: a survivor blocked since its peer died
+  has been waiting through the controller's detection and teardown already, so it leaves STOP_FLOOR
+  (2 s) after its step began when steps are short (at once if that has passed), and a live gang
+  whose step is slow on a loaded machine gets several typical steps before a cut would lose its
+  final save. Saving is never cut: the deadline applies only while a
   step runs, and a cut waits for an atomic write in flight (`commit.COMMITTING`), so an async save
   is abandoned before its commit record, never inside it.
 - **SIGUSR1** is SIGTERM from a supervisor that knows a rank of the gang is gone (a restart in
@@ -69,7 +72,7 @@ Exchange = Callable[[bool], bool]  # this rank's stop flag -> whether any rank o
 
 def step_deadline(*, started: float, signalled: float, typical: float, gap: float) -> float:
     """When a step in progress at a stop request is given up (see the module docstring)."""
-    return max(started, signalled) + max(STOP_FLOOR, STOP_FACTOR * typical + gap)
+    return max(signalled, started + max(STOP_FLOOR, STOP_FACTOR * typical + gap))
 
 
 class StopRequest:
