@@ -4,15 +4,11 @@ data-parallel gang), and the per-step records a run leaves."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from devcluster.controlplane import free_port
 from respawn_protocol.steplog import effective_steps, read_steps
+from tests.support.trainer import TrainerProcess, apply_overrides
 
 # Small enough for a start in seconds; a save every step so that kills land inside saves.
 GRPO_TINY: dict[str, Any] = {
@@ -56,65 +52,16 @@ def grpo_config(output_dir: Path, **overrides: Any) -> dict[str, Any]:
     """GRPO_TINY writing to `output_dir`; dotted overrides with `__` for dots (`grpo__total_steps=6`)."""
     config = copy.deepcopy(GRPO_TINY)
     config["output_dir"] = str(output_dir)
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split("__")
-        node = config
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        node[leaf] = value
-    return config
+    return apply_overrides(config, overrides)
 
 
-def write_grpo_config(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-class GrpoProcess:
-    def __init__(
-        self, config: Path, env: dict[str, str], log: Path, args: list[str], extra: dict[str, str]
-    ) -> None:
-        self.log_path = log
-        self._log = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer_image.grpo", "--config", str(config), *args],
-            env={**env, **extra},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=config.parent,
-        )
-
-    def wait(self, timeout: float = 300.0) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self._log.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.wait()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def gang_env(rank: int, world: int, port: int) -> dict[str, str]:
-    """What the controller injects for MindSpore's cluster, on 127.0.0.1."""
-    return {
-        "RESPAWN_RANK": str(rank),
-        "RESPAWN_WORLD_SIZE": str(world),
-        "MS_SCHED_HOST": "127.0.0.1",
-        "MS_SCHED_PORT": str(port),
-        "MS_WORKER_NUM": str(world),
-        "MS_NODE_RANK": str(rank),
-        "MS_NODE_ID": str(rank),
-        "MS_ROLE": "MS_WORKER",
-    }
-
-
-def fresh_port() -> int:
-    return free_port()
+def grpo_process(
+    config: Path, env: dict[str, str], log: Path, args: list[str], extra: dict[str, str]
+) -> TrainerProcess:
+    """`python -m trainer_image.grpo`; runs are longer than the pretraining tests'."""
+    return TrainerProcess(
+        config, env, log, extra, module="trainer_image.grpo", args=tuple(args), timeout=300.0
+    )
 
 
 def steps(save_dir: Path, rank: int = 0) -> list[dict[str, Any]]:

@@ -65,6 +65,11 @@ def tiny_config(output_dir: Path, **overrides: Any) -> dict[str, Any]:
     config = copy.deepcopy(TINY)
     config["output_dir"] = str(output_dir)
     config["load_checkpoint"] = str(output_dir / "checkpoint")
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys, `__` for the dots and list indexes as numbers (`callbacks__0__prefix`)."""
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split("__")
         node = config
@@ -80,22 +85,33 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 
 
 class TrainerProcess:
+    """`python -m <module> --config <config_path> <args>` (the trainer, or its GRPO entry point)."""
+
     def __init__(
-        self, config_path: Path, env: dict[str, str], log_path: Path, extra_env: dict[str, str]
+        self,
+        config_path: Path,
+        env: dict[str, str],
+        log_path: Path,
+        extra_env: dict[str, str],
+        *,
+        module: str = "trainer_image",
+        args: tuple[str, ...] = (),
+        timeout: float = PROCESS_TIMEOUT,
     ) -> None:
         self.log_path = log_path
+        self.timeout = timeout
         self._log = open(log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trainer_image", "--config", str(config_path)],
+            [sys.executable, "-m", module, "--config", str(config_path), *args],
             env={**env, **extra_env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=config_path.parent,
         )
 
-    def wait(self, timeout: float = PROCESS_TIMEOUT) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         try:
-            return self.proc.wait(timeout=timeout)
+            return self.proc.wait(timeout=self.timeout if timeout is None else timeout)
         finally:
             self._log.close()
 
@@ -142,18 +158,19 @@ def start_gang(launch: Launcher, path: Path, **rank1_env: str) -> list[TrainerPr
     """One process per rank with the variables the controller injects, and a fresh scheduler port."""
     port = free_port()
     return [
-        launch(path, log_name=f"rank{rank}", **_rank_env(rank, port), **(rank1_env if rank == 1 else {}))
+        launch(path, log_name=f"rank{rank}", **rank_env(rank, port), **(rank1_env if rank == 1 else {}))
         for rank in range(WORLD)
     ]
 
 
-def _rank_env(rank: int, port: int) -> dict[str, str]:
+def rank_env(rank: int, port: int, world: int = WORLD) -> dict[str, str]:
+    """What the controller injects for MindSpore's cluster, on 127.0.0.1."""
     return {
         "RESPAWN_RANK": str(rank),
-        "RESPAWN_WORLD_SIZE": str(WORLD),
+        "RESPAWN_WORLD_SIZE": str(world),
         "MS_SCHED_HOST": "127.0.0.1",
         "MS_SCHED_PORT": str(port),
-        "MS_WORKER_NUM": str(WORLD),
+        "MS_WORKER_NUM": str(world),
         "MS_NODE_RANK": str(rank),
         "MS_NODE_ID": str(rank),
         "MS_ROLE": "MS_WORKER",

@@ -17,22 +17,23 @@ import pytest
 
 from respawn_protocol.contract import ExitCode
 from respawn_protocol.meta import read_meta
-from tests.support.grpo import GrpoProcess, exact, grpo_config, starts, steps, write_grpo_config
+from tests.support.grpo import exact, grpo_config, grpo_process, starts, steps
 from tests.support.poll import FAST, wait_for
+from tests.support.trainer import TrainerProcess, write_config
 
 pytestmark = pytest.mark.slow
 
 TOTAL = 12
-Launch = Callable[..., GrpoProcess]
+Launch = Callable[..., TrainerProcess]
 
 
 @pytest.fixture
 def launch(trainer_env: dict[str, str]) -> Any:
-    started: list[GrpoProcess] = []
+    started: list[TrainerProcess] = []
 
-    def _launch(config: Path, *args: str, **extra: str) -> GrpoProcess:
+    def _launch(config: Path, *args: str, **extra: str) -> TrainerProcess:
         log = config.with_name(f"{config.stem}-{len(started)}.log")
-        p = GrpoProcess(config, trainer_env, log, list(args), extra)
+        p = grpo_process(config, trainer_env, log, list(args), extra)
         started.append(p)
         return p
 
@@ -41,7 +42,7 @@ def launch(trainer_env: dict[str, str]) -> Any:
         p.kill()
 
 
-def finish(launch: Launch, config: Path, *args: str, **extra: str) -> GrpoProcess:
+def finish(launch: Launch, config: Path, *args: str, **extra: str) -> TrainerProcess:
     p = launch(config, *args, **extra)
     code = p.wait()
     assert code == ExitCode.SUCCESS, p.output()[-3000:]
@@ -52,10 +53,10 @@ def finish(launch: Launch, config: Path, *args: str, **extra: str) -> GrpoProces
 def reference(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, str]) -> Path:
     """One uninterrupted run, every checkpoint kept."""
     out = tmp_path_factory.mktemp("grpo_reference")
-    config = write_grpo_config(
+    config = write_config(
         out.parent / f"{out.name}.yaml", grpo_config(out, callbacks__0__keep_checkpoint_max=100)
     )
-    p = GrpoProcess(config, trainer_env, out.parent / f"{out.name}.log", [], {})
+    p = grpo_process(config, trainer_env, out.parent / f"{out.name}.log", [], {})
     assert p.wait() == ExitCode.SUCCESS, p.output()[-3000:]
     return out
 
@@ -97,7 +98,7 @@ def kill_soon(launch: Launch, config: Path, out: Path, rng: random.Random) -> No
 def test_killed_runs_resume_bitwise(reference: Path, launch: Launch, tmp_path: Path, fmt: str) -> None:
     rng = random.Random(f"grpo-{fmt}")
     out = tmp_path / "out"
-    config = write_grpo_config(
+    config = write_config(
         tmp_path / "run.yaml",
         grpo_config(out, load_ckpt_format=fmt, resume_training=True, callbacks__0__checkpoint_format=fmt),
     )
@@ -134,7 +135,7 @@ def test_the_seed_launch_continues_another_directory_with_its_reference(
     ... --save_strategy_dir ...` continues a run saved elsewhere, with that run's reference, into a
     new directory, exactly; nothing is written to the old one and no reference is saved anew."""
     first = saved_at_step_6(reference, tmp_path / "first")
-    config = write_grpo_config(tmp_path / "run.yaml", grpo_config(tmp_path / "unused"))
+    config = write_config(tmp_path / "run.yaml", grpo_config(tmp_path / "unused"))
     second = tmp_path / "second"
     strategy = tmp_path / "strategy"
     before = sorted(p.name for p in (first / "checkpoint" / "rank_0").iterdir())
@@ -177,7 +178,7 @@ def saved_at_step_6(reference: Path, where: Path) -> Path:
 def test_a_missing_meta_json_says_where_it_looked(launch: Launch, tmp_path: Path) -> None:
     actor = tmp_path / "train_checkpoints"
     (actor / "rank_0").mkdir(parents=True)
-    config = write_grpo_config(tmp_path / "run.yaml", grpo_config(tmp_path / "out"))
+    config = write_config(tmp_path / "run.yaml", grpo_config(tmp_path / "out"))
     p = launch(config, "--resume_training", "--actor_checkpoint_path", str(actor))
     assert p.wait() == ExitCode.CONFIG_ERROR
     assert f"looked for {actor / 'rank_0' / 'meta.json'}" in p.output()
@@ -189,7 +190,7 @@ def test_parameter_names_that_do_not_match_are_listed(
     """An optimizer file given as the policy: the error names the model's parameters the file lacks
     and the file's names the model does not have."""
     (wrong,) = sorted((reference / "checkpoint" / "rank_0").glob("*-1_2.optimizer.ckpt"))
-    config = write_grpo_config(tmp_path / "run.yaml", grpo_config(tmp_path / "out"))
+    config = write_config(tmp_path / "run.yaml", grpo_config(tmp_path / "out"))
     p = launch(config, "--actor_checkpoint_path", str(wrong))
     assert p.wait() == ExitCode.CONFIG_ERROR
     out = p.output()
@@ -201,7 +202,7 @@ def test_sigterm_commits_the_current_step_and_the_restart_loses_nothing(
     reference: Path, launch: Launch, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    config = write_grpo_config(
+    config = write_config(
         tmp_path / "run.yaml",
         grpo_config(out, resume_training=True, callbacks__0__save_checkpoint_steps=1000),
     )
@@ -226,7 +227,7 @@ def test_a_start_from_actor_weights_makes_them_the_reference(
 
     (actor,) = sorted((reference / "checkpoint" / "rank_0").glob("*-1_6.ckpt"))
     out = tmp_path / "out"
-    config = write_grpo_config(tmp_path / "run.yaml", grpo_config(out))
+    config = write_config(tmp_path / "run.yaml", grpo_config(out))
     finish(launch, config, "--actor_checkpoint_path", str(actor))
     assert starts(out) == [{"file": actor.name, "step": "1_6", "global_step": 0}]
     assert [r["global_step"] for r in steps(out)] == list(range(1, TOTAL + 1))

@@ -11,16 +11,10 @@ from typing import Any
 
 import pytest
 
+from devcluster.controlplane import free_port
 from respawn_protocol.contract import ExitCode
-from tests.support.grpo import (
-    GrpoProcess,
-    exact,
-    fresh_port,
-    gang_env,
-    grpo_config,
-    starts,
-    write_grpo_config,
-)
+from tests.support.grpo import exact, grpo_config, grpo_process, starts
+from tests.support.trainer import TrainerProcess, rank_env, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -29,21 +23,21 @@ WAIT = 900.0  # MindSpore's init alone took ~2 min on a loaded 2-core machine
 HCCL = {"HCCL_CONNECT_TIMEOUT": "2400", "HCCL_EXEC_TIMEOUT": "7200"}
 
 
-def start_gang(env: dict[str, str], config: Path, tag: str, **rank1: str) -> list[GrpoProcess]:
-    port = fresh_port()
+def start_gang(env: dict[str, str], config: Path, tag: str, **rank1: str) -> list[TrainerProcess]:
+    port = free_port()
     return [
-        GrpoProcess(
+        grpo_process(
             config,
             env,
             config.with_name(f"{config.stem}-{tag}-rank{rank}.log"),
             [],
-            {**gang_env(rank, WORLD, port), **HCCL, **(rank1 if rank == 1 else {})},
+            {**rank_env(rank, port, WORLD), **HCCL, **(rank1 if rank == 1 else {})},
         )
         for rank in range(WORLD)
     ]
 
 
-def run_gang(env: dict[str, str], config: Path, tag: str) -> list[GrpoProcess]:
+def run_gang(env: dict[str, str], config: Path, tag: str) -> list[TrainerProcess]:
     gang = start_gang(env, config, tag)
     try:
         for p in gang:
@@ -64,7 +58,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, trainer_env: dict[str, str]) 
     files durable but not committed in its meta.json, then restarted (the controller's gang restart
     kills rank 0 too). The two first gangs overlap: MindSpore's rendezvous is mostly waiting."""
     outs = [tmp_path_factory.mktemp(name) for name in ("grpo_parallel_reference", "grpo_parallel_killed")]
-    configs = [write_grpo_config(out.parent / f"{out.name}.yaml", parallel(out)) for out in outs]
+    configs = [write_config(out.parent / f"{out.name}.yaml", parallel(out)) for out in outs]
     reference = start_gang(trainer_env, configs[0], "ref")
     killed = start_gang(trainer_env, configs[1], "killed", RESPAWN_FAULT="after_publish:4")
     try:
