@@ -53,11 +53,12 @@ def probe(sleeps: int, **env: str) -> dict[str, list[float]]:
 def test_sleeps_end_early_within_the_budget_and_the_helper_goes_with_the_block() -> None:
     got = probe(rendezvous.MAIN_BUDGET + 3)
     early = [s for s in got["main"] if s < 0.9]
-    # Each 1 s sleep of the calling thread is cut at its first age (0.2 s), until the budget is spent.
+    # The calling thread's 1 s sleeps are cut (the first after MIN_AGE, then one per SPACING) until
+    # its budget is spent, then it sleeps its full seconds.
     assert len(early) == rendezvous.MAIN_BUDGET, got
-    assert all(s >= rendezvous.AGES[0] - 0.05 for s in early), got
-    assert all(s >= 0.9 for s in got["main"][rendezvous.MAIN_BUDGET :]), "then it sleeps its full second"
-    # Another thread's one long sleep is cut at its first age too.
+    assert all(s >= rendezvous.MIN_AGE - 0.05 for s in early), got
+    assert all(s >= 0.9 for s in got["main"][rendezvous.MAIN_BUDGET :]), got
+    # Another thread's one long sleep is cut too.
     assert got["other"][0] < 4, got
     assert got["children"] == [], "the helper process is gone when the block ends"
 
@@ -68,10 +69,24 @@ def test_off_leaves_every_sleep_alone() -> None:
     assert got["other"][0] >= 4.9, got
 
 
-def test_a_pass_over_a_running_process_interrupts_nothing_and_a_gone_one_ends_the_helper() -> None:
-    interrupted: list[int] = []
+def test_a_thread_asleep_is_interrupted_after_min_age_then_once_per_spacing_up_to_its_budget() -> None:
     now = [0.0]
-    nudger = rendezvous.Nudger(os.getpid(), interrupted.append, clock=lambda: now[0])
-    assert nudger.look()  # this thread runs: nothing to do
-    assert interrupted == [] and nudger.sleeps == {}
-    assert not rendezvous.Nudger(2**22 + 7, interrupted.append).look(), "a process that is gone ends it"
+    interrupted: list[tuple[int, float]] = []
+    pid = os.getpid()
+    nudger = rendezvous.Nudger(
+        pid,
+        lambda tid: interrupted.append((tid, round(now[0], 1))),
+        clock=lambda: now[0],
+        asleep=lambda _pid, tid: tid == pid,  # only the main thread sleeps
+    )
+    while now[0] < 6.0:
+        assert nudger.look()
+        now[0] += 0.1
+    spacing = rendezvous.SPACING[True]
+    expected = [rendezvous.MIN_AGE + i * spacing for i in range(rendezvous.MAIN_BUDGET)]
+    assert [tid for tid, _ in interrupted] == [pid] * rendezvous.MAIN_BUDGET
+    # At the first pass on or after each due time (passes are 0.1 s apart).
+    assert all(e - 1e-9 <= t <= e + 0.1 + 1e-9 for (_, t), e in zip(interrupted, expected, strict=True)), (
+        interrupted
+    )
+    assert not rendezvous.Nudger(2**22 + 7, print).look(), "a process that is gone ends the helper"

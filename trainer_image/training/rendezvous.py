@@ -10,11 +10,13 @@ after it: measured on 2 ranks, one `init()` takes ~1 s and the other ~4 s, every
 A sleep interrupted by a signal handler ends early (nanosleep is never restarted, signal(7)), and
 each of these loops then checks its condition again. `init()` holds the GIL throughout, so no
 Python thread of this process can act; while it runs, a small helper process (`python -I -S` this
-file) interrupts this process's threads that sleep in nanosleep, after 0.2, 0.5, 1 and 2 s of each
-sleep, with a signal whose handler does nothing and restarts every other interrupted call
-(SA_RESTART). It is bounded because MindSpore's loops may count their tries: each interrupt can
-spend one, so the calling thread gets at most MAIN_BUDGET interrupts per `init()` (at least 14 of
-the 19 address fetches left, 42 s of patience), the other threads OTHER_BUDGET each.
+file) interrupts this process's threads that sleep in nanosleep, with a signal whose handler does
+nothing and restarts every other interrupted call (SA_RESTART): a thread asleep for MIN_AGE is
+interrupted, then again every SPACING while it sleeps on. It is bounded because MindSpore's loops
+may count their tries: each interrupt can spend one, so the calling thread gets at most MAIN_BUDGET
+interrupts per `init()` (at least 13 of the 19 address fetches left, 39 s of patience), spread over
+its first ~3 s of sleeping, when a peer that started with it arrives; the other threads
+OTHER_BUDGET each.
 
 Where the kernel does not say where a thread sleeps (`/proc/<pid>/task/<tid>/wchan` hidden), nothing
 is interrupted and `init()` takes its usual time. `RESPAWN_FAST_RENDEZVOUS=off` turns it off.
@@ -36,8 +38,9 @@ from types import FrameType
 
 ENV = "RESPAWN_FAST_RENDEZVOUS"
 NUDGE = signal.SIGURG  # ignored by default; nothing else in the trainer uses it
-AGES = (0.2, 0.5, 1.0, 2.0)  # seconds into a sleep at which it is interrupted
-MAIN_BUDGET = 5  # interrupts of the thread that called init(), per init()
+MIN_AGE = 0.2  # seconds a thread has slept before it is interrupted
+SPACING = {True: 0.5, False: 0.25}  # seconds between interrupts of the calling thread / of another
+MAIN_BUDGET = 6  # interrupts of the thread that called init(), per init()
 OTHER_BUDGET = 12  # ... of each other thread
 POLL = 0.02  # seconds between looks at the threads
 
@@ -85,10 +88,10 @@ def shortened(environ: Mapping[str, str]) -> Iterator[None]:
 
 
 @dataclass
-class _Sleep:
-    since: float  # when it was first seen asleep
-    switches: str  # its voluntary context switches then: another value is another sleep
-    given: int = 0  # interrupts of this sleep
+class _Thread:
+    asleep_since: float | None = None  # since when it has been seen asleep, without a break
+    last: float = float("-inf")  # when it was last interrupted
+    spent: int = 0  # interrupts so far
 
 
 @dataclass
@@ -98,11 +101,8 @@ class Nudger:
     pid: int
     interrupt: Callable[[int], None]
     clock: Callable[[], float] = time.monotonic
-    sleeps: dict[int, _Sleep] = field(default_factory=dict)
-    spent: dict[int, int] = field(default_factory=dict)
-
-    def budget(self, tid: int) -> int:
-        return MAIN_BUDGET if tid == self.pid else OTHER_BUDGET
+    asleep: Callable[[int, int], bool] = field(default=lambda pid, tid: _asleep(pid, tid))
+    threads: dict[int, _Thread] = field(default_factory=dict)
 
     def look(self) -> bool:
         """One pass; False once the process is gone."""
@@ -112,32 +112,30 @@ class Nudger:
             return False
         now = self.clock()
         for tid in tids:
-            state = _sleep_state(self.pid, tid)
-            if state is None:
-                self.sleeps.pop(tid, None)
+            thread = self.threads.setdefault(tid, _Thread())
+            if not self.asleep(self.pid, tid):
+                thread.asleep_since = None
                 continue
-            sleep = self.sleeps.get(tid)
-            if sleep is None or sleep.switches != state:
-                sleep = self.sleeps[tid] = _Sleep(now, state)
-            due = sleep.given < len(AGES) and now - sleep.since >= AGES[sleep.given]
-            if due and self.spent.get(tid, 0) < self.budget(tid):
+            if thread.asleep_since is None:
+                thread.asleep_since = now
+            main = tid == self.pid
+            if (
+                now - thread.asleep_since >= MIN_AGE
+                and now - thread.last >= SPACING[main]
+                and thread.spent < (MAIN_BUDGET if main else OTHER_BUDGET)
+            ):
                 self.interrupt(tid)
-                sleep.given += 1
-                self.spent[tid] = self.spent.get(tid, 0) + 1
+                thread.last, thread.spent = now, thread.spent + 1
         return True
 
 
-def _sleep_state(pid: int, tid: int) -> str | None:
-    """The thread's voluntary context switches if it sleeps in nanosleep now, else None."""
-    base = f"/proc/{pid}/task/{tid}"
+def _asleep(pid: int, tid: int) -> bool:
+    """Whether the thread sleeps in nanosleep now."""
     try:
-        with open(f"{base}/wchan") as f:
-            if "nanosleep" not in f.read():
-                return None
-        with open(f"{base}/status") as f:
-            return next((line for line in f if line.startswith("voluntary_ctxt_switches")), "")
+        with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+            return "nanosleep" in f.read()
     except OSError:
-        return None
+        return False
 
 
 def main(argv: list[str]) -> int:  # pragma: no cover - the helper process; tested through `shortened`
