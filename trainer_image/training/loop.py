@@ -23,7 +23,7 @@ from respawn_protocol.steplog import StepLog
 from trainer_image.checkpoint.confine import check_output_dir, open_step_log
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import ConfigError, TrainerConfig
-from trainer_image.training import loss_monitor, preflight
+from trainer_image.training import loss_monitor, preflight, storesync
 from trainer_image.training.gang import Gang, Outcome, joined
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import (
@@ -38,6 +38,7 @@ from trainer_image.training.stop import StopRequest
 
 if TYPE_CHECKING:
     from trainer_image.checkpoint.checkpointer import Checkpointer
+    from trainer_image.checkpoint.store.upload import Uploader
     from trainer_image.training.backend import Backend, StepResult
     from trainer_image.training.compile_cache import CompileCache
     from trainer_image.training.data import DataStream
@@ -66,6 +67,7 @@ class _Run:
     first_step: bool = True  # the next step is this start's first
     copy_waited_before: float = 0.0  # backend.copy_waited at the last save
     compile_cache: CompileCache | None = None  # until the first step has compiled every graph
+    uploader: Uploader | None = None  # with a checkpoint store
 
     @property
     def finished(self) -> bool:
@@ -135,6 +137,7 @@ def _train(
         if state.checkpointer is not None:
             state.checkpointer.wait()
     finally:
+        storesync.close(state.uploader, os.environ)  # bounded: the commits made go to the store
         state.steplog.close()
         if state.compile_cache is not None:
             state.compile_cache.close()
@@ -174,6 +177,7 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
     preflight.check_model_space(config, gang, backend, saved)
     built = time.perf_counter()
 
+    storesync.before_resume(os.environ, config, gang, reporter)
     # From here on `config` says what was loaded: the job's checkpoint directory or the user's source.
     config, progress, resolution = _resume(config, gang, stream, backend, saved)
     loaded_at = time.perf_counter()
@@ -254,6 +258,7 @@ def _open(
     output_dir = Path(config.output_dir)
     monitor = config.checkpoint_monitor
     checkpointer = None
+    uploader = storesync.uploader(os.environ, config, gang, reporter)
     if monitor is not None:
         weights_only = config.resume_training is False
         checkpointer = Checkpointer(
@@ -265,10 +270,10 @@ def _open(
             resumed_key=None if resolution.random_init or weights_only else resolution.key,
             attempt=gang.attempt,
             parent=None if weights_only else lineage_parent(resolution),
-            on_commit=lambda r: reporter.committed(
-                step=r.global_step, epoch=r.epoch, file=r.file, attempt=r.attempt
-            ),
+            on_commit=storesync.announce(reporter, uploader, output_dir, gang.rank),
         )
+        if uploader is not None and checkpointer.history:  # a commit an earlier start did not upload
+            uploader.committed(checkpointer.history[-1], checkpointer.dir / checkpointer.history[-1].file)
     epochs = config.runner_config.epochs - progress.epoch_base
     reporter.resumed(_job_step(resolution, gang))
     return _Run(
@@ -286,6 +291,7 @@ def _open(
         end=epochs * stream.steps_per_epoch,
         saved_at=progress.global_step,
         reporter=reporter,
+        uploader=uploader,
     )
 
 
