@@ -8,6 +8,7 @@ of the session (SIGKILL); it dies with the test process too (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -71,7 +72,7 @@ def _command(binary: Path, workdir: Path, ports: dict[str, int], config: Path) -
         "ip.bind": "127.0.0.1",
         "dir": str(workdir / "data"),
         "master.volumeSizeLimitMB": "64",  # volumes are preallocated by nothing, but stay small
-        "volume.max": "16",
+        "volume.max": "256",  # each bucket is a collection of its own volumes (7 grown at a time); sparse
         "volume.preStopSeconds": "0",  # a test store: no grace for clients at the stop
         "master.telemetry": "false",  # no network beyond loopback
         "s3": "true",
@@ -108,12 +109,12 @@ def _wait_ready(store: ObjectStore, proc: subprocess.Popen[bytes], log: Path) ->
     raise RuntimeError(f"SeaweedFS not ready after {START_DEADLINE:.0f}s ({last}); see {log}")
 
 
-@pytest.fixture(scope="session")
-def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+@contextlib.contextmanager
+def seaweedfs(workdir: Path) -> Iterator[ObjectStore]:
+    """A SeaweedFS S3 server under `workdir` (empty) for the duration of the block."""
     binary = ensure_seaweedfs() / BINARY
-    workdir = tmp_path_factory.mktemp("seaweedfs")
-    (workdir / "data").mkdir()
-    access_key, secret_key = "test" + secrets.token_hex(8), secrets.token_hex(20)  # this session only
+    (workdir / "data").mkdir(parents=True)
+    access_key, secret_key = "test" + secrets.token_hex(8), secrets.token_hex(20)  # this server only
     identity = {
         "name": "respawn-test",
         "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
@@ -141,6 +142,12 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
         # more, and nothing of a test store's data needs to survive.
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as store:
+        yield store
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ from trainer_image.training.gang import Gang, Outcome, joined
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import (
     continue_progress,
-    lineage_parent,
     load_first,
     resizes,
     resolve_start,
@@ -253,27 +252,10 @@ def _open(
     reporter: Reporter,
 ) -> _Run:
     """The run from its loaded start: the checkpointer (if configured) and the step log opened."""
-    from trainer_image.checkpoint.checkpointer import Checkpointer
-
     output_dir = Path(config.output_dir)
     monitor = config.checkpoint_monitor
-    checkpointer = None
     uploader = storesync.uploader(os.environ, config, gang, reporter)
-    if monitor is not None:
-        weights_only = config.resume_training is False
-        checkpointer = Checkpointer(
-            backend=backend,
-            monitor=monitor,
-            output_dir=output_dir,
-            rank=gang.rank,
-            world_size=gang.world_size,
-            resumed_key=None if resolution.random_init or weights_only else resolution.key,
-            attempt=gang.attempt,
-            parent=None if weights_only else lineage_parent(resolution),
-            on_commit=storesync.announce(reporter, uploader, output_dir, gang.rank),
-        )
-        if uploader is not None and checkpointer.history:  # a commit an earlier start did not upload
-            uploader.committed(checkpointer.history[-1], checkpointer.dir / checkpointer.history[-1].file)
+    checkpointer = storesync.checkpointer(config, gang, backend, resolution, reporter, uploader)
     epochs = config.runner_config.epochs - progress.epoch_base
     reporter.resumed(_job_step(resolution, gang))
     return _Run(

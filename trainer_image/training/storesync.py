@@ -1,5 +1,5 @@
 """The checkpoint store in a run (trainer_image/checkpoint/store/): predownload before the start
-resolves, an uploader fed by every local commit, and its bounded flush at the end.
+resolves, the checkpointer with an uploader fed by every local commit, and its bounded flush at the end.
 
 The store is used exactly when RESPAWN_STORE_ENDPOINT is set. Nothing here stops training: a store
 that cannot be used is logged (ERROR) and reported in the rank's `upload` report, and the run goes on
@@ -15,12 +15,15 @@ from pathlib import Path
 from respawn_protocol.layout import StepKey, checkpoint_root, rank_dir, rank_prefix
 from respawn_protocol.meta import Record
 from respawn_protocol.report import Upload
+from respawn_protocol.resolution import Resolution
+from trainer_image.checkpoint.checkpointer import Checkpointer, SaveBackend
 from trainer_image.checkpoint.store.client import Settings, StoreError
 from trainer_image.checkpoint.store.download import local_newest, predownload
 from trainer_image.checkpoint.store.upload import Uploader
 from trainer_image.config import TrainerConfig
 from trainer_image.training.gang import Gang
 from trainer_image.training.report import Reporter
+from trainer_image.training.resume import lineage_parent
 
 log = logging.getLogger("trainer_image.store")
 # At a clean end or a stop, how long pending uploads may hold up the exit (the pod's grace period is
@@ -101,6 +104,36 @@ def announce(
             up.committed(r, directory / r.file)
 
     return on_commit
+
+
+def checkpointer(
+    config: TrainerConfig,
+    gang: Gang,
+    backend: SaveBackend,
+    resolution: Resolution,
+    reporter: Reporter,
+    uploader: Uploader | None,
+) -> Checkpointer | None:
+    """The commit protocol for this rank (None without a CheckpointMonitor), each commit reported and
+    uploaded (with a store; the newest commit an earlier start left is sent again)."""
+    monitor = config.checkpoint_monitor
+    if monitor is None:
+        return None
+    weights_only = config.resume_training is False
+    made = Checkpointer(
+        backend=backend,
+        monitor=monitor,
+        output_dir=Path(config.output_dir),
+        rank=gang.rank,
+        world_size=gang.world_size,
+        resumed_key=None if resolution.random_init or weights_only else resolution.key,
+        attempt=gang.attempt,
+        parent=None if weights_only else lineage_parent(resolution),
+        on_commit=announce(reporter, uploader, Path(config.output_dir), gang.rank),
+    )
+    if uploader is not None and made.history:  # the store may lack it (an exit before its upload)
+        uploader.committed(made.history[-1], made.dir / made.history[-1].file)
+    return made
 
 
 def close(up: Uploader | None, environ: Mapping[str, str]) -> None:
