@@ -105,9 +105,11 @@ def connect(settings: Settings) -> Any:
 
 def describe(error: BaseException, settings: Settings) -> str:
     """One line a user can act on, for what boto3 raised."""
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
     where = settings.where()
+    try:
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+    except ImportError:  # boto3 missing from the image: say what failed, not why botocore is absent
+        return f"{where}: {type(error).__name__}: {error}"
     if isinstance(error, ClientError):
         code = str(error.response.get("Error", {}).get("Code", ""))
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

@@ -98,7 +98,11 @@ class Uploader:
 
     def committed(self, record: Record, path: Path) -> None:
         """A local commit of `path` (its meta.json is in place). Cheap: opens the file, queues it."""
-        f = open(path, "rb")  # noqa: SIM115 (closed by the thread once sent or superseded)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 (closed by the thread once sent or superseded)
+        except OSError as e:  # never the writer's failure: the store only misses this step
+            log.error("store: cannot open %s for the upload: %s", path, e)
+            return
         with self._cond:
             if self._next is not None:
                 self._next.file.close()  # superseded: the newest commit goes instead
