@@ -66,7 +66,7 @@ class ObjectStore:
         }
 
 
-def _command(binary: Path, workdir: Path, ports: dict[str, int], config: Path) -> list[str]:
+def _command(binary: Path, workdir: Path, ports: dict[str, tuple[int, int]], config: Path) -> list[str]:
     args = {
         "ip": "127.0.0.1",
         "ip.bind": "127.0.0.1",
@@ -84,9 +84,9 @@ def _command(binary: Path, workdir: Path, ports: dict[str, int], config: Path) -
         "filer.localSocket": str(workdir / "filer.sock"),
         "s3.localSocket": str(workdir / "s3.sock"),
     }
-    for name, port in ports.items():
+    for name, (port, grpc) in ports.items():
         args[f"{name}.port"] = str(port)
-        args[f"{name}.port.grpc"] = str(free_port())
+        args[f"{name}.port.grpc"] = str(grpc)
     return [str(binary), "server", *(f"-{k}={v}" for k, v in args.items())]
 
 
@@ -122,8 +122,8 @@ def seaweedfs(workdir: Path) -> Iterator[ObjectStore]:
     }
     config = workdir / "s3.json"
     config.write_text(json.dumps({"identities": [identity]}))
-    ports = {name: free_port() for name in _PORTS}
-    store = ObjectStore(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, workdir)
+    ports = {name: (free_port(), free_port()) for name in _PORTS}  # (HTTP, gRPC)
+    store = ObjectStore(f"http://127.0.0.1:{ports['s3'][0]}", access_key, secret_key, workdir)
     log = workdir / "weed.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -142,6 +142,9 @@ def seaweedfs(workdir: Path) -> Iterator[ObjectStore]:
         # more, and nothing of a test store's data needs to survive.
         proc.kill()
         proc.wait()
+        # `weed server` puts a socket per gRPC port in /tmp whatever TMPDIR says (command/server.go).
+        for name, (_, grpc) in ports.items():
+            Path(f"/tmp/seaweedfs-{name}-grpc-{grpc}.sock").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
