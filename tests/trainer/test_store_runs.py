@@ -1,7 +1,8 @@
 """Real trainer processes with a checkpoint store (a real SeaweedFS, tests/support/objectstore.py): a
-SIGKILL between an uploaded checkpoint and its meta.json, then a restart that completes the store; a
-gang evicted and restarted on empty disks that resumes from the store bit-exactly; a store that
-cannot be used, reported while training goes on unchanged."""
+SIGKILL between an uploaded checkpoint and its meta.json, then a restart that completes the store,
+then a start on an empty disk that skips a damaged object; a gang evicted and restarted on empty
+disks that resumes from the store bit-exactly; a store that cannot be used, reported while training
+goes on unchanged."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def run_gang(launch: Launcher, path: Path, expect: int = ExitCode.SUCCESS, **env
     return gang
 
 
-def test_a_sigkill_between_the_object_and_meta_json_leaves_the_store_consistent_and_a_restart_completes_it(
+def test_a_sigkill_mid_upload_keeps_the_store_consistent_a_restart_completes_it_a_damaged_object_is_skipped(
     object_store: ObjectStore, store_bucket: str, tmp_path: Path, trainer_env: dict[str, str]
 ) -> None:
     out = tmp_path / "out"
@@ -62,6 +63,20 @@ def test_a_sigkill_between_the_object_and_meta_json_leaves_the_store_consistent_
     # Three steps (keep_checkpoint_max), all named; the orphan was pruned once a newer meta.json was in.
     named = {f"job/rank_0/{r['file']}" for r in meta["checkpoints"]}
     assert {k for k in listing(client, store_bucket) if k.endswith(".ckpt")} == named and len(named) == 3
+
+    # The newest object damaged in the store (same size: only its sha256 tells): a start on an empty
+    # disk never loads it and resumes from the step before, recomputing step 10 bit-exactly.
+    newest = f"job/rank_0/{meta['last_ckpt_file']}"
+    body = client.get_object(Bucket=store_bucket, Key=newest)["Body"].read()
+    client.put_object(Bucket=store_bucket, Key=newest, Body=body[:-1] + bytes([body[-1] ^ 1]))
+    fresh = tmp_path / "fresh"
+    path = write_config(tmp_path / "fresh.yaml", tiny_config(fresh, runner_config__epochs=1))
+    damaged = launch(path, log_name="damaged")
+    assert damaged.wait(WAIT) == ExitCode.SUCCESS, damaged.output()[-3000:]
+    assert "store: fell back" in damaged.output() and "not loaded" in damaged.output()
+    first = step_lines(fresh)[0]
+    assert first["resumed_from"]["global_step"] == 9 and first["global_step"] == 10
+    assert first["loss_bits"] == effective_steps(step_lines(out))[10]["loss_bits"]
 
 
 def test_a_gang_evicted_and_restarted_on_empty_disks_resumes_from_the_store_bit_exactly(
