@@ -28,6 +28,12 @@ assets: $(VENV)/.installed
 mindformers: $(VENV)/.installed
 	$(BIN)/python -m tests.support.mindformers
 
+# The SeaweedFS server (`weed`) the checkpoint-store tests run, built from the Go module pinned in
+# hack/seaweedfs/; cached outside the repo, keyed by that go.mod/go.sum (devcluster/seaweedfs.py).
+.PHONY: objectstore
+objectstore: $(VENV)/.installed
+	$(BIN)/python -m devcluster.seaweedfs
+
 # Style, then the layer contracts in pyproject.toml (docs/architecture.md).
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -40,7 +46,7 @@ typecheck: $(VENV)/.installed
 # The whole suite: lint, types, then every test against a real API server. What the tests need is
 # made side by side: the Go builds use the cores while the MindFormers venv mostly waits on the disk.
 test: $(VENV)/.installed
-	$(MAKE) --no-print-directory -j4 --output-sync=line lint typecheck assets mindformers
+	$(MAKE) --no-print-directory -j5 --output-sync=line lint typecheck assets mindformers objectstore
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # A local cluster in the foreground; prints the kubeconfig path. Ctrl-C stops it.

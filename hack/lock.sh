@@ -30,3 +30,18 @@ env -u PIP_FIND_LINKS "$(dirname "$compile")/pip" download --quiet --no-deps -d 
   "$(dirname "$compile")/pip" hash "$wheels"/* | sed -n 's/^--hash=/    --hash=/p'
   echo "    # via requirements/mindformers.in (installed without its dependencies: hack/lock.sh)"
 } >>requirements/mindformers.txt
+
+# boto3 and its own dependencies at the pins of requirements/store.in (which says why they are not
+# resolved with the rest), each with the hash of its wheel, in the trainer's and the development set.
+mkdir "$wheels/store"
+grep -v -e '^\s*#' -e '^\s*$' requirements/store.in \
+  | env -u PIP_FIND_LINKS xargs "$(dirname "$compile")/pip" download --quiet --no-deps --only-binary=:all: -d "$wheels/store"
+for out in requirements/trainer.txt requirements/dev.txt; do
+  for wheel in "$wheels"/store/*.whl; do
+    name=$(basename "$wheel" | cut -d- -f1 | tr _ -)
+    version=$(basename "$wheel" | cut -d- -f2)
+    echo "$name==$version \\"
+    "$(dirname "$compile")/pip" hash "$wheel" | sed -n 's/^--hash=/    --hash=/p'
+    echo "    # via requirements/store.in (installed without resolving: hack/lock.sh)"
+  done >>"$out"
+done

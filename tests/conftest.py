@@ -21,7 +21,7 @@ from devcluster.controlplane import ControlPlane
 from devcluster.crds import apply_crds
 from tests.support import REPO
 
-pytest_plugins = ["tests.support.nodeagent", "tests.support.fixtures"]
+pytest_plugins = ["tests.support.nodeagent", "tests.support.fixtures", "tests.support.objectstore"]
 
 
 @pytest.fixture(scope="session")

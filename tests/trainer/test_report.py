@@ -127,3 +127,22 @@ def test_startup_timings_go_out_after_the_second_step_with_the_compile_told_apar
     # Wall-clock times: the process's own start (before this test ran), the first step's end.
     assert started < ready <= datetime.now(UTC)
     assert started.timestamp() == pytest.approx(process_started(), abs=0.05)
+
+
+def test_the_store_uploads_state_goes_out_as_it_changes() -> None:
+    pod = Pod()
+    reporter = Reporter(rank=1, attempt=0, send=pod.send)
+    reporter.uploaded(
+        protocol.Upload(step=None, pending=1, lag_seconds=0.25, failures=1, error="access denied")
+    )
+    wait_for("the failure", lambda: pod.report(1).get("upload", {}).get("failures") == 1, 10)
+    reporter.uploaded(protocol.Upload(step=12, pending=0))
+    wait_for("the upload", lambda: pod.report(1).get("upload", {}).get("step") == 12, 10)
+    reporter.close()
+    assert pod.report(1)["upload"] == {
+        "step": 12,
+        "pending": 0,
+        "lagSeconds": 0.0,
+        "failures": 0,
+        "error": None,
+    }

@@ -11,7 +11,8 @@ import signal
 from collections.abc import Callable
 
 FAULT_ENV = "RESPAWN_FAULT"
-POINTS = ("before_publish", "after_publish", "after_meta", "after_prune")
+# upload_before_meta: the store uploader, after the checkpoint object, before the remote meta.json.
+POINTS = ("before_publish", "after_publish", "after_meta", "after_prune", "upload_before_meta")
 
 
 class FaultPlan:

@@ -23,12 +23,11 @@ from respawn_protocol.steplog import StepLog
 from trainer_image.checkpoint.confine import check_output_dir, open_step_log
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import ConfigError, TrainerConfig
-from trainer_image.training import loss_monitor, preflight
+from trainer_image.training import loss_monitor, preflight, storesync
 from trainer_image.training.gang import Gang, Outcome, joined
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import (
     continue_progress,
-    lineage_parent,
     load_first,
     resizes,
     resolve_start,
@@ -38,6 +37,7 @@ from trainer_image.training.stop import StopRequest
 
 if TYPE_CHECKING:
     from trainer_image.checkpoint.checkpointer import Checkpointer
+    from trainer_image.checkpoint.store.upload import Uploader
     from trainer_image.training.backend import Backend, StepResult
     from trainer_image.training.compile_cache import CompileCache
     from trainer_image.training.data import DataStream
@@ -66,6 +66,7 @@ class _Run:
     first_step: bool = True  # the next step is this start's first
     copy_waited_before: float = 0.0  # backend.copy_waited at the last save
     compile_cache: CompileCache | None = None  # until the first step has compiled every graph
+    uploader: Uploader | None = None  # with a checkpoint store
 
     @property
     def finished(self) -> bool:
@@ -135,6 +136,7 @@ def _train(
         if state.checkpointer is not None:
             state.checkpointer.wait()
     finally:
+        storesync.close(state.uploader, os.environ)  # bounded: the commits made go to the store
         state.steplog.close()
         if state.compile_cache is not None:
             state.compile_cache.close()
@@ -174,6 +176,7 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
     preflight.check_model_space(config, gang, backend, saved)
     built = time.perf_counter()
 
+    storesync.before_resume(os.environ, config, gang, reporter)
     # From here on `config` says what was loaded: the job's checkpoint directory or the user's source.
     config, progress, resolution = _resume(config, gang, stream, backend, saved)
     loaded_at = time.perf_counter()
@@ -249,26 +252,10 @@ def _open(
     reporter: Reporter,
 ) -> _Run:
     """The run from its loaded start: the checkpointer (if configured) and the step log opened."""
-    from trainer_image.checkpoint.checkpointer import Checkpointer
-
     output_dir = Path(config.output_dir)
     monitor = config.checkpoint_monitor
-    checkpointer = None
-    if monitor is not None:
-        weights_only = config.resume_training is False
-        checkpointer = Checkpointer(
-            backend=backend,
-            monitor=monitor,
-            output_dir=output_dir,
-            rank=gang.rank,
-            world_size=gang.world_size,
-            resumed_key=None if resolution.random_init or weights_only else resolution.key,
-            attempt=gang.attempt,
-            parent=None if weights_only else lineage_parent(resolution),
-            on_commit=lambda r: reporter.committed(
-                step=r.global_step, epoch=r.epoch, file=r.file, attempt=r.attempt
-            ),
-        )
+    uploader = storesync.uploader(os.environ, config, gang, reporter)
+    checkpointer = storesync.checkpointer(config, gang, backend, resolution, reporter, uploader)
     epochs = config.runner_config.epochs - progress.epoch_base
     reporter.resumed(_job_step(resolution, gang))
     return _Run(
@@ -286,6 +273,7 @@ def _open(
         end=epochs * stream.steps_per_epoch,
         saved_at=progress.global_step,
         reporter=reporter,
+        uploader=uploader,
     )
 
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from respawn_protocol import report as protocol
-from respawn_protocol.report import Commit, Report
+from respawn_protocol.report import Commit, Report, Upload
 
 log = logging.getLogger("trainer_image.report")
 Send = Callable[[str, str], None]  # (annotation key, value)
@@ -148,6 +148,10 @@ class Reporter:
 
     def committed(self, *, step: int, epoch: int | None, file: str, attempt: int | None) -> None:
         self._update(commit=Commit(step=step, epoch=epoch, file=file, attempt=attempt, at=now_text()))
+
+    def uploaded(self, upload: Upload) -> None:
+        """The checkpoint store's state (trainer_image/checkpoint/store/upload.py), sent as it changes."""
+        self._update(upload=upload)
 
     def started(self, timings: Mapping[str, float]) -> None:
         self._update(

@@ -1,0 +1,156 @@
+"""Predownload: before the start resolves, bring this rank's file of the newest step complete on every
+rank in the store to local disk, if that step is newer than what is complete locally.
+
+The step is chosen by `respawn_protocol.resolve` over the store's listing (view.py). The file is
+written as the commit protocol writes one (temp name, its size and sha256 checked against the
+store's meta.json while it streams in, fsync, rename), then this rank's local meta.json names it
+(atomically, last). An object whose size or digest does not match is never renamed into place: the
+next older step complete in the store is tried, and without one the start resolves locally as it
+would have anyway. The local resolution that follows (resume.py) is unchanged, and the gang's
+agreement settles any rank that could not download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from respawn_protocol.layout import StepKey, checkpoint_root, rank_dir
+from respawn_protocol.meta import Meta, MetaError, Record, meta_path, read_meta
+from respawn_protocol.resolve import Check, ResolveError, resolve
+from trainer_image.checkpoint.commit import FILE_MODE, atomic_write_bytes, publish, temp_path
+from trainer_image.checkpoint.confine import make_dir
+from trainer_image.checkpoint.store import view
+from trainer_image.checkpoint.store.client import Settings, StoreError, connect, describe
+
+log = logging.getLogger("trainer_image.store")
+READ_CHUNK = 4 << 20
+
+
+class Mismatch(StoreError):
+    """An object that is not what the store's meta.json records: never loaded."""
+
+
+def local_newest(output_dir: Path, world_size: int) -> StepKey | None:
+    """The newest step complete on every rank in output_dir/checkpoint/ (sizes only)."""
+    try:
+        res = resolve(
+            checkpoint_root(output_dir), True, world_size=world_size, check=Check.SIZE, missing_ok=True
+        )
+    except ResolveError:
+        return None
+    return res.key
+
+
+def predownload(settings: Settings, *, output_dir: Path, rank: int, world_size: int) -> StepKey | None:
+    """The step downloaded (this rank's file of it now committed locally), or None: the store has no
+    newer complete step, or cannot be used (StoreError, with the reason)."""
+    client = connect(settings)
+    local = local_newest(output_dir, world_size)
+    with tempfile.TemporaryDirectory(prefix="respawn-store-") as scratch:
+        root = Path(scratch)
+        try:
+            view.lay_out(client, settings, root)
+        except Exception as e:
+            raise StoreError(describe(e, settings)) from e
+        exclude: set[Path] = set()
+        while True:
+            try:
+                res = view.newest_complete(root, world_size, exclude=exclude)
+            except ResolveError as e:
+                raise StoreError(f"{settings.where()}: {e}") from e
+            if res.random_init or res.key is None:
+                log.info("store: %s holds no step complete on every rank", settings.where())
+                return None
+            if local is not None and res.key <= local:
+                log.info(
+                    "store: local step %s is as new as the store's %s: nothing to download", local, res.key
+                )
+                return None
+            record = _record(root, rank, res.files[rank].name)
+            try:
+                _fetch(client, settings, record, rank=rank, output_dir=output_dir)
+            except Mismatch as e:
+                log.warning("store: fell back: %s (not loaded; trying the next older step)", e)
+                exclude.add(res.files[rank])
+                continue
+            log.info("store: downloaded %s (global step %d)", record.file, record.global_step)
+            return res.key
+
+
+def _record(root: Path, rank: int, name: str) -> Record:
+    meta = view.meta_of(root, rank)
+    for r in meta.checkpoints if meta else ():
+        if r.file == name:
+            return r
+    raise StoreError(
+        f"the store's rank_{rank}/meta.json does not record {name}"
+    )  # resolve took it from there
+
+
+def _fetch(client: Any, settings: Settings, record: Record, *, rank: int, output_dir: Path) -> None:
+    directory = make_dir(output_dir, rank_dir(checkpoint_root(output_dir), rank))
+    final = directory / record.file
+    if final.exists():
+        if final.stat().st_size == record.size and _sha256(final) == record.sha256:
+            _commit_locally(directory, record)
+            return
+        raise Mismatch(f"{final} exists locally and differs from the store's {record.file}")
+    tmp = temp_path(final)
+    try:
+        _stream(client, settings, settings.key(rank, record.file), tmp, record)
+        publish(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _commit_locally(directory, record)
+
+
+def _stream(client: Any, settings: Settings, key: str, tmp: Path, record: Record) -> None:
+    digest, size = hashlib.sha256(), 0
+    try:
+        body = client.get_object(Bucket=settings.bucket, Key=key)["Body"]
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as f:
+            for chunk in body.iter_chunks(READ_CHUNK):
+                size += len(chunk)
+                if size > record.size:
+                    break
+                digest.update(chunk)
+                f.write(chunk)
+    except Exception as e:
+        raise StoreError(describe(e, settings)) from e
+    got = digest.hexdigest()
+    if size != record.size or got != record.sha256:
+        raise Mismatch(
+            f"{key}: {'more than ' if size > record.size else ''}{size} bytes, sha256 {got[:12]}; "
+            f"its meta.json records {record.size} bytes, sha256 {record.sha256[:12]}"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _commit_locally(directory: Path, record: Record) -> None:
+    """This rank's meta.json with `record` added to what it names (files still there), newest last."""
+    try:
+        meta = read_meta(directory)
+    except MetaError as e:
+        log.warning("store: replacing an unreadable local meta.json: %s", e)
+        meta = None
+    kept = [
+        r
+        for r in (meta.checkpoints if meta else [])
+        if r.file != record.file and (directory / r.file).is_file()
+    ]
+    history = sorted([*kept, record], key=lambda r: r.key)
+    last = history[-1]
+    body = Meta(last.epoch, last.step, last.file, last.global_step, history).to_json()
+    atomic_write_bytes(meta_path(directory), body)

@@ -1,0 +1,146 @@
+"""The checkpoint store in a run (trainer_image/checkpoint/store/): predownload before the start
+resolves, the checkpointer with an uploader fed by every local commit, and its bounded flush at the end.
+
+The store is used exactly when RESPAWN_STORE_ENDPOINT is set. Nothing here stops training: a store
+that cannot be used is logged (ERROR) and reported in the rank's `upload` report, and the run goes on
+with its local checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from respawn_protocol.layout import StepKey, checkpoint_root, rank_dir, rank_prefix
+from respawn_protocol.meta import Record
+from respawn_protocol.report import Upload
+from respawn_protocol.resolution import Resolution
+from trainer_image.checkpoint.checkpointer import Checkpointer, SaveBackend
+from trainer_image.checkpoint.store.client import Settings, StoreError
+from trainer_image.checkpoint.store.download import local_newest, predownload
+from trainer_image.checkpoint.store.upload import Uploader
+from trainer_image.config import TrainerConfig
+from trainer_image.training.gang import Gang
+from trainer_image.training.report import Reporter
+from trainer_image.training.resume import lineage_parent
+
+log = logging.getLogger("trainer_image.store")
+# At a clean end or a stop, how long pending uploads may hold up the exit (the pod's grace period is
+# 30 s by default, and the stop's own save comes first).
+FLUSH_ENV = "RESPAWN_STORE_FLUSH_SECONDS"
+DEFAULT_FLUSH = 20.0
+PEERS_WAIT = 120.0  # ranks without collectives: how long to wait for the others' predownloads
+
+
+def _resumes_own(config: TrainerConfig, gang: Gang) -> bool:
+    """Whether the start may resume from output_dir/checkpoint/, which the store mirrors."""
+    own = checkpoint_root(Path(config.output_dir)).resolve()
+    return gang.job_checkpoint_dir is not None or (
+        bool(config.load_checkpoint) and Path(config.load_checkpoint).resolve() == own
+    )
+
+
+def before_resume(environ: Mapping[str, str], config: TrainerConfig, gang: Gang, reporter: Reporter) -> None:
+    """Predownload, then wait until every rank has (the local resolution reads their folders)."""
+    settings = Settings.from_env(environ)
+    if settings is None or not _resumes_own(config, gang):
+        return
+    output_dir = Path(config.output_dir)
+    key: StepKey | None = None
+    try:
+        key = predownload(settings, output_dir=output_dir, rank=gang.rank, world_size=gang.world_size)
+    except StoreError as e:
+        log.error("store: no predownload, resolving from local disk only: %s", e)
+        reporter.uploaded(Upload(failures=1, error=f"predownload: {e}"))
+    except Exception as e:  # the gang must still meet at the barrier below
+        log.exception("store: predownload failed, resolving from local disk only: %s", e)
+        reporter.uploaded(Upload(failures=1, error=f"predownload: {e}"))
+    if gang.barrier is not None:
+        gang.barrier(True)
+    elif key is not None and gang.world_size > 1:
+        _await_peers(output_dir, gang.world_size, key)
+
+
+def _await_peers(output_dir: Path, world_size: int, key: StepKey) -> None:
+    """Ranks that train alone have no collective to meet at: poll until the step is complete
+    locally on every rank, or give up after PEERS_WAIT (the resolution then takes what is there)."""
+    import time
+
+    deadline = time.monotonic() + PEERS_WAIT
+    while (local := local_newest(output_dir, world_size)) is None or local < key:
+        if time.monotonic() > deadline:
+            log.warning("store: step %s is not complete locally on every rank after %.0fs", key, PEERS_WAIT)
+            return
+        time.sleep(0.2)
+
+
+def uploader(
+    environ: Mapping[str, str], config: TrainerConfig, gang: Gang, reporter: Reporter
+) -> Uploader | None:
+    """The rank's uploader (None without a store or a CheckpointMonitor)."""
+    settings, monitor = Settings.from_env(environ), config.checkpoint_monitor
+    if settings is None or monitor is None:
+        return None
+    return Uploader(
+        settings,
+        rank=gang.rank,
+        world_size=gang.world_size,
+        base=rank_prefix(monitor.prefix, gang.rank),
+        keep_max=monitor.keep_checkpoint_max,
+        on_change=reporter.uploaded,
+    )
+
+
+def announce(
+    reporter: Reporter, up: Uploader | None, output_dir: Path, rank: int
+) -> Callable[[Record], None]:
+    """The checkpointer's `on_commit`: the controller's report, then the upload."""
+    directory = rank_dir(checkpoint_root(output_dir), rank)
+
+    def on_commit(r: Record) -> None:
+        reporter.committed(step=r.global_step, epoch=r.epoch, file=r.file, attempt=r.attempt)
+        if up is not None:
+            up.committed(r, directory / r.file)
+
+    return on_commit
+
+
+def checkpointer(
+    config: TrainerConfig,
+    gang: Gang,
+    backend: SaveBackend,
+    resolution: Resolution,
+    reporter: Reporter,
+    uploader: Uploader | None,
+) -> Checkpointer | None:
+    """The commit protocol for this rank (None without a CheckpointMonitor), each commit reported and
+    uploaded (with a store; the newest commit an earlier start left is sent again)."""
+    monitor = config.checkpoint_monitor
+    if monitor is None:
+        return None
+    weights_only = config.resume_training is False
+    made = Checkpointer(
+        backend=backend,
+        monitor=monitor,
+        output_dir=Path(config.output_dir),
+        rank=gang.rank,
+        world_size=gang.world_size,
+        resumed_key=None if resolution.random_init or weights_only else resolution.key,
+        attempt=gang.attempt,
+        parent=None if weights_only else lineage_parent(resolution),
+        on_commit=announce(reporter, uploader, Path(config.output_dir), gang.rank),
+    )
+    if uploader is not None and made.history:  # the store may lack it (an exit before its upload)
+        uploader.committed(made.history[-1], made.dir / made.history[-1].file)
+    return made
+
+
+def close(up: Uploader | None, environ: Mapping[str, str]) -> None:
+    if up is None:
+        return
+    try:
+        timeout = float(environ.get(FLUSH_ENV) or DEFAULT_FLUSH)
+    except ValueError:
+        timeout = DEFAULT_FLUSH
+    up.close(timeout)
