@@ -31,6 +31,7 @@ ALERTS = {
     "RespawnRestartBudgetNearlySpent",
     "RespawnRestartStorm",
     "RespawnCheckpointStale",
+    "RespawnCheckpointUploadsFailing",
     "RespawnControllerDown",
     "RespawnNoLeader",
 }

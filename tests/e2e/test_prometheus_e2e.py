@@ -57,6 +57,7 @@ WORKER = r"""
 import hashlib, json, os, sys, time
 from pathlib import Path
 from respawn_protocol.meta import Meta, Record, meta_path, read_meta
+from respawn_protocol.report import Upload
 from trainer_image.training.report import Reporter
 
 out = Path(os.environ["RESPAWN_OUTPUT_DIR"])
@@ -86,6 +87,8 @@ with open(out / "log" / f"rank_{rank}" / "steps.jsonl", "a") as log:
             records.append(Record(name, 1, step, step, len(data), hashlib.sha256(data).hexdigest()))
             meta_path(ckpt).write_bytes(Meta(1, step, name, step, records).to_json())
             reporter.committed(step=step, epoch=1, file=name, attempt=attempt)
+            # As a rank with a checkpoint store reports it (the dashboard's uploads panel).
+            reporter.uploaded(Upload(step=step, pending=0, lag_seconds=0.2))
 reporter.close()
 deadline = time.monotonic() + 240
 while not (out / "release").exists():
