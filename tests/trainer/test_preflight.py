@@ -75,6 +75,10 @@ def test_a_stale_or_missing_probe_fails_the_shared_check_after_the_timeout(tmp_p
         check(tmp_path, rank=1, attempt=1)
     assert "found attempt 0's" in str(stale.value) and "within 5 s" in str(stale.value)
     check(tmp_path, rank=1, attempt=None)  # outside the controller: no attempt to match, skipped
+    with pytest.raises(PreflightError) as with_store:
+        check(tmp_path, rank=1, attempt=2, RESPAWN_STORE_ENDPOINT="http://s3:8333")
+    assert "a checkpointStore does not replace a shared output directory yet" in str(with_store.value)
+    assert "checkpointStore" not in str(stale.value)
 
 
 def test_output_dir_outside_shared_paths_is_a_config_error(tmp_path: Path) -> None:

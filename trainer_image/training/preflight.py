@@ -111,6 +111,7 @@ def check_directory(
             timeout=settings.timeout,
             clock=clock,
             sleep=sleep,
+            store=bool(environ.get(contract.STORE_ENDPOINT)),
         )
 
 
@@ -172,6 +173,7 @@ def _await_probe(
     timeout: float,
     clock: Callable[[], float],
     sleep: Callable[[float], None],
+    store: bool = False,
 ) -> None:
     deadline = clock() + timeout
     while True:
@@ -189,7 +191,13 @@ def _await_probe(
     raise PreflightError(
         PreflightCheck.SHARED,
         f"no probe of attempt {attempt} from rank 0 in {output_dir} within {timeout:g} s ({seen}): "
-        "this rank does not see the directory rank 0 writes",
+        "this rank does not see the directory rank 0 writes"
+        + (
+            "; a checkpointStore does not replace a shared output directory yet (the ranks resolve "
+            "the resume step from every rank's folder in it)"
+            if store
+            else ""
+        ),
     )
 
 
