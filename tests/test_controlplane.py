@@ -18,6 +18,7 @@ from devcluster import assets
 from devcluster.controlplane import ControlPlane
 from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from tests.support.manifests import training_job
+from tests.support.poll import wait_for
 
 
 def test_crd_is_installed_and_defaults_apply(api_client: client.ApiClient, namespace: str) -> None:
@@ -108,7 +109,18 @@ def test_service_account_without_rbac_is_forbidden(
                 subjects=[client.RbacV1Subject(kind="ServiceAccount", name="nobody", namespace=namespace)],
             ),
         )
-        assert client.CoreV1Api(as_nobody).list_namespaced_pod(namespace).items == []
+        # The authorizer reads Roles through an informer: a new binding takes effect shortly after.
+        assert wait_for("the Role to grant listing pods", lambda: _lists_pods(as_nobody, namespace)) == "empty"
+
+
+def _lists_pods(api: client.ApiClient, namespace: str) -> str | None:
+    try:
+        items = client.CoreV1Api(api).list_namespaced_pod(namespace).items
+    except ApiException as e:
+        if e.status != 403:
+            raise
+        return None
+    return "empty" if items == [] else f"unexpected pods: {items}"
 
 
 def test_asset_script_second_run_rebuilds_nothing(control_plane: ControlPlane) -> None:

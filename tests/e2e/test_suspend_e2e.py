@@ -10,20 +10,13 @@ import pytest
 from kubernetes import client
 
 from controller.app import Controller
-from respawn_protocol.crd import GROUP, PLURAL, VERSION
 from tests.support.e2e import long_run, losses, trainer_job
-from tests.support.kube import create_job, final_status, job_pods, job_status
+from tests.support.kube import create_job, final_status, job_pods, job_status, set_suspend
 from tests.support.manifests import run_config_map
 from tests.support.nodeagent import NodeAgentHandle
 from tests.support.poll import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def set_suspend(api: client.ApiClient, namespace: str, name: str, value: bool) -> None:
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"suspend": value}}
-    )
 
 
 def test_suspend_stops_the_gang_and_resume_continues_from_its_last_step(

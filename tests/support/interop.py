@@ -11,7 +11,8 @@ from typing import Any
 
 from respawn_protocol.resolve import ResolveError, resolve
 from tests.support.mindformers import mindformers_env, mindformers_python
-from tests.support.trainer import Launcher
+from tests.support.gated_start import GATE_ENV
+from tests.support.trainer import TrainerProcess
 
 SIDE = Path(__file__).with_name("mindformers_side.py")
 
@@ -83,15 +84,22 @@ def run_gang(
 ) -> list[int]:
     """Our trainer's ranks as independent processes (no use_parallel) started together, each
     logging to `<config stem>-rank<N>.log`; `per_rank_env`: e.g. `rank1={"RESPAWN_FAULT": ...}`.
+    No rank commits before every rank has built its checkpointer (tests/support/gated_start.py).
     Returns the exit codes."""
-    launch = Launcher(trainer_env)
+    gate = config.with_name(f"{config.stem}-gate")
+    gate.mkdir()
     procs = [
-        launch(
+        TrainerProcess(
             config,
-            log_name=f"rank{rank}",
-            RESPAWN_RANK=str(rank),
-            RESPAWN_WORLD_SIZE=str(world),
-            **per_rank_env.get(f"rank{rank}", {}),
+            trainer_env,
+            config.with_name(f"{config.stem}-rank{rank}.log"),
+            {
+                "RESPAWN_RANK": str(rank),
+                "RESPAWN_WORLD_SIZE": str(world),
+                GATE_ENV: str(gate),
+                **per_rank_env.get(f"rank{rank}", {}),
+            },
+            module="tests.support.gated_start",
         )
         for rank in range(world)
     ]

@@ -159,3 +159,10 @@ class PodWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def set_suspend(api: client.ApiClient, namespace: str, name: str, value: bool) -> None:
+    """spec.suspend of the TrainingJob `name`."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": {"suspend": value}}
+    )

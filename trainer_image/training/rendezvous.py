@@ -51,10 +51,6 @@ def _ignore(signum: int, frame: FrameType | None) -> None:
     pass
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 @contextlib.contextmanager
 def shortened(environ: Mapping[str, str]) -> Iterator[None]:
     """Interrupt this process's sleeping threads, within the budgets, until the block ends. Called
@@ -68,6 +64,9 @@ def shortened(environ: Mapping[str, str]) -> Iterator[None]:
         yield
         return
     signal.siginterrupt(NUDGE, False)
+    # Imported here: parallel imports this module, and this file also runs alone as the helper.
+    from trainer_image.training.parallel import _die_with_parent
+
     try:
         helper = subprocess.Popen(
             [sys.executable, "-I", "-S", __file__, str(os.getpid()), str(int(NUDGE))],
