@@ -110,7 +110,8 @@ def test_service_account_without_rbac_is_forbidden(
             ),
         )
         # The authorizer reads Roles through an informer: a new binding takes effect shortly after.
-        assert wait_for("the Role to grant listing pods", lambda: _lists_pods(as_nobody, namespace)) == "empty"
+        granted = wait_for("the Role to grant listing pods", lambda: _lists_pods(as_nobody, namespace))
+        assert granted == "empty"
 
 
 def _lists_pods(api: client.ApiClient, namespace: str) -> str | None:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from respawn_protocol.resolve import ResolveError, resolve
-from tests.support.mindformers import mindformers_env, mindformers_python
 from tests.support.gated_start import GATE_ENV
+from tests.support.mindformers import mindformers_env, mindformers_python
 from tests.support.trainer import TrainerProcess
 
 SIDE = Path(__file__).with_name("mindformers_side.py")
