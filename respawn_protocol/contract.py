@@ -129,12 +129,15 @@ class PreflightCheck(enum.StrEnum):
     WRITABLE = "writable"  # this rank can create, fsync and remove a file in output_dir
     FREE_SPACE = "free-space"  # output_dir's filesystem holds two more checkpoints of the gang
     SHARED = "shared-directory"  # every rank sees rank 0's probe in output_dir
+    # a rank whose output_dir is not shared resumes from the checkpoint store, which it cannot read
+    STORE = "checkpoint-store"
 
     @property
     def on_node(self) -> bool:
         """Whether a failure points at the rank's node (its disk), so the next attempt avoids it.
-        A directory that is not shared is the volume's doing: any node would fail the same way."""
-        return self is not PreflightCheck.SHARED
+        A directory that is not shared is the volume's doing, a store that cannot be read the
+        store's: any node would fail the same way."""
+        return self not in (PreflightCheck.SHARED, PreflightCheck.STORE)
 
 
 _PREFLIGHT_MESSAGE = re.compile(r"^pre-flight check (?P<check>[a-z-]+) failed")

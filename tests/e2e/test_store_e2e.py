@@ -10,6 +10,9 @@ predownloads its file of the newest step complete in the store and the gang cont
 step, not from random init. That a run resumed from the store follows the uninterrupted loss curve
 bit for bit is tests/trainer/test_store_runs.py's; here it is the controller's part: the Secret's
 keys reach the trainers, status.checkpointStore follows the uploads, and the start from the store.
+
+The second test has no shared volume at all: the output directory is an emptyDir of each pod (a
+cluster without ReadWriteMany storage), and the store is the only record of the other ranks' steps.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from controller.api.constants import SHARED_VOLUME_NAME
 from controller.app import Controller
 from respawn_protocol import contract
+from respawn_protocol.steplog import read_steps
 from tests.support.e2e import long_run, losses, trainer_job
 from tests.support.kube import create_job, final_status, job_pods, job_status, set_suspend
-from tests.support.manifests import run_config_map
+from tests.support.manifests import SHARED_MOUNT, run_config_map
 from tests.support.nodeagent import NodeAgentHandle
 from tests.support.objectstore import ObjectStore, assert_metas_name_only_whole_objects, remote_metas
 from tests.support.poll import wait_for
@@ -100,3 +105,62 @@ def test_a_job_suspended_and_resumed_on_empty_disks_continues_from_the_store(
     assert newest_in_store(object_store, store_bucket) == dict.fromkeys(folders, total)
     done = status["checkpointStore"]
     assert done["step"] > final and done["failures"] == 0, done
+
+
+def test_a_job_on_per_pod_disks_resumes_from_the_store(
+    api_client: client.ApiClient,
+    namespace: str,
+    job_controller: Controller,
+    node_agent: NodeAgentHandle,
+    object_store: ObjectStore,
+    store_bucket: str,
+) -> None:
+    """The cluster has no ReadWriteMany volume: the output directory is an emptyDir of each pod, so no
+    rank sees another's folder and a new pod starts on an empty disk. The gang tells so once it has
+    met and resumes, after a suspension, from the newest step complete in the store."""
+    core = client.CoreV1Api(api_client)
+    keys = {
+        contract.STORE_ACCESS_KEY_ID: object_store.access_key,
+        contract.STORE_SECRET_ACCESS_KEY: object_store.secret_key,
+    }
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-keys"}, "stringData": keys})
+    core.create_namespaced_config_map(namespace, run_config_map(long_run(2, use_parallel=True)))
+    store = {"endpoint": object_store.endpoint, "bucket": store_bucket, "credentialsSecret": "s3-keys"}
+    per_pod = {"mountPath": SHARED_MOUNT, "volume": {"emptyDir": {}}}
+    spec = {"checkpointStore": store, "sharedVolume": per_pod}
+    create_job(api_client, namespace, trainer_job("pp", Path("/unused"), spec=spec))
+
+    def uploaded() -> dict[str, Any] | None:
+        s = job_status(api_client, namespace, "pp").get("checkpointStore") or {}
+        return s if s.get("step", 0) >= 5 else None
+
+    progress = wait_for("the gang's uploads in status", uploaded, 300)
+    assert progress["failures"] == 0 and "lastError" not in progress, progress
+    set_suspend(api_client, namespace, "pp", True)
+
+    def suspended() -> dict[str, Any] | None:
+        s = job_status(api_client, namespace, "pp")
+        return s if s.get("phase") == "Suspended" and not job_pods(api_client, namespace, "pp") else None
+
+    wait_for("suspended with no pods", suspended, 180)
+    folders = [f"{namespace}/pp/rank_{rank}" for rank in (0, 1)]
+    stored = newest_in_store(object_store, store_bucket)
+    assert sorted(stored) == folders and len(set(stored.values())) == 1, stored
+    final = stored[folders[0]]
+    set_suspend(api_client, namespace, "pp", False)
+
+    status = final_status(api_client, namespace, "pp", 600)
+    assert status["phase"] == "Succeeded", status
+    assert status["resumedFromStep"] == final, "the start came from the store: each disk was new"
+    # Every pod had its own disk (the suspended pods' emptyDirs went with them, as kubelet removes
+    # them): each resumed pod's holds one rank's folders, its steps beginning at `final`.
+    pods = node_agent.state_dir / "pods"
+    disks = sorted(pods.glob(f"{namespace}_pp-a1-*/volumes/{SHARED_VOLUME_NAME}/{namespace}/pp"))
+    assert len(disks) == 2, disks
+    for rank, disk in enumerate(disks):
+        for folder in ("log", contract.CHECKPOINT_DIR):
+            assert [p.name for p in (disk / folder).iterdir()] == [f"rank_{rank}"], (disk, folder)
+        first = read_steps(disk / "log" / f"rank_{rank}" / "steps.jsonl")[0]
+        assert first["resumed_from"]["global_step"] == final, (rank, first)
+    done = status["checkpointStore"]["step"]
+    assert newest_in_store(object_store, store_bucket) == dict.fromkeys(folders, done)

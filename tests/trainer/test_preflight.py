@@ -52,7 +52,7 @@ def test_the_message_names_the_check_and_the_protocol_reads_it_back() -> None:
         assert preflight_check(preflight_message(c, "why") + "\nmore") is c
     assert preflight_check("rank 1 exited with code 74") is None
     assert preflight_check("pre-flight check bogus failed: x") is None
-    assert [c.on_node for c in PreflightCheck] == [True, True, False]
+    assert [c.on_node for c in PreflightCheck] == [True, True, False, False]
 
 
 def test_rank_0_s_probe_lets_the_others_through_and_leaves_no_writability_file(tmp_path: Path) -> None:
@@ -77,8 +77,30 @@ def test_a_stale_or_missing_probe_fails_the_shared_check_after_the_timeout(tmp_p
     check(tmp_path, rank=1, attempt=None)  # outside the controller: no attempt to match, skipped
     with pytest.raises(PreflightError) as with_store:
         check(tmp_path, rank=1, attempt=2, RESPAWN_STORE_ENDPOINT="http://s3:8333")
-    assert "a checkpointStore does not replace a shared output directory yet" in str(with_store.value)
+    assert "replaces a shared output directory only for a data-parallel gang" in str(with_store.value)
     assert "checkpointStore" not in str(stale.value)
+
+
+def test_a_data_parallel_gang_with_a_store_asks_once_the_gang_has_met(tmp_path: Path) -> None:
+    """Deferred: rank 1 does not wait for a probe (none is there, no clock passes), and `sees_probe`
+    answers at once, for this attempt's probe only."""
+    clock = FakeClock()
+    preflight.check_directory(
+        tmp_path,
+        rank=1,
+        world_size=2,
+        attempt=4,
+        environ={},
+        clock=clock,
+        sleep=clock.sleep,
+        defer_shared=True,
+    )
+    assert clock.now == 0.0
+    assert not preflight.sees_probe(tmp_path, attempt=4, world_size=2)
+    check(tmp_path, rank=0, attempt=4)
+    assert preflight.sees_probe(tmp_path, attempt=4, world_size=2)
+    assert not preflight.sees_probe(tmp_path, attempt=5, world_size=2)
+    assert not preflight.sees_probe(tmp_path, attempt=4, world_size=3)
 
 
 def test_output_dir_outside_shared_paths_is_a_config_error(tmp_path: Path) -> None:

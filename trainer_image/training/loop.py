@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from respawn_protocol import contract
 from respawn_protocol.resolve import Check, Resolution
 from respawn_protocol.steplog import StepLog
 from trainer_image.checkpoint.confine import check_output_dir, open_step_log
@@ -27,6 +28,7 @@ from trainer_image.training import loss_monitor, preflight, storesync
 from trainer_image.training.gang import Gang, Outcome, joined
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import (
+    Resolver,
     continue_progress,
     load_first,
     resizes,
@@ -87,7 +89,12 @@ def run(
     reporter = reporter or Reporter(rank=rank, attempt=attempt, send=None)
     _check_before_import(config, world_size=world_size, rank=rank, job_checkpoint_dir=job_checkpoint_dir)
     preflight.check_directory(
-        Path(config.output_dir), rank=rank, world_size=world_size, attempt=attempt, environ=os.environ
+        Path(config.output_dir),
+        rank=rank,
+        world_size=world_size,
+        attempt=attempt,
+        environ=os.environ,
+        defer_shared=config.use_parallel and bool(os.environ.get(contract.STORE_ENDPOINT)),
     )
     with joined(
         config,
@@ -173,12 +180,17 @@ def _start(config: TrainerConfig, gang: Gang, *, started: float, reporter: Repor
         environ=os.environ,
     )
     saved = _saved_parameters(backend, config, gang)
-    preflight.check_model_space(config, gang, backend, saved)
+    shared = storesync.output_shared(os.environ, config, gang)
+    preflight.check_model_space(config, gang, backend, saved, shared=shared)
     built = time.perf_counter()
 
-    storesync.before_resume(os.environ, config, gang, reporter)
-    # From here on `config` says what was loaded: the job's checkpoint directory or the user's source.
-    config, progress, resolution = _resume(config, gang, stream, backend, saved)
+    own = storesync.before_resume(os.environ, config, gang, reporter, shared=shared)
+    try:
+        # From here on `config` says what was loaded: the job's checkpoint directory or the user's source.
+        config, progress, resolution = _resume(config, gang, stream, backend, saved, own)
+    finally:
+        if own is not None:
+            own.close()
     loaded_at = time.perf_counter()
     reporter.phase("load", loaded_at - built)
     state = _open(config, gang, stream, backend, progress, resolution, started=started, reporter=reporter)
@@ -203,7 +215,12 @@ def _saved_parameters(backend: Backend, config: TrainerConfig, gang: Gang) -> se
 
 
 def _resume(
-    config: TrainerConfig, gang: Gang, stream: DataStream, backend: Backend, saved: set[str]
+    config: TrainerConfig,
+    gang: Gang,
+    stream: DataStream,
+    backend: Backend,
+    saved: set[str],
+    own: Resolver | None,
 ) -> tuple[TrainerConfig, Progress, Resolution]:
     """Load the start (agreed with the gang) and restate its position for this start; the config
     returned has the `load_checkpoint` / `resume_training` of the source it loaded."""
@@ -219,6 +236,7 @@ def _resume(
         agree=gang.agree,
         barrier=gang.barrier,
         global_batch_size=global_batch,
+        own=own,
     )
     if gang.cluster is not None:
         # Only now: a resized gang must not overwrite the strategy of the gang whose step it merges.

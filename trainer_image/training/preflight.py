@@ -10,7 +10,8 @@ goes to the termination log (`say`), where the controller reads which check fail
 - `shared-directory`, with several ranks under the controller: rank 0 writes a probe naming the
   attempt (temp, fsync, rename); every other rank must read that probe within the timeout. With
   `SHARED_PATHS` set, `output_dir` must also lie under one of them (else a config error, 78: no
-  restart changes where it points).
+  restart changes where it points). A data-parallel gang with a checkpoint store needs no shared
+  directory: whether it has one is decided once the gang has met (`defer_shared`, `sees_probe`).
 - `free-space`, once the model is built: room in `output_dir`'s filesystem for two more checkpoints
   of the gang, each rank's the larger of its parameters' bytes (with the weights-only copy) and its
   last committed checkpoint.
@@ -88,8 +89,12 @@ def check_directory(
     environ: Mapping[str, str],
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    defer_shared: bool = False,
 ) -> None:
-    """`writable`, then `shared-directory`: before the slow imports, so a bad disk fails in a second."""
+    """`writable`, then `shared-directory`: before the slow imports, so a bad disk fails in a second.
+    `defer_shared` (a data-parallel gang with a checkpoint store): rank 0 writes its probe and the
+    others do not wait for it; once the gang has met, `sees_probe` tells whether the directory is
+    shared, and an unshared one resumes from the store (storesync.py)."""
     settings = Settings.from_env(environ)
     if world_size > 1:
         _check_shared_paths(output_dir, environ.get(contract.SHARED_PATHS, ""))
@@ -103,7 +108,7 @@ def check_directory(
         return
     if rank == 0:
         _write_probe(output_dir, attempt=attempt, world_size=world_size)
-    else:
+    elif not defer_shared:
         _await_probe(
             output_dir,
             attempt=attempt,
@@ -154,6 +159,13 @@ def _write_probe(output_dir: Path, *, attempt: int, world_size: int) -> None:
         ) from e
 
 
+def sees_probe(output_dir: Path, *, attempt: int, world_size: int) -> bool:
+    """Whether rank 0's probe of this attempt is in `output_dir` (looked at once: the caller knows
+    rank 0 has written it)."""
+    probe = _read_probe(output_dir)
+    return probe is not None and probe.get("attempt") == attempt and probe.get("world_size") == world_size
+
+
 def _read_probe(output_dir: Path) -> dict[str, object] | None:
     try:
         raw = json.loads(safefs.read_regular(output_dir / PROBE, root=output_dir, limit=4096))
@@ -193,8 +205,8 @@ def _await_probe(
         f"no probe of attempt {attempt} from rank 0 in {output_dir} within {timeout:g} s ({seen}): "
         "this rank does not see the directory rank 0 writes"
         + (
-            "; a checkpointStore does not replace a shared output directory yet (the ranks resolve "
-            "the resume step from every rank's folder in it)"
+            "; a checkpointStore replaces a shared output directory only for a data-parallel gang "
+            "(use_parallel: True), whose ranks agree on the store's step"
             if store
             else ""
         ),
@@ -243,8 +255,11 @@ def check_space(
     )
 
 
-def check_model_space(config: TrainerConfig, gang: Gang, backend: Backend, saved: set[str]) -> None:
-    """Pre-flight `free-space`: room for checkpoints of every rank (they share the directory)."""
+def check_model_space(
+    config: TrainerConfig, gang: Gang, backend: Backend, saved: set[str], *, shared: bool = True
+) -> None:
+    """Pre-flight `free-space`: room for checkpoints of every rank where they share the directory,
+    else of this rank (the ranks a pod's supervisor starts on one disk are not counted)."""
     monitor = config.checkpoint_monitor
     if monitor is None:
         return  # nothing will be saved
@@ -254,7 +269,8 @@ def check_model_space(config: TrainerConfig, gang: Gang, backend: Backend, saved
         estimate += sum(sizes[n] for n in saved & backend.network_names)
     output_dir = Path(config.output_dir)
     per_rank = checkpoint_bytes(estimate, output_dir, gang.rank)
-    check_space(output_dir, per_rank=per_rank, ranks=gang.world_size, environ=os.environ)
+    ranks = gang.world_size if shared else 1
+    check_space(output_dir, per_rank=per_rank, ranks=ranks, environ=os.environ)
 
 
 def _free_bytes(path: Path) -> int:

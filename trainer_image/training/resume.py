@@ -36,6 +36,9 @@ log = logging.getLogger("trainer_image")
 
 Agree = Callable[[StepKey | None], tuple[StepKey | None, bool]]  # parallel.Cluster.agree
 Barrier = Callable[[bool], bool]  # parallel.Cluster.barrier
+# The job's own directory resolved elsewhere than on local disk (store/resolver.py): (files that
+# failed to load, the gang's bound) -> this rank's resolution.
+Resolver = Callable[[set[Path], StepKey | None], Resolution]
 
 
 def resolve_checkpoint(
@@ -118,6 +121,7 @@ def load_first(
     agree: Agree | None = None,
     barrier: Barrier | None = None,
     global_batch_size: int = 0,
+    own: Resolver | None = None,
 ) -> tuple[TrainerConfig, Progress, Resolution]:
     """`load_start` from the first of `start_sources` that holds a checkpoint (else the last): the
     source taken (its `resume_training` says whether the load was weights only), the progress and
@@ -125,7 +129,8 @@ def load_first(
 
     With a gang, each source is agreed as `load_start` agrees: if any rank finds no step of the job's
     directory complete on every rank, the gang agrees on none and every rank moves on to the user's
-    source together, so a pretrained start never mixes with a job checkpoint."""
+    source together, so a pretrained start never mixes with a job checkpoint. `own` resolves the
+    job's own directory (output_dir/checkpoint) where this rank's disk does not show it whole."""
     *preferred, last = start_sources(config, job_checkpoint_dir)
     load = functools.partial(
         load_start,
@@ -137,7 +142,7 @@ def load_first(
         global_batch_size=global_batch_size,
     )
     for source in preferred:
-        progress, resolution = load(source)
+        progress, resolution = load(source, resolver=own if _is_own(source) else None)
         if not resolution.random_init:
             return source, progress, resolution
         log.info(
@@ -145,7 +150,13 @@ def load_first(
             source.load_checkpoint,
             f"load_checkpoint {last.load_checkpoint}" if last.load_checkpoint else "random init",
         )
-    return last, *load(last)
+    return last, *load(last, resolver=own if _is_own(last) else None)
+
+
+def _is_own(config: TrainerConfig) -> bool:
+    return _same_path(config.load_checkpoint, checkpoint_root(Path(config.output_dir))) and (
+        config.resume_training is True
+    )
 
 
 def resizes(resolution: Resolution, world_size: int) -> bool:
@@ -162,6 +173,7 @@ def load_start(
     agree: Agree | None = None,
     barrier: Barrier | None = None,
     global_batch_size: int = 0,
+    resolver: Resolver | None = None,
 ) -> tuple[Progress, Resolution]:
     """Load the resolved checkpoint; a file that fails to parse makes the next older step the candidate.
 
@@ -173,9 +185,12 @@ def load_start(
     exclude: set[Path] = set()
     at_most: StepKey | None = None
     while True:
-        resolution = resolve_checkpoint(
-            config, rank=rank, world_size=world_size, exclude=exclude, at_most=at_most
-        )
+        if resolver is not None:
+            resolution = resolver(exclude, at_most)
+        else:
+            resolution = resolve_checkpoint(
+                config, rank=rank, world_size=world_size, exclude=exclude, at_most=at_most
+            )
         if agree is not None and resolution.source != "file":
             answer = _agreed(agree, resolution)
             if isinstance(answer, StepKey):

@@ -1,9 +1,12 @@
-"""The checkpoint store in a run (trainer_image/checkpoint/store/): predownload before the start
-resolves, the checkpointer with an uploader fed by every local commit, and its bounded flush at the end.
+"""The checkpoint store in a run (trainer_image/checkpoint/store/): whether the gang shares its output
+directory, predownload before the start resolves (shared) or the store as the resolver (not shared),
+the checkpointer with an uploader fed by every local commit, and its bounded flush at the end.
 
-The store is used exactly when RESPAWN_STORE_ENDPOINT is set. Nothing here stops training: a store
-that cannot be used is logged (ERROR) and reported in the rank's `upload` report, and the run goes on
-with its local checkpoints.
+The store is used exactly when RESPAWN_STORE_ENDPOINT is set. With a shared output directory nothing
+here stops training: a store that cannot be used is logged (ERROR) and reported in the rank's `upload`
+report, and the run goes on with its local checkpoints. Without one the store is the only record of
+the other ranks' steps, so a start that cannot read it fails (pre-flight `checkpoint-store`, retried
+by the controller) rather than train from random init over a job that has checkpoints.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from respawn_protocol.contract import PreflightCheck
 from respawn_protocol.layout import StepKey, checkpoint_root, rank_dir, rank_prefix
 from respawn_protocol.meta import Record
 from respawn_protocol.report import Upload
@@ -19,9 +23,12 @@ from respawn_protocol.resolution import Resolution
 from trainer_image.checkpoint.checkpointer import Checkpointer, SaveBackend
 from trainer_image.checkpoint.store.client import Settings, StoreError
 from trainer_image.checkpoint.store.download import local_newest, predownload
+from trainer_image.checkpoint.store.resolver import StoreResolver
 from trainer_image.checkpoint.store.upload import Uploader
-from trainer_image.config import TrainerConfig
+from trainer_image.config import ConfigError, TrainerConfig
+from trainer_image.training import preflight
 from trainer_image.training.gang import Gang
+from trainer_image.training.preflight import PreflightError
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import lineage_parent
 
@@ -41,12 +48,46 @@ def _resumes_own(config: TrainerConfig, gang: Gang) -> bool:
     )
 
 
-def before_resume(environ: Mapping[str, str], config: TrainerConfig, gang: Gang, reporter: Reporter) -> None:
-    """Predownload, then wait until every rank has (the local resolution reads their folders)."""
+def output_shared(environ: Mapping[str, str], config: TrainerConfig, gang: Gang) -> bool:
+    """Whether every rank sees rank 0's output directory. Asked of a data-parallel gang with a store
+    under the controller (the pre-flight deferred the question, preflight.check_directory); anywhere
+    else the pre-flight has already required it. A collective: every rank answers the same."""
+    if Settings.from_env(environ) is None or gang.cluster is None or gang.attempt is None:
+        return True
+    sees = preflight.sees_probe(Path(config.output_dir), attempt=gang.attempt, world_size=gang.world_size)
+    shared = gang.cluster.barrier(sees)
+    if shared:
+        return True
+    if config.remove_redundancy:
+        raise ConfigError(
+            "remove_redundancy: each rank's checkpoint holds only its share, so a resume reads every "
+            "rank's file; the ranks do not share the output directory"
+        )
+    log.info(
+        "store: the output directory is not shared by every rank (%s): the gang resumes from the store",
+        "this rank sees rank 0's probe" if sees else "this rank does not see rank 0's probe",
+    )
+    return False
+
+
+def before_resume(
+    environ: Mapping[str, str], config: TrainerConfig, gang: Gang, reporter: Reporter, *, shared: bool = True
+) -> StoreResolver | None:
+    """Shared: predownload, then wait until every rank has (the local resolution reads their
+    folders); None. Not shared: the resolver for the job's own directory (close it after the load)."""
     settings = Settings.from_env(environ)
     if settings is None or not _resumes_own(config, gang):
-        return
+        return None
     output_dir = Path(config.output_dir)
+    if not shared:
+        try:
+            return StoreResolver(settings, output_dir=output_dir, rank=gang.rank, world_size=gang.world_size)
+        except StoreError as e:
+            raise PreflightError(
+                PreflightCheck.STORE,
+                f"{e}; this rank's output directory is not shared with the gang, so the store is "
+                "the only record of the other ranks' checkpoints",
+            ) from e
     key: StepKey | None = None
     try:
         key = predownload(settings, output_dir=output_dir, rank=gang.rank, world_size=gang.world_size)
@@ -60,6 +101,7 @@ def before_resume(environ: Mapping[str, str], config: TrainerConfig, gang: Gang,
         gang.barrier(True)
     elif key is not None and gang.world_size > 1:
         _await_peers(output_dir, gang.world_size, key)
+    return None
 
 
 def _await_peers(output_dir: Path, world_size: int, key: StepKey) -> None:

@@ -244,6 +244,7 @@ def test_an_exit_while_a_peer_node_is_not_ready_is_the_node_s_fault() -> None:
         (preflight_message(PreflightCheck.FREE_SPACE, "12 MiB free, 2 checkpoints need 40 MiB"), True),
         (preflight_message(PreflightCheck.WRITABLE, "cannot create a file: Read-only file system"), True),
         (preflight_message(PreflightCheck.SHARED, "no probe of attempt 0 from rank 0 within 60 s"), False),
+        (preflight_message(PreflightCheck.STORE, "s3://ckpt/ns/job: connection refused"), False),
         ("rank 3 (local rank 1 of 2, pid 812) exited with code 74", False),
         (None, False),
     ],

@@ -71,9 +71,9 @@ def predownload(settings: Settings, *, output_dir: Path, rank: int, world_size: 
                     "store: local step %s is as new as the store's %s: nothing to download", local, res.key
                 )
                 return None
-            record = _record(root, rank, res.files[rank].name)
+            record = record_of(root, rank, res.files[rank].name)
             try:
-                _fetch(client, settings, record, rank=rank, output_dir=output_dir)
+                fetch(client, settings, record, rank=rank, output_dir=output_dir)
             except Mismatch as e:
                 log.warning("store: fell back: %s (not loaded; trying the next older step)", e)
                 exclude.add(res.files[rank])
@@ -82,7 +82,8 @@ def predownload(settings: Settings, *, output_dir: Path, rank: int, world_size: 
             return res.key
 
 
-def _record(root: Path, rank: int, name: str) -> Record:
+def record_of(root: Path, rank: int, name: str) -> Record:
+    """The store's commit record of a rank's object, from the laid-out view."""
     meta = view.meta_of(root, rank)
     for r in meta.checkpoints if meta else ():
         if r.file == name:
@@ -92,7 +93,8 @@ def _record(root: Path, rank: int, name: str) -> Record:
     )  # resolve took it from there
 
 
-def _fetch(client: Any, settings: Settings, record: Record, *, rank: int, output_dir: Path) -> None:
+def fetch(client: Any, settings: Settings, record: Record, *, rank: int, output_dir: Path) -> None:
+    """This rank's file of `record` committed locally: downloaded unless a local copy has its digest."""
     directory = make_dir(output_dir, rank_dir(checkpoint_root(output_dir), rank))
     final = directory / record.file
     if final.exists():
