@@ -9,9 +9,12 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from respawn_protocol import contract
+from respawn_protocol.report import Upload
 from respawn_protocol.resolve import Resolution
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import ConfigError
@@ -55,6 +58,7 @@ def begin(config: GrpoConfig, gang: Gang, reporter: Reporter, *, started: float)
 
     imported = time.perf_counter()
     reporter.phase("import", imported - started)
+    say_no_store(os.environ, reporter)
     g = config.grpo
     total_updates = g.total_steps * g.updates_per_rollout
     backend = GrpoBackend(config, total_updates=total_updates)
@@ -87,6 +91,22 @@ def begin(config: GrpoConfig, gang: Gang, reporter: Reporter, *, started: float)
         time.perf_counter() - imported,
     )
     return Start(backend, progress, resolution, fresh, checkpointer, cache)
+
+
+NO_STORE = (
+    "GRPO does not upload to the checkpoint store yet (each step is a policy and an optimizer file): "
+    "its checkpoints are in the output directory only"
+)
+
+
+def say_no_store(environ: Mapping[str, str], reporter: Reporter) -> bool:
+    """A job with spec.checkpointStore running GRPO: said in the log and in the rank's upload report
+    (status.checkpointStore.lastError, the CheckpointUploadFailing event and alert), not ignored."""
+    if not environ.get(contract.STORE_ENDPOINT):
+        return False
+    log.error("store: %s", NO_STORE)
+    reporter.uploaded(Upload(failures=1, error=NO_STORE))
+    return True
 
 
 def _load_actor(config: GrpoConfig, gang: Gang, backend: GrpoBackend) -> tuple[Progress, Resolution, bool]:
