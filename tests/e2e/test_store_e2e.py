@@ -49,6 +49,31 @@ def newest_in_store(object_store: ObjectStore, bucket: str) -> dict[str, int]:
     }
 
 
+def store_spec(
+    api_client: client.ApiClient, namespace: str, object_store: ObjectStore, bucket: str
+) -> dict[str, str]:
+    """The job's spec.checkpointStore, its Secret and the run's ConfigMap created in `namespace`."""
+    core = client.CoreV1Api(api_client)
+    keys = {
+        contract.STORE_ACCESS_KEY_ID: object_store.access_key,
+        contract.STORE_SECRET_ACCESS_KEY: object_store.secret_key,
+    }
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-keys"}, "stringData": keys})
+    core.create_namespaced_config_map(namespace, run_config_map(long_run(2, use_parallel=True)))
+    return {"endpoint": object_store.endpoint, "bucket": bucket, "credentialsSecret": "s3-keys"}
+
+
+def await_uploads(api_client: client.ApiClient, namespace: str, job: str) -> None:
+    """status.checkpointStore follows the gang's uploads to step 5, without failures."""
+
+    def uploaded() -> dict[str, Any] | None:
+        s = job_status(api_client, namespace, job).get("checkpointStore") or {}
+        return s if s.get("step", 0) >= 5 else None
+
+    progress = wait_for("the gang's uploads in status", uploaded, 300)
+    assert progress["failures"] == 0 and "lastError" not in progress, progress
+
+
 def test_a_job_suspended_and_resumed_on_empty_disks_continues_from_the_store(
     api_client: client.ApiClient,
     namespace: str,
@@ -58,22 +83,10 @@ def test_a_job_suspended_and_resumed_on_empty_disks_continues_from_the_store(
     object_store: ObjectStore,
     store_bucket: str,
 ) -> None:
-    core = client.CoreV1Api(api_client)
-    keys = {
-        contract.STORE_ACCESS_KEY_ID: object_store.access_key,
-        contract.STORE_SECRET_ACCESS_KEY: object_store.secret_key,
-    }
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-keys"}, "stringData": keys})
-    core.create_namespaced_config_map(namespace, run_config_map(long_run(2, use_parallel=True)))
-    store = {"endpoint": object_store.endpoint, "bucket": store_bucket, "credentialsSecret": "s3-keys"}
+    store = store_spec(api_client, namespace, object_store, store_bucket)
     create_job(api_client, namespace, trainer_job("st", shared_root, spec={"checkpointStore": store}))
 
-    def uploaded() -> dict[str, Any] | None:
-        s = job_status(api_client, namespace, "st").get("checkpointStore") or {}
-        return s if s.get("step", 0) >= 5 else None
-
-    progress = wait_for("the gang's uploads in status", uploaded, 300)
-    assert progress["failures"] == 0 and "lastError" not in progress, progress
+    await_uploads(api_client, namespace, "st")
 
     set_suspend(api_client, namespace, "st", True)
 
@@ -118,24 +131,12 @@ def test_a_job_on_per_pod_disks_resumes_from_the_store(
     """The cluster has no ReadWriteMany volume: the output directory is an emptyDir of each pod, so no
     rank sees another's folder and a new pod starts on an empty disk. The gang tells so once it has
     met and resumes, after a suspension, from the newest step complete in the store."""
-    core = client.CoreV1Api(api_client)
-    keys = {
-        contract.STORE_ACCESS_KEY_ID: object_store.access_key,
-        contract.STORE_SECRET_ACCESS_KEY: object_store.secret_key,
-    }
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-keys"}, "stringData": keys})
-    core.create_namespaced_config_map(namespace, run_config_map(long_run(2, use_parallel=True)))
-    store = {"endpoint": object_store.endpoint, "bucket": store_bucket, "credentialsSecret": "s3-keys"}
+    store = store_spec(api_client, namespace, object_store, store_bucket)
     per_pod = {"mountPath": SHARED_MOUNT, "volume": {"emptyDir": {}}}
     spec = {"checkpointStore": store, "sharedVolume": per_pod}
     create_job(api_client, namespace, trainer_job("pp", Path("/unused"), spec=spec))
 
-    def uploaded() -> dict[str, Any] | None:
-        s = job_status(api_client, namespace, "pp").get("checkpointStore") or {}
-        return s if s.get("step", 0) >= 5 else None
-
-    progress = wait_for("the gang's uploads in status", uploaded, 300)
-    assert progress["failures"] == 0 and "lastError" not in progress, progress
+    await_uploads(api_client, namespace, "pp")
     set_suspend(api_client, namespace, "pp", True)
 
     def suspended() -> dict[str, Any] | None:

@@ -87,7 +87,8 @@ def _command(binary: Path, workdir: Path, ports: dict[str, tuple[int, int]], con
     for name, (port, grpc) in ports.items():
         args[f"{name}.port"] = str(port)
         args[f"{name}.port.grpc"] = str(grpc)
-    return [str(binary), "server", *(f"-{k}={v}" for k, v in args.items())]
+    # -logdir: glog's files would otherwise land in the system's temp directory, outliving the test.
+    return [str(binary), f"-logdir={workdir}", "server", *(f"-{k}={v}" for k, v in args.items())]
 
 
 def _wait_ready(store: ObjectStore, proc: subprocess.Popen[bytes], log: Path) -> None:

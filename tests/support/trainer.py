@@ -163,6 +163,16 @@ def start_gang(launch: Launcher, path: Path, **rank1_env: str) -> list[TrainerPr
     ]
 
 
+def finish(procs: list[TrainerProcess], expect: int = 0) -> None:
+    """Every process exits with `expect` (its log's tail in the failure); none is left running."""
+    try:
+        for p in procs:
+            assert p.wait(WAIT) == expect, p.output()[-3000:]
+    finally:
+        for p in procs:
+            p.kill()
+
+
 def rank_env(rank: int, port: int, world: int = WORLD) -> dict[str, str]:
     """What the controller injects for MindSpore's cluster, on 127.0.0.1."""
     return {

@@ -16,7 +16,16 @@ from respawn_protocol.contract import ExitCode
 from respawn_protocol.steplog import effective_steps
 from tests.support.objectstore import ObjectStore, assert_metas_name_only_whole_objects, listing, remote_metas
 from tests.support.poll import FAST, wait_for
-from tests.support.trainer import WAIT, WORLD, Launcher, start_gang, step_lines, tiny_config, write_config
+from tests.support.trainer import (
+    WAIT,
+    WORLD,
+    Launcher,
+    finish,
+    start_gang,
+    step_lines,
+    tiny_config,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +39,7 @@ def rank_losses(out: Path) -> list[dict[int, str]]:
 
 def run_gang(launch: Launcher, path: Path, expect: int = ExitCode.SUCCESS, **env: str) -> list[Any]:
     gang = start_gang(launch, path, **env)
-    try:
-        for p in gang:
-            assert p.wait(WAIT) == expect, p.output()[-3000:]
-    finally:
-        for p in gang:
-            p.kill()
+    finish(gang, expect)
     return gang
 
 

@@ -25,6 +25,7 @@ from tests.support.trainer import (
     WORLD,
     Launcher,
     TrainerProcess,
+    finish,
     rank_env,
     start_gang,
     step_lines,
@@ -56,15 +57,6 @@ def start_on_disks(launch: Launcher, disks: list[Path], attempt: int) -> list[Tr
         )
         for rank, disk in enumerate(disks)
     ]
-
-
-def finish(gang: list[TrainerProcess], expect: int) -> None:
-    try:
-        for p in gang:
-            assert p.wait(WAIT) == expect, p.output()[-3000:]
-    finally:
-        for p in gang:
-            p.kill()
 
 
 def test_a_gang_on_its_own_disks_resumes_from_the_store_bit_exactly(
