@@ -11,16 +11,12 @@ import yaml
 
 from controller.api.types import parse_job
 from controller.core.podspec import worker_pod
-from respawn_protocol import contract
-from respawn_protocol.report import decode
 from tests.support import REPO
 from trainer_image.config import ConfigError
 from trainer_image.grpo.__main__ import cli_overrides, job_checkpoint_dir, main, parse_args
 from trainer_image.grpo.algo import group_advantages, sample, sampling_rng
 from trainer_image.grpo.config import build_grpo_config, grpo_env_overrides, parse_grpo_config
-from trainer_image.grpo.start import say_no_store
 from trainer_image.grpo.task import SumTask, prompt_indices
-from trainer_image.training.report import Reporter
 
 TASK = SumTask(operand_max=19, completion_length=3)
 
@@ -225,16 +221,3 @@ def test_the_controllers_checkpoint_interval_replaces_the_monitors() -> None:
     changed = with_save_interval(config, 7).checkpoint_monitor
     assert changed is not None and changed.save_checkpoint_steps == 7
     assert with_save_interval(config, None) is config
-
-
-def test_a_job_with_a_checkpoint_store_is_told_grpo_does_not_upload() -> None:
-    """Not ignored: the rank's upload report carries the reason, which the controller shows in
-    status.checkpointStore.lastError and the CheckpointUploadFailing event."""
-    sent: list[str] = []
-    reporter = Reporter(rank=0, attempt=0, send=lambda key, value: sent.append(value))
-    assert not say_no_store({}, reporter)
-    assert say_no_store({contract.STORE_ENDPOINT: "http://s3:8333"}, reporter)
-    reporter.close(timeout=30)
-    report = decode(0, sent[-1])
-    assert report is not None and report.upload is not None
-    assert report.upload.failures == 1 and "GRPO does not upload" in (report.upload.error or "")

@@ -1,7 +1,8 @@
 """The checkpoint store's uploader and predownload in this process, against a real SeaweedFS
 (tests/support/objectstore.py): the order of objects and meta.json, pruning only after a newer
 meta.json, skipping to the newest commit, a store that cannot be used, a damaged object never
-installed. The trainer runs with a store are in test_store_runs.py."""
+installed, companion files (GRPO's optimizer files) kept with their checkpoint. The trainer runs
+with a store are in test_store_runs.py."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tests.support.objectstore import ObjectStore, assert_metas_name_only_whole_
 from tests.support.poll import wait_for
 from trainer_image.checkpoint.faults import FaultPlan
 from trainer_image.checkpoint.store.client import Settings, StoreError
+from trainer_image.checkpoint.store.companions import Companions
 from trainer_image.checkpoint.store.download import predownload
 from trainer_image.checkpoint.store.upload import Uploader
 
@@ -178,3 +180,50 @@ def test_predownload_brings_the_newest_step_and_never_installs_a_damaged_object(
     assert "fell back" in caplog.text and "not loaded" in caplog.text
     # Nothing newer in the store than on disk now: nothing downloaded again.
     assert predownload(s, output_dir=out, rank=0, world_size=1) is None
+
+
+def test_companion_files_go_before_their_checkpoint_come_back_before_it_and_are_pruned_with_it(
+    object_store: ObjectStore, store_bucket: str, tmp_path: Path
+) -> None:
+    """GRPO's optimizer files: uploaded with their sha256 as metadata, pruned with their policy file,
+    downloaded and checked before it; a damaged one makes the start fall back to the step before."""
+    s, reports = settings(object_store, store_bucket), list[Upload]()
+    companions = Companions((".optimizer",))
+    assert companions.of(f"{BASE}-1_2.ckpt") == [f"{BASE}-1_2.optimizer.ckpt"]
+    assert companions.owner(f"{BASE}-1_2.optimizer.ckpt") == f"{BASE}-1_2.ckpt"
+    assert companions.owner(f"{BASE}-1_2.ckpt") is None
+    local = tmp_path / "local" / "rank_0"
+    up = Uploader(
+        s, rank=0, world_size=1, base=BASE, keep_max=2, on_change=reports.append, companions=companions
+    )
+    try:
+        for step in (1, 2, 3):
+            record = commit(local, step)
+            (local / companions.of(record.file)[0]).write_bytes(f"optimizer {step}".encode() * 1000)
+            up.committed(record, local / record.file)
+            wait_uploaded(object_store, store_bucket, step)
+    finally:
+        assert up.close(10)
+    names = sorted(k.rsplit("/", 1)[1] for k in listing(object_store.client(), store_bucket))
+    # Step 1 left with its optimizer file once step 3's meta.json was in (keep_checkpoint_max 2).
+    assert names == sorted(
+        [f"{BASE}-1_{n}{tag}.ckpt" for n in (2, 3) for tag in ("", ".optimizer")] + ["meta.json"]
+    )
+    head = object_store.client().head_object(
+        Bucket=store_bucket, Key=f"{PREFIX}/rank_0/{BASE}-1_3.optimizer.ckpt"
+    )
+    assert head["Metadata"]["sha256"] == hashlib.sha256(b"optimizer 3" * 1000).hexdigest()
+
+    # Damage step 3's optimizer object: a start on an empty disk takes step 2, with its optimizer file.
+    key = f"{PREFIX}/rank_0/{BASE}-1_3.optimizer.ckpt"
+    object_store.client().put_object(
+        Bucket=store_bucket,
+        Key=key,
+        Body=b"optimizer 9" * 1000,
+        Metadata={"sha256": head["Metadata"]["sha256"]},
+    )
+    out = tmp_path / "empty"
+    assert predownload(s, output_dir=out, rank=0, world_size=1, companions=companions) == StepKey(1, 2)
+    rank = out / "checkpoint" / "rank_0"
+    assert {p.name for p in rank.iterdir()} == {f"{BASE}-1_2.ckpt", f"{BASE}-1_2.optimizer.ckpt", "meta.json"}
+    assert (rank / f"{BASE}-1_2.optimizer.ckpt").read_bytes() == b"optimizer 2" * 1000

@@ -64,12 +64,16 @@ def test_a_sigkill_mid_upload_keeps_the_store_consistent_a_restart_completes_it_
     assert_metas_name_only_whole_objects(client, store_bucket)
     (meta,) = remote_metas(client, store_bucket).values()
     assert meta["last_global_step"] == 10  # the last step, flushed at the exit
-    # Three steps (keep_checkpoint_max), all named; the orphan was pruned once a newer meta.json was in.
+    # At most three steps (keep_checkpoint_max; fewer when the store fell behind the saves and took
+    # the newest commit), all named: the orphan was pruned, or named again by its re-upload, once a
+    # newer meta.json was in.
     named = {f"job/rank_0/{r['file']}" for r in meta["checkpoints"]}
-    assert {k for k in listing(client, store_bucket) if k.endswith(".ckpt")} == named and len(named) == 3
+    assert {k for k in listing(client, store_bucket) if k.endswith(".ckpt")} == named
+    assert 2 <= len(named) <= 3, named
 
     # The newest object damaged in the store (same size: only its sha256 tells): a start on an empty
-    # disk never loads it and resumes from the step before, recomputing step 10 bit-exactly.
+    # disk never loads it and resumes from the step before in the store, recomputing the steps after
+    # it bit-exactly.
     newest = f"job/rank_0/{meta['last_ckpt_file']}"
     body = client.get_object(Bucket=store_bucket, Key=newest)["Body"].read()
     client.put_object(Bucket=store_bucket, Key=newest, Body=body[:-1] + bytes([body[-1] ^ 1]))
@@ -78,9 +82,10 @@ def test_a_sigkill_mid_upload_keeps_the_store_consistent_a_restart_completes_it_
     damaged = launch(path, log_name="damaged")
     assert damaged.wait(WAIT) == ExitCode.SUCCESS, damaged.output()[-3000:]
     assert "store: fell back" in damaged.output() and "not loaded" in damaged.output()
+    before = meta["checkpoints"][-2]["global_step"]
     first = step_lines(fresh)[0]
-    assert first["resumed_from"]["global_step"] == 9 and first["global_step"] == 10
-    assert first["loss_bits"] == effective_steps(step_lines(out))[10]["loss_bits"]
+    assert first["resumed_from"]["global_step"] == before and first["global_step"] == before + 1
+    assert first["loss_bits"] == effective_steps(step_lines(out))[before + 1]["loss_bits"]
 
 
 def test_a_gang_evicted_and_restarted_on_empty_disks_resumes_from_the_store_bit_exactly(

@@ -11,6 +11,7 @@ iterations exactly as the uninterrupted run did.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from trainer_image.training.stop import StopRequest
 if TYPE_CHECKING:
     from trainer_image.checkpoint.checkpointer import Checkpointer
     from trainer_image.grpo.backend import GrpoBackend
+    from trainer_image.grpo.store import Uploaders
     from trainer_image.training.compile_cache import CompileCache
 
 log = logging.getLogger("trainer_image.grpo")
@@ -122,6 +124,7 @@ class _Run:
     saved_at: int = 0
     first_step: bool = True
     compile_cache: CompileCache | None = None  # until the first iteration has compiled every graph
+    uploaders: Uploaders | None = None  # with a checkpoint store: flushed (bounded) at the end
 
     @classmethod
     def start(cls, config: GrpoConfig, gang: Gang, reporter: Reporter, started: float) -> _Run:
@@ -140,6 +143,7 @@ class _Run:
             started=started,
             saved_at=s.progress.global_step,
             compile_cache=s.compile_cache,
+            uploaders=s.uploaders,
         )
 
     # ---------------------------------------------------------------------------------------- the loop
@@ -169,6 +173,8 @@ class _Run:
             ):
                 self.save()
         finally:
+            if self.uploaders is not None:
+                self.uploaders.close(os.environ)  # bounded: the commits made go to the store
             steplog.close()
             if self.compile_cache is not None:
                 self.compile_cache.close()

@@ -19,8 +19,10 @@ from trainer_image.grpo.config import GrpoConfig
 from trainer_image.training.gang import Gang
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import lineage_parent
+from trainer_image.training.storesync import announce
 
 if TYPE_CHECKING:
+    from trainer_image.checkpoint.store.upload import Uploader
     from trainer_image.grpo.backend import GrpoBackend
 
 log = logging.getLogger("trainer_image.grpo")
@@ -42,7 +44,10 @@ def open_checkpointer(
     *,
     fresh: bool,
     reporter: Reporter,
+    uploader: Uploader | None = None,
 ) -> Checkpointer | None:
+    """The checkpointer; each commit reported and uploaded (the newest an earlier start left is
+    sent again: the store may lack it)."""
     monitor = config.checkpoint_monitor
     if monitor is None:
         return None
@@ -55,10 +60,11 @@ def open_checkpointer(
         resumed_key=None if fresh else resolution.key,
         attempt=gang.attempt,
         parent=None if fresh else lineage_parent(resolution),
-        on_commit=lambda r: reporter.committed(
-            step=r.global_step, epoch=r.epoch, file=r.file, attempt=r.attempt
-        ),
+        on_commit=announce(reporter, uploader, config.save_dir, gang.rank),
     )
+    if uploader is not None and checkpointer.history:
+        newest = checkpointer.history[-1]
+        uploader.committed(newest, checkpointer.dir / newest.file)
     fmt = monitor.checkpoint_format
 
     def target(progress: Progress) -> Path:

@@ -9,15 +9,13 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from respawn_protocol import contract
-from respawn_protocol.report import Upload
 from respawn_protocol.resolve import Resolution
 from trainer_image.checkpoint.progress import Progress
 from trainer_image.config import ConfigError
+from trainer_image.grpo import store as grpo_store
 from trainer_image.grpo.config import GrpoConfig, compile_cache_view
 from trainer_image.grpo.saving import open_checkpointer
 from trainer_image.grpo.strategy import write_grpo_strategy
@@ -28,6 +26,7 @@ from trainer_image.training.resume import load_first
 if TYPE_CHECKING:
     from trainer_image.checkpoint.checkpointer import Checkpointer
     from trainer_image.grpo.backend import GrpoBackend
+    from trainer_image.grpo.store import Uploaders
     from trainer_image.training.compile_cache import CompileCache
 
 log = logging.getLogger("trainer_image.grpo")
@@ -41,6 +40,7 @@ class Start:
     fresh: bool  # no training state resumed: random init or the actor's weights only
     checkpointer: Checkpointer | None
     compile_cache: CompileCache | None  # until the first iteration has compiled every graph
+    uploaders: Uploaders | None  # with a checkpoint store
 
 
 def fingerprint(config: GrpoConfig, global_prompts: int) -> int:
@@ -53,12 +53,10 @@ def fingerprint(config: GrpoConfig, global_prompts: int) -> int:
 def begin(config: GrpoConfig, gang: Gang, reporter: Reporter, *, started: float) -> Start:
     """`started`: when the process started (perf_counter), for the import phase."""
     from trainer_image.grpo.backend import GrpoBackend  # MindSpore: the slow import
-    from trainer_image.grpo.reference import prepare_reference
     from trainer_image.training.compile_cache import CompileCache
 
     imported = time.perf_counter()
     reporter.phase("import", imported - started)
-    say_no_store(os.environ, reporter)
     g = config.grpo
     total_updates = g.total_steps * g.updates_per_rollout
     backend = GrpoBackend(config, total_updates=total_updates)
@@ -71,7 +69,34 @@ def begin(config: GrpoConfig, gang: Gang, reporter: Reporter, *, started: float)
         environ=os.environ,
     )
     built = time.perf_counter()
+    grpo_store.before_start(os.environ, config, gang, reporter)
     progress, resolution, fresh = _load_actor(config, gang, backend)
+    _reference(config, gang, backend, fresh=fresh)
+    write_grpo_strategy(config, rank=gang.rank, world_size=gang.world_size, backend=backend)
+    reporter.phase("load", time.perf_counter() - built)
+    uploaders = grpo_store.uploaders(os.environ, config, gang, reporter)
+    checkpointer = open_checkpointer(
+        config,
+        backend,
+        gang,
+        resolution,
+        fresh=fresh,
+        reporter=reporter,
+        uploader=uploaders.steps if uploaders else None,
+    )
+    log.info(
+        "start: global step %d of %d; import %.2fs, build and load %.2fs",
+        progress.global_step,
+        g.total_steps,
+        imported - started,
+        time.perf_counter() - imported,
+    )
+    return Start(backend, progress, resolution, fresh, checkpointer, cache, uploaders)
+
+
+def _reference(config: GrpoConfig, gang: Gang, backend: GrpoBackend, *, fresh: bool) -> None:
+    from trainer_image.grpo.reference import prepare_reference
+
     prepare_reference(
         backend,
         save_dir=config.save_dir,
@@ -80,33 +105,6 @@ def begin(config: GrpoConfig, gang: Gang, reporter: Reporter, *, started: float)
         ref_checkpoint_path=config.ref_checkpoint_path,
         fresh=fresh,
     )
-    write_grpo_strategy(config, rank=gang.rank, world_size=gang.world_size, backend=backend)
-    reporter.phase("load", time.perf_counter() - built)
-    checkpointer = open_checkpointer(config, backend, gang, resolution, fresh=fresh, reporter=reporter)
-    log.info(
-        "start: global step %d of %d; import %.2fs, build and load %.2fs",
-        progress.global_step,
-        g.total_steps,
-        imported - started,
-        time.perf_counter() - imported,
-    )
-    return Start(backend, progress, resolution, fresh, checkpointer, cache)
-
-
-NO_STORE = (
-    "GRPO does not upload to the checkpoint store yet (each step is a policy and an optimizer file): "
-    "its checkpoints are in the output directory only"
-)
-
-
-def say_no_store(environ: Mapping[str, str], reporter: Reporter) -> bool:
-    """A job with spec.checkpointStore running GRPO: said in the log and in the rank's upload report
-    (status.checkpointStore.lastError, the CheckpointUploadFailing event and alert), not ignored."""
-    if not environ.get(contract.STORE_ENDPOINT):
-        return False
-    log.error("store: %s", NO_STORE)
-    reporter.uploaded(Upload(failures=1, error=NO_STORE))
-    return True
 
 
 def _load_actor(config: GrpoConfig, gang: Gang, backend: GrpoBackend) -> tuple[Progress, Resolution, bool]:

@@ -22,6 +22,7 @@ from respawn_protocol.report import Upload
 from respawn_protocol.resolution import Resolution
 from trainer_image.checkpoint.checkpointer import Checkpointer, SaveBackend
 from trainer_image.checkpoint.store.client import Settings, StoreError
+from trainer_image.checkpoint.store.companions import Companions
 from trainer_image.checkpoint.store.download import local_newest, predownload
 from trainer_image.checkpoint.store.resolver import StoreResolver
 from trainer_image.checkpoint.store.upload import Uploader
@@ -40,7 +41,7 @@ DEFAULT_FLUSH = 20.0
 PEERS_WAIT = 120.0  # ranks without collectives: how long to wait for the others' predownloads
 
 
-def _resumes_own(config: TrainerConfig, gang: Gang) -> bool:
+def resumes_own(config: TrainerConfig, gang: Gang) -> bool:
     """Whether the start may resume from output_dir/checkpoint/, which the store mirrors."""
     own = checkpoint_root(Path(config.output_dir)).resolve()
     return gang.job_checkpoint_dir is not None or (
@@ -71,12 +72,18 @@ def output_shared(environ: Mapping[str, str], config: TrainerConfig, gang: Gang)
 
 
 def before_resume(
-    environ: Mapping[str, str], config: TrainerConfig, gang: Gang, reporter: Reporter, *, shared: bool = True
+    environ: Mapping[str, str],
+    config: TrainerConfig,
+    gang: Gang,
+    reporter: Reporter,
+    *,
+    shared: bool = True,
+    companions: Companions | None = None,
 ) -> StoreResolver | None:
     """Shared: predownload, then wait until every rank has (the local resolution reads their
     folders); None. Not shared: the resolver for the job's own directory (close it after the load)."""
     settings = Settings.from_env(environ)
-    if settings is None or not _resumes_own(config, gang):
+    if settings is None or not resumes_own(config, gang):
         return None
     output_dir = Path(config.output_dir)
     if not shared:
@@ -90,7 +97,9 @@ def before_resume(
             ) from e
     key: StepKey | None = None
     try:
-        key = predownload(settings, output_dir=output_dir, rank=gang.rank, world_size=gang.world_size)
+        key = predownload(
+            settings, output_dir=output_dir, rank=gang.rank, world_size=gang.world_size, companions=companions
+        )
     except StoreError as e:
         log.error("store: no predownload, resolving from local disk only: %s", e)
         reporter.uploaded(Upload(failures=1, error=f"predownload: {e}"))
@@ -118,7 +127,11 @@ def _await_peers(output_dir: Path, world_size: int, key: StepKey) -> None:
 
 
 def uploader(
-    environ: Mapping[str, str], config: TrainerConfig, gang: Gang, reporter: Reporter
+    environ: Mapping[str, str],
+    config: TrainerConfig,
+    gang: Gang,
+    reporter: Reporter,
+    companions: Companions | None = None,
 ) -> Uploader | None:
     """The rank's uploader (None without a store or a CheckpointMonitor)."""
     settings, monitor = Settings.from_env(environ), config.checkpoint_monitor
@@ -131,6 +144,7 @@ def uploader(
         base=rank_prefix(monitor.prefix, gang.rank),
         keep_max=monitor.keep_checkpoint_max,
         on_change=reporter.uploaded,
+        companions=companions,
     )
 
 

@@ -26,6 +26,7 @@ from trainer_image.checkpoint.commit import FILE_MODE, atomic_write_bytes, publi
 from trainer_image.checkpoint.confine import make_dir
 from trainer_image.checkpoint.store import view
 from trainer_image.checkpoint.store.client import Settings, StoreError, connect, describe
+from trainer_image.checkpoint.store.companions import SHA256_METADATA, Companions
 
 log = logging.getLogger("trainer_image.store")
 READ_CHUNK = 4 << 20
@@ -35,32 +36,44 @@ class Mismatch(StoreError):
     """An object that is not what the store's meta.json records: never loaded."""
 
 
-def local_newest(output_dir: Path, world_size: int) -> StepKey | None:
-    """The newest step complete on every rank in output_dir/checkpoint/ (sizes only)."""
+def local_newest(output_dir: Path, world_size: int, root: Path | None = None) -> StepKey | None:
+    """The newest step complete on every rank in `root` (output_dir/checkpoint/; sizes only)."""
     try:
         res = resolve(
-            checkpoint_root(output_dir), True, world_size=world_size, check=Check.SIZE, missing_ok=True
+            root or checkpoint_root(output_dir),
+            True,
+            world_size=world_size,
+            check=Check.SIZE,
+            missing_ok=True,
         )
     except ResolveError:
         return None
     return res.key
 
 
-def predownload(settings: Settings, *, output_dir: Path, rank: int, world_size: int) -> StepKey | None:
-    """The step downloaded (this rank's file of it now committed locally), or None: the store has no
-    newer complete step, or cannot be used (StoreError, with the reason)."""
+def predownload(
+    settings: Settings,
+    *,
+    output_dir: Path,
+    rank: int,
+    world_size: int,
+    companions: Companions | None = None,
+    root: Path | None = None,
+) -> StepKey | None:
+    """The step downloaded (this rank's file of it and its companions committed locally in `root`,
+    default output_dir/checkpoint/), or None: no newer complete step, or StoreError (the reason)."""
     client = connect(settings)
-    local = local_newest(output_dir, world_size)
+    local = local_newest(output_dir, world_size, root)
     with tempfile.TemporaryDirectory(prefix="respawn-store-") as scratch:
-        root = Path(scratch)
+        laid_out = Path(scratch)
         try:
-            view.lay_out(client, settings, root)
+            view.lay_out(client, settings, laid_out)
         except Exception as e:
             raise StoreError(describe(e, settings)) from e
         exclude: set[Path] = set()
         while True:
             try:
-                res = view.newest_complete(root, world_size, exclude=exclude)
+                res = view.newest_complete(laid_out, world_size, exclude=exclude)
             except ResolveError as e:
                 raise StoreError(f"{settings.where()}: {e}") from e
             if res.random_init or res.key is None:
@@ -71,9 +84,17 @@ def predownload(settings: Settings, *, output_dir: Path, rank: int, world_size: 
                     "store: local step %s is as new as the store's %s: nothing to download", local, res.key
                 )
                 return None
-            record = record_of(root, rank, res.files[rank].name)
+            record = record_of(laid_out, rank, res.files[rank].name)
             try:
-                fetch(client, settings, record, rank=rank, output_dir=output_dir)
+                fetch(
+                    client,
+                    settings,
+                    record,
+                    rank=rank,
+                    output_dir=output_dir,
+                    companions=companions,
+                    root=root,
+                )
             except Mismatch as e:
                 log.warning("store: fell back: %s (not loaded; trying the next older step)", e)
                 exclude.add(res.files[rank])
@@ -93,42 +114,74 @@ def record_of(root: Path, rank: int, name: str) -> Record:
     )  # resolve took it from there
 
 
-def fetch(client: Any, settings: Settings, record: Record, *, rank: int, output_dir: Path) -> None:
-    """This rank's file of `record` committed locally: downloaded unless a local copy has its digest."""
-    directory = make_dir(output_dir, rank_dir(checkpoint_root(output_dir), rank))
-    final = directory / record.file
-    if final.exists():
-        if final.stat().st_size == record.size and _sha256(final) == record.sha256:
-            _commit_locally(directory, record)
-            return
-        raise Mismatch(f"{final} exists locally and differs from the store's {record.file}")
-    tmp = temp_path(final)
-    try:
-        _stream(client, settings, settings.key(rank, record.file), tmp, record)
-        publish(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+def fetch(
+    client: Any,
+    settings: Settings,
+    record: Record,
+    *,
+    rank: int,
+    output_dir: Path,
+    companions: Companions | None = None,
+    root: Path | None = None,
+) -> None:
+    """This rank's file of `record` committed locally in `root` (output_dir/checkpoint/), its
+    companions first: each downloaded unless a local copy has its digest."""
+    directory = make_dir(output_dir, rank_dir(root or checkpoint_root(output_dir), rank))
+    for name in (companions or Companions()).of(record.file):
+        key = settings.key(rank, name)
+        size, sha256 = _companion_digest(client, settings, key)
+        _bring(client, settings, key, directory / name, size, sha256)
+    _bring(
+        client, settings, settings.key(rank, record.file), directory / record.file, record.size, record.sha256
+    )
     _commit_locally(directory, record)
 
 
-def _stream(client: Any, settings: Settings, key: str, tmp: Path, record: Record) -> None:
+def _companion_digest(client: Any, settings: Settings, key: str) -> tuple[int, str]:
+    """A companion's size and the sha256 its metadata records (Mismatch: missing, or unrecorded)."""
+    try:
+        head = client.head_object(Bucket=settings.bucket, Key=key)
+    except Exception as e:
+        if getattr(e, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            raise Mismatch(f"{key} is missing from the store") from e
+        raise StoreError(describe(e, settings)) from e
+    sha256 = head.get("Metadata", {}).get(SHA256_METADATA)
+    if not sha256:
+        raise Mismatch(f"{key} has no recorded sha256")
+    return int(head["ContentLength"]), sha256
+
+
+def _bring(client: Any, settings: Settings, key: str, final: Path, size: int, sha256: str) -> None:
+    if final.exists():
+        if final.stat().st_size == size and _sha256(final) == sha256:
+            return
+        raise Mismatch(f"{final} exists locally and differs from the store's {final.name}")
+    tmp = temp_path(final)
+    try:
+        _stream(client, settings, key, tmp, size, sha256)
+        publish(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stream(client: Any, settings: Settings, key: str, tmp: Path, expected: int, sha256: str) -> None:
     digest, size = hashlib.sha256(), 0
     try:
         body = client.get_object(Bucket=settings.bucket, Key=key)["Body"]
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as f:
             for chunk in body.iter_chunks(READ_CHUNK):
                 size += len(chunk)
-                if size > record.size:
+                if size > expected:
                     break
                 digest.update(chunk)
                 f.write(chunk)
     except Exception as e:
         raise StoreError(describe(e, settings)) from e
     got = digest.hexdigest()
-    if size != record.size or got != record.sha256:
+    if size != expected or got != sha256:
         raise Mismatch(
-            f"{key}: {'more than ' if size > record.size else ''}{size} bytes, sha256 {got[:12]}; "
-            f"its meta.json records {record.size} bytes, sha256 {record.sha256[:12]}"
+            f"{key}: {'more than ' if size > expected else ''}{size} bytes, sha256 {got[:12]}; "
+            f"the store records {expected} bytes, sha256 {sha256[:12]}"
         )
 
 

@@ -36,6 +36,7 @@ from trainer_image.checkpoint.faults import FaultPlan
 from trainer_image.checkpoint.prune import retained
 from trainer_image.checkpoint.store import view
 from trainer_image.checkpoint.store.client import Settings, StoreError, connect, describe
+from trainer_image.checkpoint.store.companions import SHA256_METADATA, Companions
 
 log = logging.getLogger("trainer_image.store")
 MAX_BACKOFF = 60.0
@@ -47,6 +48,11 @@ CONCURRENCY = 4
 class _Job:
     record: Record
     file: IO[bytes]  # opened at the commit: pruning may unlink the name, not the data
+    companions: list[tuple[str, IO[bytes]]]  # likewise (companions.py)
+
+    def close(self) -> None:
+        for f in (self.file, *(c for _, c in self.companions)):
+            f.close()
 
 
 class _Hashing:
@@ -76,8 +82,10 @@ class Uploader:
         on_change: Callable[[Upload], None],
         faults: FaultPlan | None = None,
         clock: Callable[[], float] = time.monotonic,
+        companions: Companions | None = None,
     ) -> None:
         self.settings, self.rank, self.world_size = settings, rank, world_size
+        self._companions = companions or Companions()
         self._base, self._keep_max, self._on_change = base, keep_max, on_change
         self._faults = faults or FaultPlan()
         self._clock = clock
@@ -98,15 +106,20 @@ class Uploader:
 
     def committed(self, record: Record, path: Path) -> None:
         """A local commit of `path` (its meta.json is in place). Cheap: opens the file, queues it."""
+        opened: list[IO[bytes]] = []
         try:
-            f = open(path, "rb")  # noqa: SIM115 (closed by the thread once sent or superseded)
+            for p in (path, *(path.with_name(n) for n in self._companions.of(record.file))):
+                opened.append(open(p, "rb"))  # noqa: SIM115 (closed by the thread once sent or superseded)
         except OSError as e:  # never the writer's failure: the store only misses this step
-            log.error("store: cannot open %s for the upload: %s", path, e)
+            log.error("store: cannot open %s for the upload: %s", e.filename, e.strerror or e)
+            for f in opened:
+                f.close()
             return
+        job = _Job(record, opened[0], list(zip(self._companions.of(record.file), opened[1:], strict=True)))
         with self._cond:
             if self._next is not None:
-                self._next.file.close()  # superseded: the newest commit goes instead
-            self._next = _Job(record, f)
+                self._next.close()  # superseded: the newest commit goes instead
+            self._next = job
             self._waiting.append((record.key, self._clock()))
             self._cond.notify()
         self._report()
@@ -120,7 +133,7 @@ class Uploader:
         with self._cond:
             left = len(self._waiting)
             if self._next is not None and not self._busy:
-                self._next.file.close()
+                self._next.close()
         if left:
             log.warning(
                 "store: %d local commit(s) not uploaded at the exit (bound %.0fs); the next start sends one",
@@ -162,6 +175,8 @@ class Uploader:
         self._remote = remote
         if any(r.file == record.file and r.sha256 == record.sha256 for r in remote):
             return  # already there (a start announcing its newest commit again)
+        for name, f in job.companions:  # before the file: a checkpoint in the store has them
+            self._put_companion(name, f)
         self._put_checkpoint(job)
         self._faults.reach("upload_before_meta")
         history = [r for r in remote if r.key < record.key] + [record]
@@ -170,8 +185,9 @@ class Uploader:
         log.info("store: uploaded %s (global step %d)", record.file, record.global_step)
         self._remote = kept
         names = {r.file for r in kept}
+        names |= {c for n in names for c in self._companions.of(n)}
         for name in listed:  # only after the meta.json that no longer names them
-            parsed = parse_name(name)
+            parsed = parse_name(self._companions.owner(name) or name)
             if parsed is not None and in_family(parsed.prefix, self._base) and name not in names:
                 self._client.delete_object(Bucket=s.bucket, Key=s.key(self.rank, name))
                 log.info("store: pruned %s", name)
@@ -195,6 +211,28 @@ class Uploader:
                 f"committed {record.size} (sha256 {record.sha256[:12]}): not committed to the store"
             )
 
+    def _put_companion(self, name: str, f: IO[bytes]) -> None:
+        """A companion file, its sha256 in the object's metadata (hashed first, then checked again
+        over the bytes sent)."""
+        from boto3.s3.transfer import TransferConfig
+
+        s, key = self.settings, self.settings.key(self.rank, name)
+        digest, size = hashlib.sha256(), 0
+        f.seek(0)  # a try again reads it from the start
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        reader = _Hashing(f)
+        config = TransferConfig(
+            multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_concurrency=CONCURRENCY
+        )
+        extra = {"Metadata": {SHA256_METADATA: digest.hexdigest()}}
+        self._client.upload_fileobj(reader, s.bucket, key, ExtraArgs=extra, Config=config)
+        stored = int(self._client.head_object(Bucket=s.bucket, Key=key)["ContentLength"])
+        if (reader.size, reader.sha256.hexdigest()) != (size, digest.hexdigest()) or stored != size:
+            self._client.delete_object(Bucket=s.bucket, Key=key)
+            raise StoreError(f"{name}: changed while it was sent, or stored at {stored} of {size} bytes")
+
     def _store_view(self) -> tuple[list[Record], set[str], list[str]]:
         """This rank's records in the store (its meta.json there); its file of the newest step
         complete on every rank in the store (never pruned); its objects there."""
@@ -212,7 +250,7 @@ class Uploader:
             return (list(meta.checkpoints) if meta else []), protect, listed
 
     def _succeeded(self, job: _Job) -> None:
-        job.file.close()
+        job.close()
         with self._cond:
             self._busy = False
             self._waiting = [(k, t) for k, t in self._waiting if k > job.record.key]
@@ -229,7 +267,7 @@ class Uploader:
             if self._next is None:
                 self._next = job  # tried again, unless a newer commit came meanwhile
             else:
-                job.file.close()
+                job.close()
         self._client = None  # connect again: the bucket or the credentials may have been fixed
         level = logging.ERROR if self._failures == 1 else logging.WARNING
         log.log(level, "store: upload of %s failed (try %d): %s", job.record.file, self._failures, message)
