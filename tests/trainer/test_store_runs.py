@@ -128,3 +128,39 @@ def test_a_gang_evicted_and_restarted_on_empty_disks_resumes_from_the_store_bit_
     combined = [{**a, **b} for a, b in zip(rank_losses(first), rank_losses(second), strict=True)]
     assert combined == rank_losses(reference)
     assert_metas_name_only_whole_objects(object_store.client(), store_bucket)
+
+
+def test_a_gang_of_another_size_brings_every_old_ranks_file_from_the_store_and_merges_them(
+    object_store: ObjectStore, store_bucket: str, tmp_path: Path, trainer_env: dict[str, str]
+) -> None:
+    """auto_trans_ckpt from the store: a 2-rank gang stops; one rank on an empty disk downloads both
+    old ranks' files of the step (its share: old rank r goes to rank r mod 1) with the old gang's
+    strategy files, merges them and continues from the step."""
+
+    def config(out: Path, batch: int) -> Path:  # the same global batch: 2 x 4 = 1 x 8
+        settings = {"use_parallel": True, "auto_trans_ckpt": True, "runner_config__batch_size": batch}
+        return write_config(tmp_path / f"{out.name}.yaml", tiny_config(out, **settings))
+
+    launch = Launcher({**trainer_env, **object_store.env(store_bucket)})
+    first = tmp_path / "first"
+    gang = start_gang(launch, config(first, 4))
+    try:
+        wait_for("the gang to train", lambda: len(step_lines(first, 1)) >= 3, WAIT, interval=FAST)
+        gang[1].proc.send_signal(signal.SIGTERM)
+    finally:
+        finish(gang, ExitCode.STOPPED)
+    stopped_at = step_lines(first, 0)[-1]["global_step"]
+    keys = set(listing(object_store.client(), store_bucket))
+    assert {f"job/strategy/2/ckpt_strategy_rank_{r}.json" for r in range(WORLD)} <= keys, sorted(keys)
+
+    second = tmp_path / "second"
+    single = launch(config(second, 8), log_name="single", RESPAWN_RANK="0", RESPAWN_WORLD_SIZE="1")
+    finish([single])
+    downloaded = [line for line in single.output().splitlines() if "store: downloaded" in line]
+    assert len(downloaded) == 2 and all(f"(global step {stopped_at})" in line for line in downloaded)
+    resumed = step_lines(second, 0)[0]["resumed_from"]
+    assert (resumed["global_step"], resumed["world_size"]) == (stopped_at, 2), resumed
+    # The old gang's strategy files stay in the store, apart from any a later gang sends.
+    assert {f"job/strategy/2/ckpt_strategy_rank_{r}.json" for r in range(WORLD)} <= set(
+        listing(object_store.client(), store_bucket)
+    )

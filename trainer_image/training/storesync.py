@@ -21,6 +21,7 @@ from respawn_protocol.meta import Record
 from respawn_protocol.report import Upload
 from respawn_protocol.resolution import Resolution
 from trainer_image.checkpoint.checkpointer import Checkpointer, SaveBackend
+from trainer_image.checkpoint.merge import STRATEGY_DIR, strategy_path
 from trainer_image.checkpoint.store.client import Settings, StoreError
 from trainer_image.checkpoint.store.companions import Companions
 from trainer_image.checkpoint.store.download import local_newest, predownload
@@ -133,11 +134,12 @@ def uploader(
     reporter: Reporter,
     companions: Companions | None = None,
 ) -> Uploader | None:
-    """The rank's uploader (None without a store or a CheckpointMonitor)."""
+    """The rank's uploader (None without a store or a CheckpointMonitor), with this gang's strategy
+    file to send (a gang of another size merges this gang's steps with it: download.py)."""
     settings, monitor = Settings.from_env(environ), config.checkpoint_monitor
     if settings is None or monitor is None:
         return None
-    return Uploader(
+    up = Uploader(
         settings,
         rank=gang.rank,
         world_size=gang.world_size,
@@ -146,6 +148,10 @@ def uploader(
         on_change=reporter.uploaded,
         companions=companions,
     )
+    strategy = strategy_path(Path(config.output_dir) / STRATEGY_DIR, gang.rank)
+    if gang.cluster is not None and strategy.is_file():  # written by this start (loop._resume)
+        up.share(settings.strategy_key(gang.world_size, gang.rank), strategy.read_bytes())
+    return up
 
 
 def announce(

@@ -17,6 +17,7 @@ from respawn_protocol import contract
 from respawn_protocol.layout import rank_dir
 
 CONNECT_TIMEOUT = 5.0
+STRATEGY_FOLDER = "strategy"
 READ_TIMEOUT = 30.0
 ATTEMPTS = 3  # per request, botocore's standard retry mode (throttling, 5xx, connection errors)
 
@@ -63,6 +64,12 @@ class Settings:
         """The object of `name` in rank_N/, as output_dir/checkpoint/rank_N/name is laid out."""
         folder = rank_dir_name(rank)
         return f"{self.prefix}/{folder}/{name}" if self.prefix else f"{folder}/{name}"
+
+    def strategy_key(self, world_size: int, rank: int) -> str:
+        """A rank's strategy file (merge.py) of a `world_size`-rank gang: kept apart per gang size, so
+        a resized gang's never replaces the one its predecessor's steps need."""
+        name = f"{STRATEGY_FOLDER}/{world_size}/ckpt_strategy_rank_{rank}.json"
+        return f"{self.prefix}/{name}" if self.prefix else name
 
     def where(self) -> str:
         return f"s3://{self.bucket}/{self.prefix} at {self.endpoint}"

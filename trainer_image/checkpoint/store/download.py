@@ -19,11 +19,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from respawn_protocol import safefs
 from respawn_protocol.layout import StepKey, checkpoint_root, rank_dir
 from respawn_protocol.meta import Meta, MetaError, Record, meta_path, read_meta
-from respawn_protocol.resolve import Check, ResolveError, resolve
+from respawn_protocol.resolve import Check, Resolution, ResolveError, resolve
 from trainer_image.checkpoint.commit import FILE_MODE, atomic_write_bytes, publish, temp_path
 from trainer_image.checkpoint.confine import make_dir
+from trainer_image.checkpoint.merge import STRATEGY_DIR, strategy_path
 from trainer_image.checkpoint.store import view
 from trainer_image.checkpoint.store.client import Settings, StoreError, connect, describe
 from trainer_image.checkpoint.store.companions import SHA256_METADATA, Companions
@@ -45,6 +47,7 @@ def local_newest(output_dir: Path, world_size: int, root: Path | None = None) ->
             world_size=world_size,
             check=Check.SIZE,
             missing_ok=True,
+            resize=True,
         )
     except ResolveError:
         return None
@@ -73,7 +76,7 @@ def predownload(
         exclude: set[Path] = set()
         while True:
             try:
-                res = view.newest_complete(laid_out, world_size, exclude=exclude)
+                res = view.newest_complete(laid_out, world_size, exclude=exclude, resize=True)
             except ResolveError as e:
                 raise StoreError(f"{settings.where()}: {e}") from e
             if res.random_init or res.key is None:
@@ -84,23 +87,57 @@ def predownload(
                     "store: local step %s is as new as the store's %s: nothing to download", local, res.key
                 )
                 return None
-            record = record_of(laid_out, rank, res.files[rank].name)
-            try:
-                fetch(
-                    client,
-                    settings,
-                    record,
-                    rank=rank,
-                    output_dir=output_dir,
-                    companions=companions,
-                    root=root,
-                )
-            except Mismatch as e:
-                log.warning("store: fell back: %s (not loaded; trying the next older step)", e)
-                exclude.add(res.files[rank])
-                continue
-            log.info("store: downloaded %s (global step %d)", record.file, record.global_step)
-            return res.key
+            mismatched = _fetch_share(
+                client, settings, laid_out, res, rank, world_size, output_dir, companions, root
+            )
+            if mismatched is None:
+                return res.key
+            exclude.add(mismatched)
+
+
+def _fetch_share(
+    client: Any,
+    settings: Settings,
+    laid_out: Path,
+    res: Resolution,
+    rank: int,
+    world_size: int,
+    output_dir: Path,
+    companions: Companions | None,
+    root: Path | None,
+) -> Path | None:
+    """This rank's files of the step; of a step a gang of another size wrote (auto_trans_ckpt merges
+    it), this rank's share of the old ranks' files (old rank r to rank r mod world_size) with their
+    strategy files. The first file that does not match (its path in the view, to exclude), or None."""
+    resized = res.world_size is not None and res.world_size != world_size
+    for old in sorted(r for r in res.files if r % world_size == rank) if resized else [rank]:
+        record = record_of(laid_out, old, res.files[old].name)
+        try:
+            if resized:
+                assert res.world_size is not None
+                _fetch_strategy(client, settings, output_dir, res.world_size, old)
+            fetch(client, settings, record, rank=old, output_dir=output_dir, companions=companions, root=root)
+        except Mismatch as e:
+            log.warning("store: fell back: %s (not loaded; trying the next older step)", e)
+            return res.files[old]
+        log.info("store: downloaded %s (global step %d)", record.file, record.global_step)
+    return None
+
+
+def _fetch_strategy(client: Any, settings: Settings, output_dir: Path, world_size: int, rank: int) -> None:
+    """The old gang's strategy file of `rank`, replacing any local one (it is the step's)."""
+    key = settings.strategy_key(world_size, rank)
+    size, sha256 = _companion_digest(client, settings, key)
+    if size > safefs.STRATEGY_MAX_BYTES:
+        raise Mismatch(f"{key}: {size} bytes, more than a strategy file holds")
+    try:
+        data = client.get_object(Bucket=settings.bucket, Key=key)["Body"].read(size + 1)
+    except Exception as e:
+        raise StoreError(describe(e, settings)) from e
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise Mismatch(f"{key}: its sha256 is not the one the store records")
+    directory = make_dir(output_dir, output_dir / STRATEGY_DIR)
+    atomic_write_bytes(strategy_path(directory, rank), data)
 
 
 def record_of(root: Path, rank: int, name: str) -> Record:

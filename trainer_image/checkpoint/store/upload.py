@@ -86,6 +86,7 @@ class Uploader:
     ) -> None:
         self.settings, self.rank, self.world_size = settings, rank, world_size
         self._companions = companions or Companions()
+        self._extras: dict[str, bytes] = {}  # small objects to send before the next meta.json
         self._base, self._keep_max, self._on_change = base, keep_max, on_change
         self._faults = faults or FaultPlan()
         self._clock = clock
@@ -123,6 +124,11 @@ class Uploader:
             self._waiting.append((record.key, self._clock()))
             self._cond.notify()
         self._report()
+
+    def share(self, key: str, data: bytes) -> None:
+        """A small object (a strategy file) for the store, sent before the next meta.json."""
+        with self._cond:
+            self._extras[key] = data
 
     def close(self, timeout: float) -> bool:
         """Give what is pending at most `timeout` seconds; True if nothing is left unsent."""
@@ -171,6 +177,14 @@ class Uploader:
         if self._client is None:
             self._client = connect(self.settings)
         record, s = job.record, self.settings
+        with self._cond:
+            extras = dict(self._extras)
+        for key, data in extras.items():
+            digest = hashlib.sha256(data).hexdigest()
+            self._client.put_object(Bucket=s.bucket, Key=key, Body=data, Metadata={SHA256_METADATA: digest})
+        with self._cond:
+            for key in extras:
+                self._extras.pop(key, None)
         remote, protect, listed = self._store_view()
         self._remote = remote
         if any(r.file == record.file and r.sha256 == record.sha256 for r in remote):

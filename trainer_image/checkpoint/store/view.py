@@ -49,11 +49,24 @@ def lay_out(client: Any, settings: Settings, into: Path) -> int:
 
 
 def newest_complete(
-    view: Path, world_size: int, *, exclude: Collection[Path] = (), at_most: StepKey | None = None
+    view: Path,
+    world_size: int,
+    *,
+    exclude: Collection[Path] = (),
+    at_most: StepKey | None = None,
+    resize: bool = False,
 ) -> Resolution:
-    """The newest step complete on every rank in the laid-out store; random init if none."""
+    """The newest step complete on every rank in the laid-out store; random init if none. `resize`:
+    the answer may be a step of a gang of another size (its `world_size` says so)."""
     return resolve(
-        view, True, world_size=world_size, check=Check.SIZE, missing_ok=True, exclude=exclude, at_most=at_most
+        view,
+        True,
+        world_size=world_size,
+        check=Check.SIZE,
+        missing_ok=True,
+        exclude=exclude,
+        at_most=at_most,
+        resize=resize,
     )
 
 
