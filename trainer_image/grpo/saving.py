@@ -19,7 +19,7 @@ from trainer_image.grpo.config import GrpoConfig
 from trainer_image.training.gang import Gang
 from trainer_image.training.report import Reporter
 from trainer_image.training.resume import lineage_parent
-from trainer_image.training.storesync import announce
+from trainer_image.training.storesync import announce, resend_newest
 
 if TYPE_CHECKING:
     from trainer_image.checkpoint.store.upload import Uploader
@@ -62,9 +62,7 @@ def open_checkpointer(
         parent=None if fresh else lineage_parent(resolution),
         on_commit=announce(reporter, uploader, config.save_dir, gang.rank),
     )
-    if uploader is not None and checkpointer.history:
-        newest = checkpointer.history[-1]
-        uploader.committed(newest, checkpointer.dir / newest.file)
+    resend_newest(uploader, checkpointer)
     fmt = monitor.checkpoint_format
 
     def target(progress: Progress) -> Path:

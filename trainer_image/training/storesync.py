@@ -193,9 +193,16 @@ def checkpointer(
         parent=None if weights_only else lineage_parent(resolution),
         on_commit=announce(reporter, uploader, Path(config.output_dir), gang.rank),
     )
-    if uploader is not None and made.history:  # the store may lack it (an exit before its upload)
-        uploader.committed(made.history[-1], made.dir / made.history[-1].file)
+    resend_newest(uploader, made)
     return made
+
+
+def resend_newest(uploader: Uploader | None, checkpointer: Checkpointer) -> None:
+    """The newest commit an earlier start left, announced again: the store may lack it (an exit
+    before its upload); one the store holds is not sent twice."""
+    if uploader is not None and checkpointer.history:
+        newest = checkpointer.history[-1]
+        uploader.committed(newest, checkpointer.dir / newest.file)
 
 
 def close(up: Uploader | None, environ: Mapping[str, str]) -> None:

@@ -207,45 +207,41 @@ class Uploader:
                 log.info("store: pruned %s", name)
 
     def _put_checkpoint(self, job: _Job) -> None:
-        from boto3.s3.transfer import TransferConfig
-
-        record, s = job.record, self.settings
-        key = s.key(self.rank, record.file)
-        reader = _Hashing(job.file)
-        config = TransferConfig(
-            multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_concurrency=CONCURRENCY
-        )
-        self._client.upload_fileobj(reader, s.bucket, key, Config=config)
-        sent = reader.sha256.hexdigest()
-        stored = int(self._client.head_object(Bucket=s.bucket, Key=key)["ContentLength"])
-        if (reader.size, sent) != (record.size, record.sha256) or stored != record.size:
-            self._client.delete_object(Bucket=s.bucket, Key=key)
+        record = job.record
+        sent, stored = self._put(record.file, job.file)
+        if (sent.size, sent.sha256.hexdigest()) != (record.size, record.sha256) or stored != record.size:
+            self._client.delete_object(
+                Bucket=self.settings.bucket, Key=self.settings.key(self.rank, record.file)
+            )
             raise StoreError(
-                f"{record.file}: sent {reader.size} bytes (sha256 {sent[:12]}), stored {stored}, "
-                f"committed {record.size} (sha256 {record.sha256[:12]}): not committed to the store"
+                f"{record.file}: sent {sent.size} bytes (sha256 {sent.sha256.hexdigest()[:12]}), stored "
+                f"{stored}, committed {record.size} (sha256 {record.sha256[:12]}): not committed to the store"
             )
 
     def _put_companion(self, name: str, f: IO[bytes]) -> None:
         """A companion file, its sha256 in the object's metadata (hashed first, then checked again
         over the bytes sent)."""
-        from boto3.s3.transfer import TransferConfig
-
-        s, key = self.settings, self.settings.key(self.rank, name)
         digest, size = hashlib.sha256(), 0
         f.seek(0)  # a try again reads it from the start
         while chunk := f.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
-        reader = _Hashing(f)
+        sent, stored = self._put(name, f, {SHA256_METADATA: digest.hexdigest()})
+        if (sent.size, sent.sha256.hexdigest()) != (size, digest.hexdigest()) or stored != size:
+            self._client.delete_object(Bucket=self.settings.bucket, Key=self.settings.key(self.rank, name))
+            raise StoreError(f"{name}: changed while it was sent, or stored at {stored} of {size} bytes")
+
+    def _put(self, name: str, f: IO[bytes], metadata: dict[str, str] | None = None) -> tuple[_Hashing, int]:
+        """Send `f` as this rank's object `name`, hashed as it goes: what was sent, and the stored size."""
+        from boto3.s3.transfer import TransferConfig
+
+        s, key, reader = self.settings, self.settings.key(self.rank, name), _Hashing(f)
         config = TransferConfig(
             multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_concurrency=CONCURRENCY
         )
-        extra = {"Metadata": {SHA256_METADATA: digest.hexdigest()}}
+        extra = {"Metadata": metadata} if metadata else None
         self._client.upload_fileobj(reader, s.bucket, key, ExtraArgs=extra, Config=config)
-        stored = int(self._client.head_object(Bucket=s.bucket, Key=key)["ContentLength"])
-        if (reader.size, reader.sha256.hexdigest()) != (size, digest.hexdigest()) or stored != size:
-            self._client.delete_object(Bucket=s.bucket, Key=key)
-            raise StoreError(f"{name}: changed while it was sent, or stored at {stored} of {size} bytes")
+        return reader, int(self._client.head_object(Bucket=s.bucket, Key=key)["ContentLength"])
 
     def _store_view(self) -> tuple[list[Record], set[str], list[str]]:
         """This rank's records in the store (its meta.json there); its file of the newest step
